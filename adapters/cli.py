@@ -1,0 +1,302 @@
+"""The `saga` command line. Every option falls back to a `SAGA_*` environment variable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from adapters.logging import configure_logging
+from adapters.settings import Settings
+from adapters.text_table import render_table
+from orchestrator.errors import DefinitionConflict, DefinitionError, SagaError
+from orchestrator.state import SagaState, SagaStatus
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Saga orchestrator: run the engine, start and inspect sagas, act as an operator.",
+)
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+def _run(coro: Awaitable[T]) -> T:
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except (DefinitionConflict, DefinitionError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if missing and apply every migration."""
+    from adapters.postgres.migrate import upgrade
+
+    settings = _settings()
+    _run(upgrade(settings.database_url))
+    typer.echo("database is up to date")
+
+
+@app.command()
+def run() -> None:
+    """Run the orchestrator: consume starts, cancels and replies; fire timers; relay the outbox."""
+    from adapters.runtime import Orchestrator, run_until_signalled
+
+    settings = _settings()
+    _run(run_until_signalled(Orchestrator(settings)))
+
+
+@app.command()
+def worker() -> None:
+    """Run the local steps (Python functions) of the loaded saga modules."""
+    from adapters.participants import local_steps, serve
+    from orchestrator.registry import load_modules
+
+    settings = _settings()
+    participant = local_steps(load_modules(settings.modules))
+    if not participant.commands():
+        typer.secho("no local steps in the loaded saga modules; nothing to do", err=True)
+        raise typer.Exit(1)
+    _run(serve(settings, [participant]))
+
+
+@app.command()
+def demo(
+    orders: Annotated[int, typer.Option(help="How many orders to place.", min=4, max=10_000)] = 40,
+) -> None:
+    """Run the orchestrator and the example shop, place real orders, print what happened."""
+    from examples.demo import run_demo
+
+    settings = _settings()
+    ok = _run(run_demo(settings, orders=orders))
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def start(
+    saga: Annotated[str, typer.Argument(help="Saga name, e.g. order.")],
+    input: Annotated[str, typer.Option("--input", "-i", help="Input as JSON, or @file.json.")],
+    key: Annotated[str | None, typer.Option(help="Idempotency key; a new one by default.")] = None,
+) -> None:
+    """Publish a start request to the `sagas` exchange, as any service would."""
+    from adapters.rabbitmq.client import send_request
+    from orchestrator.messages import StartSaga
+
+    settings = _settings()
+    raw = Path(input[1:]).read_text() if input.startswith("@") else input
+    try:
+        payload = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        typer.secho(f"error: --input is not valid JSON: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+    request = StartSaga(saga=saga, key=key or f"cli-{uuid.uuid4()}", input=payload)
+    _run(send_request(settings, "start", request))
+    typer.echo(request.key)
+
+
+@app.command()
+def status(
+    saga: Annotated[str, typer.Argument(help="Saga id or start key.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a saga and its steps."""
+    settings = _settings()
+    state = _run(_find_one(settings, saga))
+    if as_json:
+        typer.echo(json.dumps(_state_json(state), indent=2))
+        return
+    typer.echo(
+        f"{state.name} v{state.version}  {state.saga_id}  key={state.key}  status={state.status}"
+    )
+    if state.error:
+        typer.echo(f"error: {state.error.get('message', state.error)}")
+    rows = [
+        [s.name, s.status, str(s.attempt), str(s.compensation_attempt), _short(s.error or s.result)]
+        for s in state.steps
+    ]
+    typer.echo(
+        render_table(["step", "status", "attempts", "comp. attempts", "result / error"], rows)
+    )
+
+
+@app.command("list")
+def list_(
+    status_: Annotated[
+        SagaStatus | None, typer.Option("--status", help="Only sagas in this status.")
+    ] = None,
+    saga: Annotated[str | None, typer.Option(help="Only this saga name.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List sagas, newest first."""
+    from orchestrator.ports import SagaQuery
+
+    settings = _settings()
+    states = _run(
+        _with_store(settings, lambda st: st.find(SagaQuery(status=status_, saga=saga, limit=limit)))
+    )
+    if as_json:
+        typer.echo(json.dumps([_state_json(s) for s in states], indent=2))
+        return
+    rows = [
+        [
+            str(s.saga_id),
+            s.name,
+            s.key,
+            s.status,
+            _current_step(s),
+            s.updated_at.strftime("%H:%M:%S"),
+        ]
+        for s in states
+    ]
+    typer.echo(render_table(["id", "saga", "key", "status", "step", "updated"], rows))
+
+
+@app.command()
+def cancel(
+    saga: Annotated[str, typer.Argument(help="Saga id or start key.")],
+    reason: Annotated[
+        str, typer.Option(help="Why; recorded in the saga's history.")
+    ] = "cancelled by operator",
+    who: Annotated[str, typer.Option(help="Who asks; recorded in history.")] = "cli",
+) -> None:
+    """Cancel a saga before its pivot; compensations run in reverse. Exit 1 when refused."""
+    from orchestrator.messages import CancelSaga
+
+    settings = _settings()
+    try:
+        request = CancelSaga(saga_id=uuid.UUID(saga), reason=reason)
+    except ValueError:
+        request = CancelSaga(key=saga, reason=reason)
+    outcome = _run(_cancel(settings, request, f"operator:{who}"))
+    if outcome.held:
+        typer.echo(f"no saga has key {saga!r} yet: the cancel is held and applies when it starts")
+    elif outcome.refused:
+        typer.secho(f"refused: {outcome.refused}", fg="yellow", err=True)
+        raise typer.Exit(1)
+    else:
+        for saga_id, st in outcome.sagas:
+            typer.echo(f"{saga_id}: {st}")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from adapters.postgres.database import make_engine
+    from adapters.postgres.store import PostgresStore
+
+    db = make_engine(settings.database_url, pool_size=1)
+    try:
+        return await fn(PostgresStore(db))
+    finally:
+        await db.dispose()
+
+
+async def _find_one(settings: Settings, ident: str) -> SagaState:
+    from orchestrator.ports import SagaQuery
+
+    async def find(store: Any) -> SagaState:
+        try:
+            state: SagaState | None = await store.get(uuid.UUID(ident))
+        except ValueError:
+            found = await store.find(SagaQuery(key=ident, limit=1))
+            state = found[0] if found else None
+        if state is None:
+            typer.secho(f"error: no saga with id or key {ident!r}", fg="red", err=True)
+            raise typer.Exit(2)
+        return state
+
+    return await _with_store(settings, find)
+
+
+async def _cancel(settings: Settings, request: Any, actor: str) -> Any:
+    from adapters.postgres.database import make_engine
+    from adapters.postgres.store import PostgresStore
+    from adapters.rabbitmq.connection import connect, open_channel
+    from adapters.rabbitmq.publisher import RabbitPublisher
+    from adapters.rabbitmq.topology import Topology
+    from adapters.runtime import utcnow, with_db_retries
+    from orchestrator.engine import Engine
+    from orchestrator.registry import load_modules
+
+    db = make_engine(settings.database_url, pool_size=1)
+    connection = await connect(settings.amqp_url)
+    try:
+        channel = await open_channel(connection)
+        publisher = RabbitPublisher(channel, Topology(settings.amqp_prefix))
+        engine = Engine(PostgresStore(db), publisher, load_modules(settings.modules), clock=utcnow)
+        try:
+            return await with_db_retries(lambda: engine.cancel(request, actor=actor))
+        except SagaError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from exc
+    finally:
+        await connection.close()
+        await db.dispose()
+
+
+def _state_json(state: SagaState) -> dict[str, Any]:
+    return {
+        "saga_id": str(state.saga_id),
+        "saga": state.name,
+        "version": state.version,
+        "key": state.key,
+        "status": state.status.value,
+        "input": state.input,
+        "error": state.error,
+        "cancel_reason": state.cancel_reason,
+        "created_at": state.created_at.isoformat(),
+        "updated_at": state.updated_at.isoformat(),
+        "steps": [
+            {
+                "name": s.name,
+                "status": s.status.value,
+                "attempt": s.attempt,
+                "compensation_attempt": s.compensation_attempt,
+                "result": s.result,
+                "error": s.error,
+            }
+            for s in state.steps
+        ],
+    }
+
+
+def _current_step(state: SagaState) -> str:
+    active = [s.name for s in state.steps if s.status in ("running", "compensating")]
+    return ",".join(active) or "-"
+
+
+def _short(value: Any, width: int = 60) -> str:
+    if value is None:
+        return ""
+    text = (
+        value.get("message") or json.dumps(value) if isinstance(value, dict) else json.dumps(value)
+    )
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

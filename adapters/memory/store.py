@@ -1,0 +1,241 @@
+"""MemoryStore: the SagaStore port in memory.
+
+One lock held for a whole transaction serialises them all, which is stricter than Postgres
+(row locks, SKIP LOCKED) but allowed by the contract. A transaction works on a copy of the
+data and swaps it in on commit, so an exception leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from orchestrator.errors import ConcurrentUpdate, DefinitionConflict, SagaNotFound
+from orchestrator.machine import HistoryEntry
+from orchestrator.ports import Clock, DefinitionRecord, HistoryRecord, OutboxMessage, SagaQuery
+from orchestrator.state import SagaState, StepState
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Held:
+    id: int
+    key: str
+    saga: str | None
+    reason: str
+
+
+@dataclass
+class _Data:
+    sagas: dict[UUID, SagaState] = field(default_factory=dict)
+    history: dict[UUID, tuple[HistoryRecord, ...]] = field(default_factory=dict)
+    outbox: dict[int, tuple[OutboxMessage, datetime]] = field(default_factory=dict)
+    held: tuple[_Held, ...] = ()
+    last_id: int = 0  # shared by outbox and inbox rows: only uniqueness and order matter
+
+    def copy(self) -> _Data:
+        # Shallow is enough: every value inside is immutable.
+        return replace(
+            self, sagas=dict(self.sagas), history=dict(self.history), outbox=dict(self.outbox)
+        )
+
+    def next_id(self) -> int:
+        self.last_id += 1
+        return self.last_id
+
+
+class MemoryTransaction:
+    def __init__(self, data: _Data, clock: Clock) -> None:
+        self.data = data
+        self._clock = clock
+
+    async def insert(self, state: SagaState) -> bool:
+        if state.saga_id in self.data.sagas:
+            raise ValueError(f"saga id {state.saga_id} is taken already")
+        if any(s.name == state.name and s.key == state.key for s in self.data.sagas.values()):
+            return False
+        self.data.sagas[state.saga_id] = _stored(state)
+        return True
+
+    async def lock(self, saga_id: UUID) -> SagaState | None:
+        return self.data.sagas.get(saga_id)
+
+    async def lock_by_key(self, key: str, saga: str | None) -> list[SagaState]:
+        found = [
+            s for s in self.data.sagas.values() if s.key == key and (saga is None or s.name == saga)
+        ]
+        return sorted(found, key=lambda s: s.created_at)
+
+    async def claim_due(self, now: datetime, limit: int) -> list[SagaState]:
+        due = [
+            s
+            for s in self.data.sagas.values()
+            if s.next_due_at is not None and s.next_due_at <= now
+        ]
+        return sorted(due, key=lambda s: s.next_due_at or now)[:limit]
+
+    async def save(self, before: SagaState, after: SagaState) -> None:
+        _check_transition(before, after)
+        current = self.data.sagas.get(before.saga_id)
+        if current is None or current.revision != before.revision:
+            raise ConcurrentUpdate(
+                f"saga {before.saga_id} is no longer at revision {before.revision}; "
+                "reload it and decide again"
+            )
+        # The same columns the Postgres adapter writes: identity and input never change.
+        self.data.sagas[before.saga_id] = _stored(
+            replace(
+                current,
+                status=after.status,
+                steps=after.steps,
+                cancel_reason=after.cancel_reason,
+                error=after.error,
+                revision=after.revision,
+                updated_at=after.updated_at,
+            )
+        )
+
+    async def append_history(
+        self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
+    ) -> None:
+        if not entries:
+            return
+        if saga_id not in self.data.sagas:
+            raise SagaNotFound(f"no saga instance for this write (history of {saga_id})")
+        known = self.data.history.get(saga_id, ())
+        at = _utc(self._clock())
+        self.data.history[saga_id] = known + tuple(
+            HistoryRecord(
+                saga_id=saga_id,
+                seq=len(known) + n,
+                at=at,
+                event=e.event,
+                step=e.step,
+                detail=_json(e.detail),
+                actor=actor,
+            )
+            for n, e in enumerate(entries, start=1)
+        )
+
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+        now = _utc(self._clock())
+        stored = [replace(m, id=self.data.next_id()) for m in messages]
+        for m in stored:
+            assert m.id is not None
+            self.data.outbox[m.id] = (m, now)
+        return stored
+
+    async def hold_cancel(self, key: str, saga: str | None, reason: str) -> None:
+        self.data.held += (_Held(self.data.next_id(), key, saga, reason),)
+
+    async def take_held_cancel(self, saga: str, key: str) -> str | None:
+        taken = [h for h in self.data.held if h.key == key and h.saga in (None, saga)]
+        self.data.held = tuple(h for h in self.data.held if h not in taken)
+        return taken[0].reason if taken else None
+
+    async def claim_outbox(self, older_than: timedelta, limit: int) -> list[OutboxMessage]:
+        created_before = _utc(self._clock()) - older_than
+        old = [m for m, created in self.data.outbox.values() if created < created_before]
+        return sorted(old, key=lambda m: m.id or 0)[:limit]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        for i in ids:
+            self.data.outbox.pop(i, None)
+
+
+class MemoryStore:
+    def __init__(self, clock: Clock = _utcnow) -> None:
+        self._clock = clock
+        self._data = _Data()
+        self._definitions: dict[tuple[str, int], DefinitionRecord] = {}
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[MemoryTransaction]:
+        async with self._lock:
+            tx = MemoryTransaction(self._data.copy(), self._clock)
+            yield tx
+            self._data = tx.data
+
+    async def register(self, record: DefinitionRecord) -> bool:
+        registered = self._definitions.get((record.name, record.version))
+        if registered is None:
+            self._definitions[(record.name, record.version)] = replace(
+                record, document=_json(record.document)
+            )
+            return True
+        if registered.fingerprint == record.fingerprint:
+            return False
+        raise DefinitionConflict(
+            f"saga {record.name!r} version {record.version} is registered already with "
+            f"different steps (fingerprint {registered.fingerprint} there, {record.fingerprint} "
+            f"here): bump the version in the definition; running instances keep the old one"
+        )
+
+    async def get(self, saga_id: UUID) -> SagaState | None:
+        return self._data.sagas.get(saga_id)
+
+    async def find(self, query: SagaQuery) -> list[SagaState]:
+        found = [
+            s
+            for s in self._data.sagas.values()
+            if (query.status is None or s.status == query.status)
+            and (query.saga is None or s.name == query.saga)
+            and (query.key is None or s.key == query.key)
+        ]
+        found.sort(key=lambda s: (s.updated_at, s.saga_id), reverse=True)
+        return found[: query.limit]
+
+    async def history(self, saga_id: UUID) -> list[HistoryRecord]:
+        return list(self._data.history.get(saga_id, ()))
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        async with self.transaction() as tx:
+            await tx.delete_outbox(ids)
+
+
+def _check_transition(before: SagaState, after: SagaState) -> None:
+    if after.saga_id != before.saga_id:
+        raise ValueError(f"save: before is saga {before.saga_id}, after is saga {after.saga_id}")
+    if after.revision != before.revision + 1:
+        raise ValueError(
+            f"save: after.revision must be {before.revision + 1}, not {after.revision}"
+        )
+    if len(after.steps) != len(before.steps):
+        raise ValueError("save: a transition cannot add or remove steps")
+
+
+def _stored(state: SagaState) -> SagaState:
+    """What a round trip through Postgres would give back: JSON values, UTC datetimes."""
+    return replace(
+        state,
+        input=_json(state.input),
+        error=_json(state.error),
+        created_at=_utc(state.created_at),
+        updated_at=_utc(state.updated_at),
+        steps=tuple(_stored_step(s) for s in state.steps),
+    )
+
+
+def _stored_step(step: StepState) -> StepState:
+    due_at = None if step.due_at is None else _utc(step.due_at)
+    return replace(step, result=_json(step.result), error=_json(step.error), due_at=due_at)
+
+
+def _json(value: Any) -> Any:
+    # Also refuses what Postgres would refuse: values JSON cannot hold.
+    return None if value is None else json.loads(json.dumps(value))
+
+
+def _utc(moment: datetime) -> datetime:
+    # A naive datetime is read as UTC, as the Postgres session (timezone=UTC) reads it.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

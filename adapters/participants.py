@@ -1,0 +1,84 @@
+"""Hosting participants in a process: `saga worker` (local steps) and the example shop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+
+from adapters.rabbitmq.connection import connect, open_channel
+from adapters.rabbitmq.participant import ParticipantWorker
+from adapters.rabbitmq.topology import Topology
+from adapters.runtime import utcnow
+from adapters.settings import Settings
+from orchestrator.definition import LocalHandler, StepContext
+from orchestrator.messages import Command
+from orchestrator.participant import Participant
+from orchestrator.registry import Registry
+
+log = structlog.get_logger(__name__)
+
+
+def local_steps(registry: Registry) -> Participant:
+    """A participant serving every local step (and its compensation) of the loaded sagas."""
+    functions: dict[str, LocalHandler] = {}
+    # Newer versions come later and win: a command names its saga but not its version yet.
+    for saga in sorted(registry.all(), key=lambda s: s.version):
+        for step in saga.steps:
+            if step.local and step.handler is not None:
+                functions[step.command] = step.handler
+            if step.compensation and step.compensation_handler is not None:
+                functions[step.compensation] = step.compensation_handler
+    participant = Participant("local")
+    for command, fn in functions.items():
+        participant.handler(command)(_bind(registry, fn))
+    return participant
+
+
+def _bind(registry: Registry, fn: LocalHandler) -> Callable[[Command], Awaitable[Any]]:
+    async def run(cmd: Command) -> Any:
+        saga = registry.get(cmd.saga)
+        ctx = StepContext(
+            saga_id=str(cmd.saga_id),
+            saga=cmd.saga,
+            step=cmd.step,
+            kind=cmd.kind,
+            attempt=cmd.attempt,
+            idempotency_key=cmd.idempotency_key,
+            input=saga.input.model_validate(cmd.payload),
+            payload=cmd.payload,
+        )
+        result = await fn(ctx)
+        return result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+
+    return run
+
+
+async def serve(settings: Settings, participants: Sequence[Participant]) -> None:
+    """Consume the participants' queues until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    connection = await connect(settings.amqp_url)
+    topology = Topology(settings.amqp_prefix)
+    workers = []
+    try:
+        for participant in participants:
+            channel = await open_channel(connection)
+            worker = ParticipantWorker(
+                participant, channel, topology, clock=utcnow, prefetch=settings.prefetch
+            )
+            await worker.start()
+            workers.append(worker)
+        log.info("participants_started", services=[p.service for p in participants])
+        await stop.wait()
+    finally:
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                await worker.stop()
+        await connection.close()

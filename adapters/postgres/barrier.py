@@ -1,0 +1,356 @@
+"""The exactly-once barrier a participant keeps in its own PostgreSQL database.
+
+Commands arrive at least once: a redelivery after a crash, an outbox republish, a retry after a
+lost reply. Some also arrive out of order: a compensation sent after a timeout can overtake its
+action in the queue. The barrier turns that into one effect per (saga, step, kind), in the
+style of DTM's sub-transaction barrier: a row keyed by (saga_id, step, kind) -- the parts of
+`Command.idempotency_key` -- is written in the same transaction as the handler's business
+writes, so the effect and the record that it happened commit together or not at all.
+
+    barrier = Barrier(engine)
+    await barrier.install()
+
+    @payments.handler("payments.charge")
+    @barrier.guard
+    async def charge(command: Command, conn: AsyncConnection) -> dict[str, Any] | None:
+        await conn.execute(...)  # business writes, inside the barrier's transaction
+
+What each delivery does:
+
+- action, first delivery: its row is inserted first, then the handler runs. A concurrent
+  duplicate blocks on the row's unique index until the first commits (or rolls back), so two
+  deliveries never both run the handler.
+- action, duplicate: the stored reply is returned again without running the handler -- the
+  same result, or the same non-retryable `StepFailed`. Answering the same thing keeps the
+  orchestrator's view and the data in agreement.
+- action after its compensation ("hanging"): the compensation left the action's row behind,
+  marked as written by it. The action is refused with a non-retryable
+  `StepFailed("compensated_already")` and never runs: running it now would leave an effect
+  that nobody will ever undo.
+- compensation before its action ("null compensation"): the compensation first inserts the
+  action's row, marked as written by the compensation. If that insert wins, the action never
+  ran, so there is nothing to undo: the compensation is recorded and answered as a success
+  `{"null_compensation": true}` without running its handler (and the marker refuses the
+  action if it comes later). The same holds when the action's stored reply is a failure: its
+  writes were rolled back, so there is nothing to undo either.
+- compensation after a successful action: its own row is inserted, then its handler runs;
+  duplicates get the stored reply like actions do.
+
+The handler runs in a SAVEPOINT. A non-retryable `StepFailed` of an action rolls back the
+business writes but its reply is stored: evaluated again later, the action could succeed when
+the saga has already moved on (compensated without it) and leave an effect nobody undoes. A
+compensation's non-retryable failure is not stored: it parks the saga for an operator, and the
+operator's retry (same key) must run the compensation again, not replay the failure. A
+retryable `StepFailed` or any other exception rolls back everything, the barrier row included,
+so the next attempt with the same key runs again.
+
+Keys are (saga_id, step, kind) rather than the idempotency key string because a compensation
+must find its action's row.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import pydantic_core
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from adapters.postgres.tables import NAMING_CONVENTION
+from orchestrator.messages import Command
+from orchestrator.participant import CommandHandler, StepFailed
+
+log = structlog.get_logger(__name__)
+
+GuardedHandler = Callable[[Command, AsyncConnection], Awaitable[dict[str, Any] | None]]
+Kind = Literal["action", "compensation"]
+
+NULL_COMPENSATION = "null_compensation"
+COMPENSATED_ALREADY = "compensated_already"
+
+
+def barrier_table(name: str = "saga_barrier", schema: str | None = None) -> sa.Table:
+    """The barrier's table, on a MetaData of its own (include it in your Alembic metadata to
+    manage it with your migrations instead of `Barrier.install`)."""
+    return sa.Table(
+        name,
+        sa.MetaData(schema=schema, naming_convention=NAMING_CONVENTION),
+        sa.Column("saga_id", sa.Uuid, primary_key=True),
+        sa.Column("step", sa.Text, primary_key=True),
+        sa.Column("kind", sa.Text, primary_key=True),
+        # An action row written by a compensation is the marker "undone before it was done".
+        sa.Column("written_by", sa.Text, nullable=False),
+        sa.Column("command_id", sa.Uuid, nullable=False),
+        # NULL only for that marker, or inside the transaction that is still deciding.
+        sa.Column("outcome", sa.Text),
+        sa.Column("result", JSONB(none_as_null=True)),
+        sa.Column("error", JSONB(none_as_null=True)),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.func.now(),
+            index=True,
+        ),
+        sa.CheckConstraint("kind IN ('action', 'compensation')", name="kind"),
+        sa.CheckConstraint("outcome IN ('success', 'failure')", name="outcome"),
+        # A command writes its own row, and a compensation writes its action's row only as the
+        # marker: an action can never write a compensation's row or a marker.
+        sa.CheckConstraint(
+            "written_by = kind OR (kind = 'action' AND outcome IS NULL)", name="written_by"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Stored:
+    written_by: str
+    outcome: str | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A reply decided inside the transaction, given to the caller only after it committed."""
+
+    result: dict[str, Any] | None = None
+    failure: StepFailed | None = None
+
+    def unwrap(self) -> dict[str, Any] | None:
+        if self.failure is not None:
+            raise self.failure
+        return self.result
+
+
+class Barrier:
+    """Exactly-once effects for a participant's handlers; see the module docstring."""
+
+    def __init__(
+        self, engine: AsyncEngine, *, table: str = "saga_barrier", schema: str | None = None
+    ) -> None:
+        self._engine = engine
+        self.table = barrier_table(table, schema)
+
+    def __repr__(self) -> str:
+        return f"Barrier({self.table.fullname!r})"
+
+    async def install(self) -> None:
+        """Create the schema and table unless they exist. Idempotent, and safe when several
+        processes start at once."""
+        async with self._engine.begin() as conn:
+            # CREATE ... IF NOT EXISTS is not safe against a concurrent creator: both pass the
+            # check and one fails on the catalog's unique index. The lock makes the second wait,
+            # then find everything in place; one lock for all barriers, as they may share a schema.
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
+                {"name": "adapters.postgres.barrier.install"},
+            )
+            if self.table.schema is not None:
+                await conn.execute(sa.schema.CreateSchema(self.table.schema, if_not_exists=True))
+            await conn.run_sync(self.table.metadata.create_all)
+
+    def guard(self, fn: GuardedHandler) -> CommandHandler:
+        """Wrap `async def fn(command, conn)` into a handler for `Participant.handler`: `fn`
+        does its business writes through `conn`, inside the barrier's transaction."""
+
+        @functools.wraps(fn)
+        async def guarded(command: Command) -> dict[str, Any] | None:
+            if command.kind == "action":
+                return await self._action(command, fn)
+            return await self._compensation(command, fn)
+
+        return guarded
+
+    async def prune(self, older_than: timedelta, batch: int = 10_000) -> int:
+        """Delete rows written more than `older_than` ago, `batch` rows per transaction (short
+        transactions: no long lock, no pinned xmin); returns how many were deleted.
+
+        A pruned row forgets its command: a duplicate delivered afterwards runs the handler
+        again, and a hanging action is no longer refused. So prune only rows older than the
+        longest time any command of a saga can still be delivered -- the saga's deadline plus
+        its retries, the broker's and the outbox's backlog after an outage, and the time a
+        parked saga may wait for an operator's retry. Think weeks, not minutes.
+        """
+        if older_than <= timedelta(0) or batch < 1:
+            raise ValueError(
+                f"prune needs older_than > 0 and batch >= 1, got {older_than}, {batch}"
+            )
+        t = self.table
+        async with self._engine.connect() as conn:
+            # One cutoff on the database's clock, the one that wrote created_at.
+            cutoff = await conn.scalar(sa.select(sa.func.now() - older_than))
+        doomed = (
+            sa.select(t.c.saga_id, t.c.step, t.c.kind)
+            .where(t.c.created_at < cutoff)
+            .limit(batch)
+            .with_for_update(skip_locked=True)  # two pruners share the work, never wait
+        )
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                deleted = await conn.execute(
+                    sa.delete(t).where(sa.tuple_(t.c.saga_id, t.c.step, t.c.kind).in_(doomed))
+                )
+            total += deleted.rowcount
+            if deleted.rowcount < batch:
+                log.info("barrier_pruned", table=t.fullname, deleted=total)
+                return total
+
+    # -- the two paths --------------------------------------------------------------------------
+
+    async def _action(self, command: Command, fn: GuardedHandler) -> dict[str, Any] | None:
+        async with self._engine.begin() as conn:
+            if await self._claim(conn, command, "action"):
+                outcome = await self._run(conn, command, fn)
+            else:
+                row = await self._row(conn, command, "action")
+                if row.written_by == "compensation":
+                    _log(command).warning("barrier_hanging_action_refused")
+                    outcome = _Outcome(
+                        failure=StepFailed(
+                            COMPENSATED_ALREADY,
+                            "the compensation of this step was recorded before the action "
+                            "arrived; the action is refused so that no effect outlives its undo",
+                            retryable=False,
+                        )
+                    )
+                else:
+                    outcome = _replayed(command, row)
+        return outcome.unwrap()
+
+    async def _compensation(self, command: Command, fn: GuardedHandler) -> dict[str, Any] | None:
+        async with self._engine.begin() as conn:
+            # The marker first: if it wins, the action never ran, and it refuses the action
+            # later. If the action is in flight, this waits for it to commit or roll back.
+            action_missing = await self._claim(conn, command, "action")
+            if not await self._claim(conn, command, "compensation"):
+                outcome = _replayed(command, await self._row(conn, command, "compensation"))
+            elif action_missing or not await self._action_applied(conn, command):
+                _log(command).info("barrier_null_compensation", action_missing=action_missing)
+                result = {NULL_COMPENSATION: True}
+                await self._store(conn, command, "success", result=result)
+                outcome = _Outcome(result=result)
+            else:
+                outcome = await self._run(conn, command, fn)
+        return outcome.unwrap()
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    async def _claim(self, conn: AsyncConnection, command: Command, kind: Kind) -> bool:
+        """Insert the row of (command's saga and step, `kind`); False when it exists. A
+        concurrent insert of the same row blocks this one until that transaction ends."""
+        inserted = await conn.execute(
+            insert(self.table)
+            .values(
+                saga_id=command.saga_id,
+                step=command.step,
+                kind=kind,
+                written_by=command.kind,
+                command_id=command.command_id,
+            )
+            .on_conflict_do_nothing()
+            .returning(self.table.c.kind)
+        )
+        return inserted.first() is not None
+
+    async def _row(self, conn: AsyncConnection, command: Command, kind: Kind) -> _Stored:
+        t = self.table
+        # A separate statement, not part of the insert: only a new snapshot (READ COMMITTED)
+        # sees the row of the transaction the insert waited for.
+        row = (
+            await conn.execute(
+                sa.select(t.c.written_by, t.c.outcome, t.c.result, t.c.error).where(
+                    *self._key(command, kind)
+                )
+            )
+        ).first()
+        if row is None:
+            raise RuntimeError(
+                f"barrier row {command.saga_id}:{command.step}:{kind} vanished between insert "
+                "and read (pruned meanwhile?); the next attempt will retry"
+            )
+        return _Stored(row.written_by, row.outcome, row.result, row.error)
+
+    async def _action_applied(self, conn: AsyncConnection, command: Command) -> bool:
+        row = await self._row(conn, command, "action")
+        return row.written_by == "action" and row.outcome == "success"
+
+    async def _run(self, conn: AsyncConnection, command: Command, fn: GuardedHandler) -> _Outcome:
+        try:
+            async with conn.begin_nested():
+                result = _as_json(await fn(command, conn))
+        except StepFailed as failure:
+            if failure.retryable or command.kind == "compensation":
+                raise  # rolls back the barrier row too: the next attempt runs again
+            error = {"type": failure.type, "message": failure.message, "retryable": False}
+            await self._store(conn, command, "failure", error=error)
+            _log(command).info("barrier_failure_stored", error_type=failure.type)
+            return _Outcome(failure=failure)
+        await self._store(conn, command, "success", result=result)
+        return _Outcome(result=result)
+
+    async def _store(
+        self,
+        conn: AsyncConnection,
+        command: Command,
+        outcome: Literal["success", "failure"],
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+    ) -> None:
+        await conn.execute(
+            sa.update(self.table)
+            .where(*self._key(command, command.kind))
+            .values(outcome=outcome, result=result, error=error)
+        )
+
+    def _key(self, command: Command, kind: Kind) -> tuple[sa.ColumnElement[bool], ...]:
+        t = self.table
+        return (t.c.saga_id == command.saga_id, t.c.step == command.step, t.c.kind == kind)
+
+
+def _replayed(command: Command, row: _Stored) -> _Outcome:
+    _log(command).info("barrier_duplicate_replayed", outcome=row.outcome)
+    if row.outcome == "success":
+        return _Outcome(result=row.result)
+    if row.outcome == "failure":
+        err = row.error or {}
+        return _Outcome(
+            failure=StepFailed(err.get("type", "error"), err.get("message", ""), retryable=False)
+        )
+    # Committed rows of the command's own kind always have an outcome; this is a broken table.
+    raise RuntimeError(
+        f"barrier row {command.saga_id}:{command.step}:{command.kind} has no outcome"
+    )
+
+
+def _as_json(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The result as plain JSON (Decimal, UUID, datetime become strings, as on the wire), so
+    the first reply and every replay are the same. Called inside the savepoint: a result that
+    cannot be stored rolls back its effect."""
+    try:
+        plain: dict[str, Any] | None = pydantic_core.from_json(pydantic_core.to_json(result))
+    except Exception as exc:
+        raise StepFailed(
+            "invalid_result",
+            f"the handler's result cannot be stored and sent as JSON: {exc}",
+            retryable=False,
+        ) from exc
+    return plain
+
+
+def _log(command: Command) -> Any:
+    return log.bind(
+        saga_id=str(command.saga_id),
+        step=command.step,
+        kind=command.kind,
+        attempt=command.attempt,
+        command_id=str(command.command_id),
+    )

@@ -1,0 +1,96 @@
+"""Engines and database lifecycle (create, clone from a template, drop)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import URL, make_url, text
+from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+_DUPLICATE_DATABASE = "42P04"
+
+# Every timestamptz comes back in UTC whatever the server's default time zone is.
+_CONNECT_ARGS = {"options": "-c timezone=UTC"}
+
+
+def psycopg_url(url: str | URL) -> URL:
+    """The URL with the psycopg 3 driver, which is the only one the adapter is tested with."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str | URL, pool_size: int = 5) -> AsyncEngine:
+    """The pooled engine a long-running process shares between all its transactions."""
+    return create_async_engine(psycopg_url(url), pool_size=pool_size, connect_args=_CONNECT_ARGS)
+
+
+def single_use_engine(url: str | URL, *, autocommit: bool = False) -> AsyncEngine:
+    """An engine that keeps no connection open after use: for migrations and admin work
+    (a database cannot be cloned or dropped while a pooled connection lingers on it)."""
+    options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+    return create_async_engine(
+        psycopg_url(url), poolclass=NullPool, connect_args=_CONNECT_ARGS, **options
+    )
+
+
+async def ensure_database(url: str | URL) -> bool:
+    """Create the URL's database unless it exists; True when it was created."""
+    name = _database(url)
+    async with _maintenance(url) as conn:
+        found = await conn.scalar(
+            text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
+        )
+        if found:
+            return False
+        try:
+            await conn.exec_driver_sql(f"CREATE DATABASE {_quote(conn, name)}")
+        except ProgrammingError as exc:
+            # Another process created it between our check and our CREATE.
+            if getattr(exc.orig, "sqlstate", None) == _DUPLICATE_DATABASE:
+                return False
+            raise
+    return True
+
+
+async def clone_database(url: str | URL, template: str) -> None:
+    """Create the URL's database as a copy of `template` (which nobody may be connected to)."""
+    async with _maintenance(url) as conn:
+        await conn.exec_driver_sql(
+            f"CREATE DATABASE {_quote(conn, _database(url))} TEMPLATE {_quote(conn, template)}"
+        )
+
+
+async def drop_database(url: str | URL) -> None:
+    """Drop the URL's database if it exists, disconnecting whoever is still on it."""
+    async with _maintenance(url) as conn:
+        await conn.exec_driver_sql(
+            f"DROP DATABASE IF EXISTS {_quote(conn, _database(url))} WITH (FORCE)"
+        )
+
+
+@asynccontextmanager
+async def _maintenance(url: str | URL) -> AsyncIterator[AsyncConnection]:
+    """A connection to the server's `postgres` database, in autocommit: CREATE/DROP DATABASE
+    can run neither inside a transaction nor on the database they act on."""
+    engine = single_use_engine(psycopg_url(url).set(database="postgres"), autocommit=True)
+    try:
+        async with engine.connect() as conn:
+            yield conn
+    finally:
+        await engine.dispose()
+
+
+def _database(url: str | URL) -> str:
+    name = make_url(url).database
+    if not name:
+        raise ValueError(f"the database URL {make_url(url)!r} names no database")
+    return name
+
+
+def _quote(conn: AsyncConnection, name: str) -> str:
+    return conn.dialect.identifier_preparer.quote_identifier(name)

@@ -1,0 +1,124 @@
+"""Conversions between table rows and the core's state values."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from adapters.postgres.tables import saga_steps
+from orchestrator.ports import OutboxMessage
+from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
+
+
+def instance_values(state: SagaState) -> dict[str, Any]:
+    return {
+        "id": state.saga_id,
+        "name": state.name,
+        "version": state.version,
+        "key": state.key,
+        "input": state.input,
+        "created_at": state.created_at,
+        **progress_values(state),
+    }
+
+
+def progress_values(state: SagaState) -> dict[str, Any]:
+    """The instance columns a transition may change."""
+    return {
+        "status": state.status.value,
+        "cancel_reason": state.cancel_reason,
+        "error": state.error,
+        "revision": state.revision,
+        "next_due_at": state.next_due_at,
+        "updated_at": state.updated_at,
+    }
+
+
+def step_values(step: StepState) -> dict[str, Any]:
+    return {
+        "idx": step.index,
+        "name": step.name,
+        "status": step.status.value,
+        "attempt": step.attempt,
+        "compensation_attempt": step.compensation_attempt,
+        "command_id": step.command_id,
+        "due_at": step.due_at,
+        "result": step.result,
+        "error": step.error,
+    }
+
+
+def any_of(column: sa.ColumnElement[Any], values: Sequence[Any]) -> sa.ColumnElement[bool]:
+    """`column = ANY(:array)`: one statement text whatever the count, so psycopg can
+    prepare it once (an expanded IN list is a new statement per length)."""
+    array = sa.bindparam(None, list(values), type_=ARRAY(column.type))
+    return column == sa.any_(array)
+
+
+async def load_states(conn: AsyncConnection, rows: Sequence[sa.Row[Any]]) -> list[SagaState]:
+    """Complete instance rows with their steps, read in one query.
+
+    Read in a statement of its own, after the instances were locked: under READ COMMITTED it
+    then sees whatever the previous lock holder committed. A join in the locking statement
+    would re-check the instance row after waiting but return steps from before the wait.
+    """
+    if not rows:
+        return []
+    ids = [row.id for row in rows]
+    found = await conn.execute(
+        sa.select(saga_steps)
+        .where(any_of(saga_steps.c.saga_id, ids))
+        .order_by(saga_steps.c.saga_id, saga_steps.c.idx)
+    )
+    steps: defaultdict[UUID, list[StepState]] = defaultdict(list)
+    for step in found:
+        steps[step.saga_id].append(_step(step))
+    return [_state(row, tuple(steps[row.id])) for row in rows]
+
+
+def outbox_message(row: sa.Row[Any]) -> OutboxMessage:
+    return OutboxMessage(
+        exchange=row.exchange,
+        routing_key=row.routing_key,
+        body=bytes(row.body),
+        message_id=row.message_id,
+        reply_to=row.reply_to,
+        id=row.id,
+    )
+
+
+def _state(row: sa.Row[Any], steps: tuple[StepState, ...]) -> SagaState:
+    return SagaState(
+        saga_id=row.id,
+        name=row.name,
+        version=row.version,
+        key=row.key,
+        status=SagaStatus(row.status),
+        input=row.input,
+        steps=steps,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        cancel_reason=row.cancel_reason,
+        error=row.error,
+        revision=row.revision,
+    )
+
+
+def _step(row: sa.Row[Any]) -> StepState:
+    return StepState(
+        name=row.name,
+        index=row.idx,
+        status=StepStatus(row.status),
+        attempt=row.attempt,
+        compensation_attempt=row.compensation_attempt,
+        command_id=row.command_id,
+        due_at=row.due_at,
+        result=row.result,
+        error=row.error,
+    )

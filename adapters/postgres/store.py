@@ -1,0 +1,119 @@
+"""PostgresStore: the SagaStore port on SQLAlchemy Core and psycopg 3 (no ORM)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.postgres.errors import translated
+from adapters.postgres.rows import any_of, load_states
+from adapters.postgres.tables import outbox, saga_definitions, saga_history, saga_instances
+from adapters.postgres.transaction import PostgresTransaction
+from orchestrator.errors import DefinitionConflict
+from orchestrator.ports import DefinitionRecord, HistoryRecord, SagaQuery
+from orchestrator.state import SagaState
+
+
+class PostgresStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        # Reads of a saga span two statements (instance, steps): one snapshot for both, so a
+        # transition committed in between is seen whole or not at all.
+        self._reader = engine.execution_options(isolation_level="REPEATABLE READ")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        """Commit when the block ends normally, roll back when it raises."""
+        with translated():
+            async with self._engine.begin() as conn:
+                yield PostgresTransaction(conn)
+
+    async def register(self, record: DefinitionRecord) -> bool:
+        with translated():
+            async with self._engine.begin() as conn:
+                inserted = await conn.execute(
+                    pg_insert(saga_definitions)
+                    .values(
+                        name=record.name,
+                        version=record.version,
+                        fingerprint=record.fingerprint,
+                        document=record.document,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(saga_definitions.c.name)
+                )
+                if inserted.first() is not None:
+                    return True
+                registered = await conn.scalar(
+                    sa.select(saga_definitions.c.fingerprint).where(
+                        saga_definitions.c.name == record.name,
+                        saga_definitions.c.version == record.version,
+                    )
+                )
+        if registered == record.fingerprint:
+            return False
+        raise DefinitionConflict(
+            f"saga {record.name!r} version {record.version} is registered already with "
+            f"different steps (fingerprint {registered} there, {record.fingerprint} here): "
+            f"bump the version in the definition; running instances keep the old one"
+        )
+
+    async def get(self, saga_id: UUID) -> SagaState | None:
+        found = await self._read(sa.select(saga_instances).where(saga_instances.c.id == saga_id))
+        return found[0] if found else None
+
+    async def find(self, query: SagaQuery) -> list[SagaState]:
+        """Newest activity first: the order the (status, updated_at) index serves."""
+        statement = (
+            sa.select(saga_instances)
+            .order_by(saga_instances.c.updated_at.desc(), saga_instances.c.id.desc())
+            .limit(query.limit)
+        )
+        if query.status is not None:
+            statement = statement.where(saga_instances.c.status == query.status.value)
+        if query.saga is not None:
+            statement = statement.where(saga_instances.c.name == query.saga)
+        if query.key is not None:
+            statement = statement.where(saga_instances.c.key == query.key)
+        return await self._read(statement)
+
+    async def history(self, saga_id: UUID) -> list[HistoryRecord]:
+        with translated():
+            async with self._engine.connect() as conn:
+                found = (
+                    await conn.execute(
+                        sa.select(saga_history)
+                        .where(saga_history.c.saga_id == saga_id)
+                        .order_by(saga_history.c.seq)
+                    )
+                ).all()
+        return [
+            HistoryRecord(
+                saga_id=row.saga_id,
+                seq=row.seq,
+                at=row.at,
+                event=row.event,
+                step=row.step,
+                detail=row.detail,
+                actor=row.actor,
+            )
+            for row in found
+        ]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        with translated():
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.delete(outbox).where(any_of(outbox.c.id, ids)))
+
+    async def _read(self, statement: sa.Select[tuple[object, ...]]) -> list[SagaState]:
+        with translated():
+            async with self._reader.connect() as conn:
+                found = await conn.execute(statement)
+                return await load_states(conn, found.all())

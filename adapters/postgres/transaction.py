@@ -1,0 +1,242 @@
+"""PostgresTransaction: the SagaTransaction port, one database transaction on one connection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from adapters.postgres.errors import translated
+from adapters.postgres.rows import (
+    any_of,
+    instance_values,
+    load_states,
+    outbox_message,
+    progress_values,
+    step_values,
+)
+from adapters.postgres.tables import inbox, outbox, saga_history, saga_instances, saga_steps
+from orchestrator.errors import ConcurrentUpdate
+from orchestrator.machine import HistoryEntry
+from orchestrator.ports import OutboxMessage
+from orchestrator.state import SagaState, StepState
+
+# First half of a two-int advisory lock key: start keys get a key space of their own.
+_START_KEY_LOCK = 0x5A6A
+
+_CHANGING_STEP_COLUMNS = (
+    "status",
+    "attempt",
+    "compensation_attempt",
+    "command_id",
+    "due_at",
+    "result",
+    "error",
+)
+_UPDATE_STEP = (
+    sa.update(saga_steps)
+    .where(
+        saga_steps.c.saga_id == sa.bindparam("w_saga_id"),
+        saga_steps.c.idx == sa.bindparam("w_idx"),
+    )
+    .values({name: sa.bindparam(f"v_{name}") for name in _CHANGING_STEP_COLUMNS})
+)
+
+
+class PostgresTransaction:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def insert(self, state: SagaState) -> bool:
+        inserted = await self._execute(
+            pg_insert(saga_instances)
+            .values(instance_values(state))
+            .on_conflict_do_nothing(index_elements=[saga_instances.c.name, saga_instances.c.key])
+            .returning(saga_instances.c.id)
+        )
+        if inserted.first() is None:
+            return False
+        if state.steps:
+            await self._execute(
+                sa.insert(saga_steps),
+                [{"saga_id": state.saga_id, **step_values(s)} for s in state.steps],
+            )
+        return True
+
+    async def lock(self, saga_id: UUID) -> SagaState | None:
+        found = await self._locked(saga_instances.c.id == saga_id)
+        return found[0] if found else None
+
+    async def lock_by_key(self, key: str, saga: str | None) -> list[SagaState]:
+        await self._serialise_start_key(key)
+        where = saga_instances.c.key == key
+        if saga is not None:
+            where &= saga_instances.c.name == saga
+        return await self._locked(where, order_by=saga_instances.c.created_at)
+
+    async def claim_due(self, now: datetime, limit: int) -> list[SagaState]:
+        found = await self._execute(
+            sa.select(saga_instances)
+            .where(saga_instances.c.next_due_at <= now)
+            .order_by(saga_instances.c.next_due_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return await load_states(self._conn, found.all())
+
+    async def save(self, before: SagaState, after: SagaState) -> None:
+        _check_transition(before, after)
+        updated = await self._execute(
+            sa.update(saga_instances)
+            .where(
+                saga_instances.c.id == before.saga_id,
+                saga_instances.c.revision == before.revision,
+            )
+            .values(progress_values(after))
+        )
+        if updated.rowcount == 0:
+            raise ConcurrentUpdate(
+                f"saga {before.saga_id} is no longer at revision {before.revision}; "
+                "reload it and decide again"
+            )
+        changed = [
+            _step_params(after.saga_id, new)
+            for old, new in zip(before.steps, after.steps, strict=True)
+            if old != new
+        ]
+        if changed:
+            await self._execute(_UPDATE_STEP, changed)
+
+    async def append_history(
+        self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
+    ) -> None:
+        if not entries:
+            return
+        # Safe without a sequence: every writer holds the saga's row lock (lock, claim_due,
+        # lock_by_key, or the insert that created it), so no two see the same max(seq).
+        last = (
+            sa.select(sa.func.coalesce(sa.func.max(saga_history.c.seq), 0))
+            .where(saga_history.c.saga_id == saga_id)
+            .scalar_subquery()
+        )
+        await self._execute(
+            sa.insert(saga_history).values(
+                [
+                    {
+                        "saga_id": saga_id,
+                        "seq": last + n,
+                        "event": entry.event,
+                        "step": entry.step,
+                        "detail": entry.detail,
+                        "actor": actor,
+                    }
+                    for n, entry in enumerate(entries, start=1)
+                ]
+            )
+        )
+
+    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+        if not messages:
+            return []
+        inserted = await self._execute(
+            sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "exchange": m.exchange,
+                    "routing_key": m.routing_key,
+                    "body": m.body,
+                    "message_id": m.message_id,
+                    "reply_to": m.reply_to,
+                }
+                for m in messages
+            ],
+        )
+        ids = inserted.scalars().all()
+        return [replace(m, id=i) for m, i in zip(messages, ids, strict=True)]
+
+    async def hold_cancel(self, key: str, saga: str | None, reason: str) -> None:
+        await self._execute(
+            sa.insert(inbox).values(kind="cancel", key=key, saga=saga, reason=reason)
+        )
+
+    async def take_held_cancel(self, saga: str, key: str) -> str | None:
+        await self._serialise_start_key(key)
+        taken = await self._execute(
+            sa.delete(inbox)
+            .where(
+                inbox.c.kind == "cancel",
+                inbox.c.key == key,
+                sa.or_(inbox.c.saga.is_(None), inbox.c.saga == saga),
+            )
+            .returning(inbox.c.id, inbox.c.reason)
+        )
+        first = min(taken.all(), default=None)
+        return None if first is None else str(first.reason)
+
+    async def claim_outbox(self, older_than: timedelta, limit: int) -> list[OutboxMessage]:
+        found = await self._execute(
+            sa.select(outbox)
+            .where(outbox.c.created_at < sa.func.now() - older_than)
+            .order_by(outbox.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        return [outbox_message(row) for row in found]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._execute(sa.delete(outbox).where(any_of(outbox.c.id, ids)))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _execute(
+        self, statement: sa.Executable, params: Sequence[dict[str, Any]] | None = None
+    ) -> sa.CursorResult[Any]:
+        with translated():
+            return await self._conn.execute(statement, params)
+
+    async def _locked(
+        self, where: sa.ColumnElement[bool], order_by: sa.ColumnElement[Any] | None = None
+    ) -> list[SagaState]:
+        query = sa.select(saga_instances).where(where).with_for_update()
+        if order_by is not None:
+            query = query.order_by(order_by)
+        found = await self._execute(query)
+        return await load_states(self._conn, found.all())
+
+    async def _serialise_start_key(self, key: str) -> None:
+        """Serialise a start and a cancel by the same key.
+
+        Without it, a cancel could find no saga (the start has not committed yet) and be
+        held, while the start had already looked for held cancels and found none: the cancel
+        would be lost. Under READ COMMITTED the statement after this one sees the other's commit.
+        """
+        await self._execute(
+            sa.select(sa.func.pg_advisory_xact_lock(_START_KEY_LOCK, sa.func.hashtext(key)))
+        )
+
+
+def _check_transition(before: SagaState, after: SagaState) -> None:
+    if after.saga_id != before.saga_id:
+        raise ValueError(f"save: before is saga {before.saga_id}, after is saga {after.saga_id}")
+    if after.revision != before.revision + 1:
+        raise ValueError(
+            f"save: after.revision must be {before.revision + 1}, not {after.revision}"
+        )
+    if len(after.steps) != len(before.steps):
+        raise ValueError("save: a transition cannot add or remove steps")
+
+
+def _step_params(saga_id: UUID, step: StepState) -> dict[str, Any]:
+    values = step_values(step)
+    return {
+        "w_saga_id": saga_id,
+        "w_idx": step.index,
+        **{f"v_{name}": values[name] for name in _CHANGING_STEP_COLUMNS},
+    }

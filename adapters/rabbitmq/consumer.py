@@ -1,0 +1,328 @@
+"""Consuming with manual acks: a message is acknowledged only after its handler returned.
+
+The handler commits its effect before it returns, so a crash anywhere before the ack leaves
+the message in the queue to be delivered again (at-least-once; handlers deduplicate).
+What happens to a message, by how its handler ended:
+
+- returned: ack.
+- raised `Poison` (or a JSON / pydantic validation error escaped it): the message can never
+  be processed, so it is published to the dead exchange with the reason in a header, and
+  acked once the broker confirmed that copy.
+- raised anything else: the failure may be transient (database down), so the message is
+  rejected with requeue after a backoff; the quorum queue counts deliveries and dead-letters
+  it after its delivery limit, so a message that crashes every time does not loop forever.
+  Without the backoff a requeued message comes straight back, and a few seconds of database
+  restart would burn through the limit and dead-letter good messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pydantic_core
+import structlog
+from aio_pika import DeliveryMode, Message
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from pydantic import BaseModel, ValidationError
+
+from adapters.rabbitmq.publisher import RabbitPublisher
+from adapters.rabbitmq.topology import Topology
+from orchestrator.errors import Poison
+from orchestrator.ports import Exchange
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+JSON = "application/json"
+# Far above any saga message; a body this large is an accident or an attack, not a command.
+MAX_BODY_BYTES = 1024 * 1024
+MAX_REASON_CHARS = 1000
+MAX_REASON_ERRORS = 5
+
+DEAD_REASON_HEADER = "x-saga-dead-reason"
+ORIGINAL_QUEUE_HEADER = "x-saga-original-queue"
+ORIGINAL_ROUTING_KEY_HEADER = "x-saga-original-routing-key"
+ORIGINAL_EXCHANGE_HEADER = "x-saga-original-exchange"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler sees of a message: enough to parse and answer it, no broker handle."""
+
+    body: bytes
+    routing_key: str
+    exchange: str
+    queue: str
+    content_type: str | None = None
+    message_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    redelivered: bool = False
+
+    @property
+    def delivery_count(self) -> int:
+        """How often a quorum queue handed this message out before (0 the first time)."""
+        count = self.headers.get("x-delivery-count", 0)
+        return count if isinstance(count, int) else 0
+
+    @classmethod
+    def of(cls, message: AbstractIncomingMessage, queue: str) -> Delivery:
+        return cls(
+            body=message.body,
+            routing_key=message.routing_key or "",
+            exchange=message.exchange or "",
+            queue=queue,
+            content_type=message.content_type,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            headers=dict(message.headers or {}),
+            redelivered=bool(message.redelivered),
+        )
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+RequeueDelay = Callable[[int], float]
+# Told the queue's name each time a message of it was dead-lettered (a metrics counter).
+DeadLetterHook = Callable[[str], None]
+
+
+def _no_hook(_queue: str) -> None:
+    return None
+
+
+def backoff(delivery_count: int) -> float:
+    """Seconds to hold a failed message before requeueing it: 0.1 s doubling up to 10 s, so
+    the default delivery limit of 10 rides out about 50 s of outage before dead-lettering."""
+    return min(0.1 * 2.0 ** min(delivery_count, 10), 10.0)
+
+
+def parse(
+    model: type[M],
+    message: Delivery | bytes,
+    *,
+    fields: Mapping[str, Any] | None = None,
+    max_bytes: int = MAX_BODY_BYTES,
+) -> M:
+    """Validate a JSON body into `model`, or raise `Poison` saying what is wrong with it.
+
+    Given a `Delivery`, its content type must be JSON (or absent); anything else, pickle
+    above all, is refused unread. `fields` are set on top of the body's (e.g. a command's
+    name, which travels as the routing key).
+    """
+    if isinstance(message, Delivery):
+        _check_content_type(message.content_type)
+        body = message.body
+    else:
+        body = message
+    if len(body) > max_bytes:
+        raise Poison(f"body of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        if fields is None:
+            return model.model_validate_json(body)
+        try:
+            data = pydantic_core.from_json(body)
+        except ValueError as exc:
+            raise Poison(f"invalid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise Poison(f"body: expected a JSON object, got {type(data).__name__}")
+        return model.model_validate({**data, **fields})
+    except ValidationError as exc:
+        raise Poison(describe_invalid(exc)) from exc
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A short, human-readable account of why a body did not validate."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts: list[str] = []
+    for error in errors[:MAX_REASON_ERRORS]:
+        if error["type"] == "json_invalid":
+            return f"invalid JSON: {error.get('ctx', {}).get('error', error['msg'])}"
+        where = ".".join(str(p) for p in error["loc"])
+        parts.append(f"field {where}: {error['msg']}" if where else f"body: {error['msg']}")
+    if len(errors) > MAX_REASON_ERRORS:
+        parts.append(f"and {len(errors) - MAX_REASON_ERRORS} more error(s)")
+    return "; ".join(parts)
+
+
+def poison_reason(exc: BaseException) -> str | None:
+    """The dead-letter reason if `exc` means the message can never be processed, else None."""
+    if isinstance(exc, Poison):
+        return str(exc) or "poison"
+    if isinstance(exc, ValidationError):
+        return describe_invalid(exc)
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON: {exc}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid UTF-8: {exc}"
+    return None
+
+
+def _check_content_type(content_type: str | None) -> None:
+    if content_type is None or content_type == "":
+        return
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != JSON:
+        raise Poison(f"content type {content_type} is not accepted: JSON only")
+
+
+class Consumer:
+    """A running consumer of one queue. `stop()` ends it cleanly."""
+
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        handler: Handler,
+        publisher: RabbitPublisher,
+        requeue_delay: RequeueDelay = backoff,
+        on_dead_letter: DeadLetterHook = _no_hook,
+    ) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.publisher = publisher
+        self.requeue_delay = requeue_delay
+        self.on_dead_letter = on_dead_letter
+        self.consumer_tag: str | None = None
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        """Begin consuming; `consume()` calls this."""
+        self.consumer_tag = await self.queue.consume(self._on_message, no_ack=False)
+        log.info("amqp_consumer_started", queue=self.queue.name, consumer_tag=self.consumer_tag)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop receiving, then give the messages being handled `grace` seconds to finish.
+
+        Messages still unacked after that are returned to the queue by the broker when the
+        channel closes; nothing is acked early.
+        """
+        if self.consumer_tag is None:
+            return
+        tag, self.consumer_tag = self.consumer_tag, None
+        await self.queue.cancel(tag)
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=grace)
+        log.info(
+            "amqp_consumer_stopped",
+            queue=self.queue.name,
+            consumer_tag=tag,
+            unfinished=len(self._in_flight),
+        )
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            await self._process(message)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        delivery = Delivery.of(message, self.queue.name)
+        bound = log.bind(
+            queue=delivery.queue,
+            routing_key=delivery.routing_key,
+            message_id=delivery.message_id,
+            delivery_count=delivery.delivery_count,
+        )
+        try:
+            await self.handler(delivery)
+        except Exception as exc:
+            reason = poison_reason(exc)
+            if reason is None:
+                bound.exception("message_handler_failed")
+                # Requeue: the quorum queue's delivery limit dead-letters a message that
+                # keeps failing, so retrying here cannot loop forever.
+                await asyncio.sleep(self.requeue_delay(delivery.delivery_count))
+                await _settle(message.reject(requeue=True), bound)
+                return
+            await self._dead_letter(message, delivery, reason[:MAX_REASON_CHARS], bound)
+            return
+        await _settle(message.ack(), bound)
+
+    async def _dead_letter(
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        reason: str,
+        bound: Any,
+    ) -> None:
+        copy = Message(
+            message.body,
+            headers={
+                **(message.headers or {}),
+                DEAD_REASON_HEADER: reason,
+                ORIGINAL_QUEUE_HEADER: delivery.queue,
+                ORIGINAL_EXCHANGE_HEADER: delivery.exchange,
+                ORIGINAL_ROUTING_KEY_HEADER: delivery.routing_key,
+            },
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+            # user_id is left out: the broker refuses one that is not this connection's user.
+            # expiration too: a dead message waits for an operator, however long that takes.
+        )
+        try:
+            await self.publisher.publish_message(
+                Exchange.DEAD, delivery.routing_key, copy, mandatory=True
+            )
+        except Exception:
+            bound.exception("message_dead_letter_failed", reason=reason)
+            # Not acked, so not lost: it comes back and is judged again.
+            await _settle(message.reject(requeue=True), bound)
+            return
+        bound.warning("message_dead_lettered", reason=reason)
+        self.on_dead_letter(delivery.queue)
+        await _settle(message.ack(), bound)
+
+
+async def _settle(outcome: Awaitable[None], bound: Any) -> None:
+    try:
+        await outcome
+    except Exception as exc:
+        # The channel went away: the broker requeues every unacked message of it, so this one
+        # is delivered again (the handler's effect is idempotent) rather than lost.
+        bound.warning("message_settle_failed", error=str(exc))
+
+
+async def consume(
+    channel: AbstractChannel,
+    queue: str,
+    handler: Handler,
+    *,
+    topology: Topology,
+    prefetch: int,
+    requeue_delay: RequeueDelay = backoff,
+    on_dead_letter: DeadLetterHook = _no_hook,
+) -> Consumer:
+    """Consume the logical queue `queue` (mapped through `topology`) with `handler`.
+
+    The channel must come from `open_channel` (the dead-letter copy is published with
+    confirms on it). The queue is declared with its canonical arguments, which is harmless
+    when it exists and lets a robust channel re-declare it after a reconnect. Bindings are
+    the topology's business (`declare_core`, `declare_service`).
+    """
+    if prefetch < 1:
+        raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+    # Per consumer (global_=False): handlers run concurrently up to this many unacked messages.
+    await channel.set_qos(prefetch_count=prefetch)
+    declared = await topology.declare_queue(channel, queue)
+    consumer = Consumer(
+        declared, handler, RabbitPublisher(channel, topology), requeue_delay, on_dead_letter
+    )
+    await consumer.start()
+    return consumer

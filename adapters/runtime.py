@@ -1,0 +1,228 @@
+"""Composition root of `saga run`: wires Postgres, RabbitMQ and the engine, and runs the
+consumers, the timer sweep and the outbox relay until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy.exc import DBAPIError
+
+from adapters import metrics
+from adapters.faults import fault_hook
+from adapters.postgres.database import make_engine
+from adapters.postgres.store import PostgresStore
+from adapters.rabbitmq.connection import connect, open_channel
+from adapters.rabbitmq.consumer import Delivery, consume, parse
+from adapters.rabbitmq.publisher import RabbitPublisher
+from adapters.rabbitmq.topology import Topology
+from adapters.settings import Settings
+from orchestrator.engine import Engine
+from orchestrator.errors import (
+    ConcurrentUpdate,
+    DefinitionConflict,
+    InvalidInput,
+    Poison,
+    SagaNotFound,
+    UnknownSaga,
+)
+from orchestrator.messages import CancelSaga, Reply, StartSaga
+from orchestrator.ports import REPLY_QUEUE
+from orchestrator.registry import Registry, load_modules
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+REQUESTS_QUEUE = "saga.requests"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+async def register_definitions(store: PostgresStore, registry: Registry) -> None:
+    """Record every loaded definition; a changed definition under a known version stops start-up."""
+    for record in registry.records():
+        if await store.register(record):
+            log.info(
+                "definition_registered",
+                saga=record.name,
+                version=record.version,
+                fingerprint=record.fingerprint[:12],
+            )
+
+
+async def with_db_retries(call: Callable[[], Awaitable[T]], *, patience: float = 600.0) -> T:
+    """Retry a transition on a lost race or while the database is unreachable.
+
+    The message stays unacked meanwhile: requeueing it would count against the queue's
+    delivery limit and a database outage would dead-letter good messages.
+    """
+    delay, waited = 0.05, 0.0
+    conflicts = 0
+    while True:
+        try:
+            return await call()
+        except ConcurrentUpdate:
+            conflicts += 1
+            if conflicts > 20:
+                raise
+        except DBAPIError as exc:
+            if (not exc.connection_invalidated and not _is_transient(exc)) or waited > patience:
+                raise
+            log.warning(
+                "database_unavailable_retrying", error=str(exc.orig or exc)[:200], delay=delay
+            )
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    code = getattr(exc.orig, "sqlstate", None) or ""
+    # 40001 serialization, 40P01 deadlock, 08* connection, 57P* shutdown / admin terminate.
+    return code in ("40001", "40P01") or code.startswith(("08", "57P"))
+
+
+class Orchestrator:
+    """`saga run`. Stateless: run as many as you like on one database and broker."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or load_modules(settings.modules)
+        self.topology = Topology(settings.amqp_prefix)
+        self.faults = fault_hook(settings.fault)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stops: list[Callable[[], Awaitable[Any]]] = []
+        self._stopping = asyncio.Event()
+        self.engine: Engine | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        db = make_engine(s.database_url, pool_size=s.db_pool_size)
+        self._stops.append(db.dispose)
+        store = PostgresStore(db)
+        try:
+            await register_definitions(store, self.registry)
+        except DefinitionConflict:
+            await db.dispose()
+            raise
+        connection = await connect(s.amqp_url)
+        self._stops.append(connection.close)
+        publish_channel = await open_channel(connection)
+        await self.topology.declare_core(publish_channel)
+        for service in self.topology.services_of(self.registry.commands()):
+            await self.topology.declare_service(publish_channel, service)
+        self.engine = Engine(
+            store,
+            RabbitPublisher(publish_channel, self.topology),
+            self.registry,
+            clock=utcnow,
+            faults=self.faults,
+            observe=metrics.observe,
+        )
+        for queue, handler in ((REQUESTS_QUEUE, self._on_request), (REPLY_QUEUE, self._on_reply)):
+            channel = await open_channel(connection)
+            consumer = await consume(
+                channel,
+                queue,
+                handler,
+                topology=self.topology,
+                prefetch=s.prefetch,
+                on_dead_letter=metrics.dead_lettered,
+            )
+            self._stops.insert(0, consumer.stop)
+        self._tasks = [
+            asyncio.create_task(self._loop("timers", self._timers, s.timer_interval)),
+            asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),
+        ]
+        log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for stop in self._stops:
+            with contextlib.suppress(Exception):
+                await stop()
+        self._stops.clear()
+        log.info("orchestrator_stopped")
+
+    async def __aenter__(self) -> Orchestrator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- message handlers: commit inside, ack after return (consumer.py) ------------------
+
+    async def _on_request(self, message: Delivery) -> None:
+        engine = self._engine()
+        if message.routing_key == "start":
+            start = parse(StartSaga, message)
+            try:
+                await with_db_retries(lambda: engine.start(start))
+            except (UnknownSaga, InvalidInput) as exc:
+                raise Poison(str(exc)) from exc
+        elif message.routing_key == "cancel":
+            cancel = parse(CancelSaga, message)
+            try:
+                await with_db_retries(lambda: engine.cancel(cancel))
+            except SagaNotFound as exc:
+                raise Poison(str(exc)) from exc
+        else:
+            raise Poison(
+                f"unknown routing key {message.routing_key!r}: expected 'start' or 'cancel'"
+            )
+        self.faults("after_commit_before_ack")
+
+    async def _on_reply(self, message: Delivery) -> None:
+        engine = self._engine()
+        reply = parse(Reply, message)
+        await with_db_retries(lambda: engine.reply(reply))
+        self.faults("after_commit_before_ack")
+
+    def _engine(self) -> Engine:
+        assert self.engine is not None, "start() first"
+        return self.engine
+
+    # -- background sweeps -----------------------------------------------------------------
+
+    async def _timers(self) -> bool:
+        limit = 200
+        return await self._engine().fire_timers(limit) == limit
+
+    async def _relay(self) -> bool:
+        limit = 500
+        age = timedelta(seconds=self.settings.relay_age)
+        return await self._engine().relay(age, limit) == limit
+
+    async def _loop(self, name: str, sweep: Callable[[], Awaitable[bool]], interval: float) -> None:
+        """Run `sweep` every `interval`, at once again while it reports a full batch."""
+        while not self._stopping.is_set():
+            try:
+                more = await sweep()
+            except Exception:
+                log.exception("sweep_failed", sweep=name)
+                more = False
+            if not more:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), interval)
+
+
+async def run_until_signalled(service: Orchestrator) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with service:
+        await stop.wait()

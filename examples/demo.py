@@ -1,0 +1,297 @@
+"""`saga demo`: the orchestrator and the example shop as real processes, a batch of real orders
+through RabbitMQ and PostgreSQL — most complete, some are declined or cannot be served and are
+compensated, some are cancelled mid-flight — then a summary and a check of the shop's data."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from adapters.postgres.database import ensure_database, make_engine
+from adapters.postgres.migrate import upgrade
+from adapters.postgres.store import PostgresStore
+from adapters.rabbitmq.client import send_requests
+from adapters.rabbitmq.connection import connect, open_channel
+from adapters.rabbitmq.topology import Topology
+from adapters.settings import Settings
+from adapters.text_table import render_table
+from examples.processes import Processes
+from examples.shop import schema
+from examples.shop.verify import check_effects
+from orchestrator.messages import CancelSaga, StartSaga
+from orchestrator.ports import SagaQuery
+from orchestrator.state import SagaState
+
+CUSTOMERS = {
+    "cust-ok": (Decimal("1000000"), True),
+    "cust-poor": (Decimal("1.00"), True),
+    "cust-declined": (Decimal("1000000"), False),
+}
+STOCK = {"SKU-BOOK": 1_000_000, "SKU-LAMP": 1_000_000, "SKU-RARE": 0}
+
+
+@dataclass(frozen=True)
+class PlannedOrder:
+    kind: str
+    key: str
+    input: dict[str, Any]
+    expect: str
+    cancel: bool = False
+
+
+@dataclass(frozen=True)
+class Scenario:
+    kind: str
+    share: float  # of all orders; "normal" takes whatever is left
+    customer: str
+    sku: str
+    order_prefix: str  # the shop's knobs ride on the order id (see examples/shop/services.py)
+    expect: str
+    cancel: bool = False
+
+
+SCENARIOS = [
+    Scenario("normal", 0.5, "cust-ok", "SKU-BOOK", "", "completed"),
+    Scenario("flaky notification", 0.1, "cust-ok", "SKU-LAMP", "flaky-", "completed"),
+    Scenario("card declined", 0.1, "cust-declined", "SKU-BOOK", "", "compensated"),
+    Scenario("out of stock", 0.1, "cust-ok", "SKU-RARE", "", "compensated"),
+    Scenario("no credit", 0.1, "cust-poor", "SKU-BOOK", "", "compensated"),
+    Scenario("cancelled mid-flight", 0.1, "cust-ok", "SKU-LAMP", "slow-", "cancelled", cancel=True),
+]
+
+
+def plan_orders(count: int, run_id: str) -> list[PlannedOrder]:
+    orders: list[PlannedOrder] = []
+    normal, *others = SCENARIOS
+    for scenario in others:
+        for _ in range(max(1, round(count * scenario.share))):
+            orders.append(_order(scenario, run_id, len(orders)))
+    while len(orders) < count:
+        orders.append(_order(normal, run_id, len(orders)))
+    return orders
+
+
+def _order(scenario: Scenario, run_id: str, i: int) -> PlannedOrder:
+    order_id = f"{scenario.order_prefix}{run_id}-{i:04d}"
+    return PlannedOrder(
+        kind=scenario.kind,
+        key=f"order-{order_id}",
+        input={
+            "order_id": order_id,
+            "customer_id": scenario.customer,
+            "amount": f"{10 + i % 90}.50",
+            "items": [{"sku": scenario.sku, "qty": 1 + i % 3}],
+        },
+        expect=scenario.expect,
+        cancel=scenario.cancel,
+    )
+
+
+async def wait_for_consumers(settings: Settings, queues: list[str], timeout: float = 30.0) -> None:
+    topology = Topology(settings.amqp_prefix)
+    connection = await connect(settings.amqp_url)
+    deadline = time.monotonic() + timeout
+    try:
+        for queue in queues:
+            while True:
+                channel = await open_channel(connection)
+                try:
+                    declared = await channel.declare_queue(topology.name(queue), passive=True)
+                    count = declared.declaration_result.consumer_count
+                except Exception:  # not declared yet: the process is still starting
+                    count = 0
+                finally:
+                    if not channel.is_closed:
+                        await channel.close()
+                if count:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no consumer on {queue} after {timeout}s")
+                await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+
+
+def shop_url_for(settings: Settings) -> str:
+    return (
+        make_url(settings.database_url)
+        .set(database="saga_shop")
+        .render_as_string(hide_password=False)
+    )
+
+
+async def run_demo(settings: Settings, orders: int = 40) -> bool:
+    run_id = uuid.uuid4().hex[:6]
+    shop_url = shop_url_for(settings)
+    print(f"demo {run_id}: preparing databases and broker ...", flush=True)
+    await upgrade(settings.database_url)
+    await ensure_database(shop_url)
+    shop = make_engine(shop_url, pool_size=2)
+    engine_db = make_engine(settings.database_url, pool_size=2)
+    await schema.create(shop)
+    await schema.seed(shop, CUSTOMERS, STOCK)
+    log_dir = Path(tempfile.mkdtemp(prefix="saga-demo-"))
+    procs = Processes(
+        env={
+            "SAGA_DATABASE_URL": settings.database_url,
+            "SAGA_AMQP_URL": settings.amqp_url,
+            "SAGA_AMQP_PREFIX": settings.amqp_prefix,
+            "SAGA_LOG_FORMAT": "json",
+            "SHOP_DATABASE_URL": shop_url,
+            "SHOP_SLOW_SECONDS": "2.0",
+        },
+        log_dir=log_dir,
+    )
+    try:
+        procs.start_orchestrator()
+        procs.start_shop()
+        await wait_for_consumers(
+            settings,
+            [
+                "saga.requests",
+                "saga.replies",
+                "commands.customers",
+                "commands.inventory",
+                "commands.payments",
+                "commands.notifications",
+            ],
+        )
+        plan = plan_orders(orders, run_id)
+        print(
+            f"placing {len(plan)} orders (orchestrator + 4 participant services running) ...",
+            flush=True,
+        )
+        started = time.monotonic()
+        await send_requests(
+            settings, [("start", StartSaga(saga="order", key=o.key, input=o.input)) for o in plan]
+        )
+        store = PostgresStore(engine_db)
+        to_cancel = [o for o in plan if o.cancel]
+        await _cancel_mid_flight(settings, store, to_cancel)
+        states = await _wait_finished(store, plan, timeout=90.0)
+        elapsed = time.monotonic() - started
+        ok = _print_summary(plan, states, elapsed)
+        ok &= await _show_late_cancel(
+            settings, store, next(o for o in plan if o.expect == "completed")
+        )
+        problems = await check_effects(
+            shop, {o.key: states[o.key] for o in plan if o.key in states}
+        )
+        if problems:
+            print("\nshop data check FAILED:")
+            for p in problems:
+                print(f"  - {p}")
+        else:
+            print(
+                "\nshop data check: every completed order charged once; every undone order "
+                "released its credit and stock; 0 double effects."
+            )
+        print(f"\nprocess logs: {log_dir}")
+        return ok and not problems
+    finally:
+        procs.stop_all()
+        await shop.dispose()
+        await engine_db.dispose()
+
+
+async def _cancel_mid_flight(
+    settings: Settings, store: PostgresStore, orders: list[PlannedOrder]
+) -> None:
+    """Cancel each slow order once its stock reservation is under way (the step stalls there)."""
+    pending = {o.key: o for o in orders}
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for key in list(pending):
+            found = await store.find(SagaQuery(key=key, limit=1))
+            step = found[0].step("reserve_stock") if found else None
+            if step is not None and step.status == "running":
+                await send_requests(
+                    settings,
+                    [("cancel", CancelSaga(key=key, reason="customer changed their mind"))],
+                )
+                del pending[key]
+        await asyncio.sleep(0.1)
+
+
+async def _wait_finished(
+    store: PostgresStore, plan: list[PlannedOrder], timeout: float
+) -> dict[str, SagaState]:
+    deadline = time.monotonic() + timeout
+    states: dict[str, SagaState] = {}
+    while time.monotonic() < deadline:
+        for o in plan:
+            if o.key in states and states[o.key].finished:
+                continue
+            found = await store.find(SagaQuery(key=o.key, limit=1))
+            if found:
+                states[o.key] = found[0]
+        if len(states) == len(plan) and all(s.finished for s in states.values()):
+            break
+        await asyncio.sleep(0.2)
+    return states
+
+
+def _print_summary(plan: list[PlannedOrder], states: dict[str, SagaState], elapsed: float) -> bool:
+    rows = []
+    all_ok = True
+    for scenario in SCENARIOS:
+        kind = scenario.kind
+        group = [o for o in plan if o.kind == kind]
+        if not group:
+            continue
+        got = Counter(states[o.key].status.value if o.key in states else "missing" for o in group)
+        expect = group[0].expect
+        ok = got == Counter({expect: len(group)})
+        all_ok &= ok
+        durations = [
+            (states[o.key].updated_at - states[o.key].created_at).total_seconds() * 1000
+            for o in group
+            if o.key in states
+        ]
+        rows.append(
+            [
+                kind,
+                str(len(group)),
+                expect,
+                ", ".join(f"{k} {v}" for k, v in sorted(got.items())),
+                f"{statistics.median(durations):.0f}" if durations else "-",
+                f"{max(durations):.0f}" if durations else "-",
+                "ok" if ok else "UNEXPECTED",
+            ]
+        )
+    print()
+    print(
+        render_table(
+            ["scenario", "orders", "expected", "outcome", "p50 ms", "max ms", "check"], rows
+        )
+    )
+    finished = sum(1 for s in states.values() if s.finished)
+    verdict = "OK" if all_ok else "UNEXPECTED OUTCOMES"
+    print(f"\n{finished}/{len(plan)} sagas finished in {elapsed:.1f}s; overall: {verdict}")
+    return all_ok
+
+
+async def _show_late_cancel(settings: Settings, store: PostgresStore, order: PlannedOrder) -> bool:
+    """A cancel for a completed order (past its pivot) is refused, and says why."""
+    await send_requests(settings, [("cancel", CancelSaga(key=order.key, reason="too late"))])
+    saga = (await store.find(SagaQuery(key=order.key, limit=1)))[0]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        refusals = [h for h in await store.history(saga.saga_id) if h.event == "cancel_refused"]
+        if refusals:
+            why = (refusals[0].detail or {}).get("why")
+            print(f"\ncancel of {order.key} after its pivot: refused ({why})")
+            return True
+        await asyncio.sleep(0.1)
+    print(f"\ncancel of {order.key} after its pivot: NOT refused within 10s")
+    return False

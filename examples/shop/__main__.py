@@ -1,0 +1,43 @@
+"""Run the example shop's participant services: `python -m examples.shop`.
+
+Environment: SHOP_DATABASE_URL (the shop's own database), SHOP_SLOW_SECONDS, and the engine's
+SAGA_AMQP_URL / SAGA_AMQP_PREFIX for the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+
+from adapters.logging import configure_logging
+from adapters.participants import serve
+from adapters.postgres.database import ensure_database, make_engine
+from adapters.settings import Settings
+from examples.shop import schema
+from examples.shop.services import Knobs, build
+
+DEFAULT_SHOP_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/saga_shop"
+
+
+async def main(services: set[str] | None) -> None:
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    url = os.environ.get("SHOP_DATABASE_URL", DEFAULT_SHOP_URL)
+    await ensure_database(url)
+    engine = make_engine(url, pool_size=settings.db_pool_size)
+    # Before serving: the first command needs the tables and the barrier (Barrier.install).
+    await schema.create(engine)
+    knobs = Knobs(slow_seconds=float(os.environ.get("SHOP_SLOW_SECONDS", "2.0")))
+    participants = [p for p in build(engine, knobs) if services is None or p.service in services]
+    try:
+        await serve(settings, participants)
+    finally:
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--services", help="comma-separated subset, e.g. customers,inventory")
+    args = parser.parse_args()
+    asyncio.run(main(set(args.services.split(",")) if args.services else None))

@@ -1,0 +1,58 @@
+"""Check the shop's own data against the sagas' outcomes: what the engine promises, measured
+where the effects happened (the `effects` ledger has one row per applied effect)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from examples.shop.schema import effects
+from orchestrator.state import SagaState, SagaStatus
+
+ACTIONS = [
+    "customers.reserve_credit",
+    "inventory.reserve",
+    "payments.charge",
+    "notifications.order_confirmed",
+]
+UNDO = {
+    "customers.reserve_credit": "customers.release_credit",
+    "inventory.reserve": "inventory.release",
+}
+
+
+async def ledger(shop: AsyncEngine, saga_ids: list[object]) -> Counter[tuple[str, str]]:
+    async with shop.connect() as conn:
+        rows = await conn.execute(
+            sa.select(effects.c.saga_id, effects.c.command).where(effects.c.saga_id.in_(saga_ids))
+        )
+        return Counter((str(r.saga_id), r.command) for r in rows)
+
+
+async def check_effects(shop: AsyncEngine, sagas: dict[str, SagaState]) -> list[str]:
+    """Problems: double effects, missing effects of completed orders, missing compensations."""
+    counts = await ledger(shop, [s.saga_id for s in sagas.values()])
+    problems = [f"{sid} {cmd} applied {n} times" for (sid, cmd), n in counts.items() if n > 1]
+    for key, state in sagas.items():
+        sid = str(state.saga_id)
+        done = {cmd for (s, cmd) in counts if s == sid}
+        if state.status == SagaStatus.COMPLETED:
+            problems += [
+                f"{key}: completed but {cmd} has no effect" for cmd in ACTIONS if cmd not in done
+            ]
+            problems += [
+                f"{key}: completed but {undo} ran" for undo in UNDO.values() if undo in done
+            ]
+        elif state.status in (SagaStatus.COMPENSATED, SagaStatus.CANCELLED):
+            problems += [
+                f"{key}: {state.status} but {cmd} was never undone"
+                for cmd, undo in UNDO.items()
+                if cmd in done and undo not in done
+            ]
+            if "payments.charge" in done:
+                problems.append(f"{key}: {state.status} but the card was charged")
+        else:
+            problems.append(f"{key}: not finished cleanly ({state.status})")
+    return problems

@@ -1,0 +1,42 @@
+"""Saga orchestration engine core: definitions, the pure state machine, ports, the engine.
+
+Imports no infrastructure (no sqlalchemy, psycopg, aio_pika, fastapi, os.environ).
+"""
+
+from orchestrator.definition import Saga, StepContext, StepDefinition
+from orchestrator.errors import (
+    DefinitionConflict,
+    DefinitionError,
+    InvalidInput,
+    OperationRefused,
+    SagaError,
+    SagaNotFound,
+    UnknownSaga,
+)
+from orchestrator.messages import CancelSaga, Command, OutcomeEvent, Reply, ReplyError, StartSaga
+from orchestrator.retry import Retry
+from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
+
+__all__ = [
+    "CancelSaga",
+    "Command",
+    "DefinitionConflict",
+    "DefinitionError",
+    "InvalidInput",
+    "OperationRefused",
+    "OutcomeEvent",
+    "Reply",
+    "ReplyError",
+    "Retry",
+    "Saga",
+    "SagaError",
+    "SagaNotFound",
+    "SagaState",
+    "SagaStatus",
+    "StartSaga",
+    "StepContext",
+    "StepDefinition",
+    "StepState",
+    "StepStatus",
+    "UnknownSaga",
+]

@@ -1,0 +1,270 @@
+"""The saga definition DSL: a `Saga` is an ordered list of steps, validated as it is built.
+
+Step classes follow Garcia-Molina & Salem: compensatable steps first, then at most one pivot
+(the go/no-go step, never compensated), then retriable steps (never compensated, retried until
+their policy is exhausted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from orchestrator.errors import DefinitionError
+from orchestrator.retry import Retry
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# A command name is a routing key: `<service>.<command>`; the service part picks the queue.
+COMMAND_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRY = Retry()
+DEFAULT_COMPENSATION_RETRY = Retry(max_attempts=10, initial_interval=1.0, max_interval=60.0)
+
+LocalHandler = Callable[["StepContext"], Awaitable[Any]]
+F = TypeVar("F", bound=LocalHandler)
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a local step function receives: the saga's validated input and command identity."""
+
+    saga_id: str
+    saga: str
+    step: str
+    kind: str
+    attempt: int
+    idempotency_key: str
+    input: BaseModel
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    name: str
+    command: str
+    compensation: str | None
+    pivot: bool
+    timeout: float
+    retry: Retry
+    compensation_timeout: float
+    compensation_retry: Retry
+    local: bool = False
+    handler: LocalHandler | None = field(default=None, compare=False)
+    compensation_handler: LocalHandler | None = field(default=None, compare=False)
+
+    def document(self) -> dict[str, Any]:
+        """The parts that define behaviour; what the fingerprint is computed over."""
+        return {
+            "name": self.name,
+            "command": self.command,
+            "compensation": self.compensation,
+            "pivot": self.pivot,
+            "local": self.local,
+            "timeout": self.timeout,
+            "retry": self.retry.model_dump(),
+            "compensation_timeout": self.compensation_timeout,
+            "compensation_retry": self.compensation_retry.model_dump(),
+        }
+
+
+class Saga:
+    """A saga definition. Build it at import time in a module under `sagas/`.
+
+    >>> saga = Saga("order", version=1, input=OrderPlaced)
+    >>> saga.remote("reserve_credit", command="customers.reserve_credit",
+    ...             compensation="customers.release_credit")
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        version: int = 1,
+        input: type[BaseModel],
+        timeout: float = DEFAULT_TIMEOUT,
+        retry: Retry = DEFAULT_RETRY,
+        compensation_retry: Retry = DEFAULT_COMPENSATION_RETRY,
+    ) -> None:
+        if not NAME_RE.match(name):
+            raise DefinitionError(
+                f"saga name {name!r} is invalid: use lowercase letters, digits and '_', "
+                "starting with a letter (it becomes part of routing keys)"
+            )
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise DefinitionError(
+                f"saga {name!r}: version must be an integer >= 1, got {version!r}"
+            )
+        if not (isinstance(input, type) and issubclass(input, BaseModel)):
+            raise DefinitionError(
+                f"saga {name!r}: input must be a pydantic BaseModel subclass that validates "
+                f"the start input, got {input!r}"
+            )
+        _check_timeout(name, "timeout", timeout)
+        self.name = name
+        self.version = version
+        self.input = input
+        self.timeout = timeout
+        self.retry = retry
+        self.compensation_retry = compensation_retry
+        self._steps: list[StepDefinition] = []
+
+    @property
+    def steps(self) -> tuple[StepDefinition, ...]:
+        return tuple(self._steps)
+
+    @property
+    def pivot_index(self) -> int | None:
+        return next((i for i, s in enumerate(self._steps) if s.pivot), None)
+
+    def step(self, name: str) -> StepDefinition:
+        for s in self._steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def remote(
+        self,
+        name: str,
+        *,
+        command: str,
+        compensation: str | None = None,
+        pivot: bool = False,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        compensation_timeout: float | None = None,
+        compensation_retry: Retry | None = None,
+    ) -> Saga:
+        """Add a step whose command is routed to a participant service by its name."""
+        self._add(
+            StepDefinition(
+                name=name,
+                command=command,
+                compensation=compensation,
+                pivot=pivot,
+                timeout=self.timeout if timeout is None else timeout,
+                retry=retry or self.retry,
+                compensation_timeout=(
+                    self.timeout if compensation_timeout is None else compensation_timeout
+                ),
+                compensation_retry=compensation_retry or self.compensation_retry,
+            )
+        )
+        return self
+
+    def local(
+        self,
+        name: str | None = None,
+        *,
+        compensate: LocalHandler | None = None,
+        pivot: bool = False,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        compensation_timeout: float | None = None,
+        compensation_retry: Retry | None = None,
+    ) -> Callable[[F], F]:
+        """Decorate an async function as a step run by `saga worker`.
+
+        It travels through RabbitMQ like a remote step, under the command name
+        `local.<saga>.<step>` (and `local.<saga>.<step>.compensate`).
+        """
+
+        def decorate(fn: F) -> F:
+            step_name = name or fn.__name__
+            command = f"local.{self.name}.{step_name}"
+            self._add(
+                StepDefinition(
+                    name=step_name,
+                    command=command,
+                    compensation=f"{command}.compensate" if compensate else None,
+                    pivot=pivot,
+                    timeout=self.timeout if timeout is None else timeout,
+                    retry=retry or self.retry,
+                    compensation_timeout=(
+                        self.timeout if compensation_timeout is None else compensation_timeout
+                    ),
+                    compensation_retry=compensation_retry or self.compensation_retry,
+                    local=True,
+                    handler=fn,
+                    compensation_handler=compensate,
+                )
+            )
+            return fn
+
+        return decorate
+
+    def _add(self, step: StepDefinition) -> None:
+        where = f"saga {self.name!r} v{self.version}, step {step.name!r}"
+        if not NAME_RE.match(step.name):
+            raise DefinitionError(
+                f"{where}: step name is invalid: use lowercase letters, digits and '_'"
+            )
+        if any(s.name == step.name for s in self._steps):
+            raise DefinitionError(f"{where}: a step with this name exists already; rename one")
+        for label, cmd in (("command", step.command), ("compensation", step.compensation)):
+            if cmd is not None and not COMMAND_RE.match(cmd):
+                raise DefinitionError(
+                    f"{where}: {label} {cmd!r} is not a valid command name: use "
+                    "'<service>.<command>' in lowercase, e.g. 'payments.charge'"
+                )
+        _check_timeout(where, "timeout", step.timeout)
+        _check_timeout(where, "compensation_timeout", step.compensation_timeout)
+        pivot = self.pivot_index
+        if step.pivot:
+            if pivot is not None:
+                raise DefinitionError(
+                    f"{where}: the saga has a pivot already ({self._steps[pivot].name!r}); "
+                    "a saga has at most one pivot"
+                )
+            if step.compensation is not None:
+                raise DefinitionError(
+                    f"{where}: a pivot is never compensated; remove compensation= "
+                    "(or drop pivot=True if the step can be undone)"
+                )
+        elif pivot is not None and step.compensation is not None:
+            raise DefinitionError(
+                f"{where}: it comes after the pivot {self._steps[pivot].name!r}, so it is "
+                "retriable and never compensated; remove compensation= or move the step "
+                "before the pivot"
+            )
+        self._steps.append(step)
+
+    def validate(self) -> None:
+        """Whole-definition checks that cannot run while steps are still being added."""
+        if not self._steps:
+            raise DefinitionError(f"saga {self.name!r} v{self.version} has no steps; add one")
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "input_schema": self.input.model_json_schema(),
+            "steps": [s.document() for s in self._steps],
+        }
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.document(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Saga({self.name!r}, version={self.version}, steps={len(self._steps)})"
+
+
+def _check_timeout(where: str, label: str, value: float) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not math.isfinite(value)  # nan and inf pass `<= 0` but break the deadline arithmetic
+        or value <= 0
+    ):
+        raise DefinitionError(
+            f"{where}: {label} must be a positive number of seconds, got {value!r}"
+        )

@@ -1,0 +1,95 @@
+"""Wire protocol v1: the JSON bodies exchanged over RabbitMQ, validated on the way in.
+
+Inbound models forbid unknown fields only where a typo would silently change meaning;
+payloads and results are free-form JSON objects owned by the saga author.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROTOCOL_VERSION = 1
+MAX_KEY_LENGTH = 200
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StartSaga(_Wire):
+    """`sagas` exchange, routing key `start`. `key` is the caller's idempotency key."""
+
+    saga: str = Field(min_length=1, max_length=100)
+    key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
+    input: dict[str, Any]
+    version: int | None = Field(None, ge=1, description="Pin a version; newest when omitted.")
+
+
+class CancelSaga(_Wire):
+    """`sagas` exchange, routing key `cancel`: by the start's key (optionally with the saga
+    name) or by saga_id."""
+
+    key: str | None = Field(None, min_length=1, max_length=MAX_KEY_LENGTH)
+    saga: str | None = Field(None, min_length=1, max_length=100)
+    saga_id: UUID | None = None
+    reason: str = Field("cancelled", max_length=1000)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CancelSaga:
+        if (self.key is None) == (self.saga_id is None):
+            raise ValueError("give exactly one of 'key' or 'saga_id'")
+        return self
+
+
+class Command(_Wire):
+    """`saga.commands` exchange, routing key = the command name."""
+
+    command_id: UUID
+    saga_id: UUID
+    saga: str
+    step: str
+    kind: Literal["action", "compensation"]
+    attempt: int = Field(ge=1)
+    idempotency_key: str
+    payload: dict[str, Any]
+    expires_at: datetime
+    # Not part of the body: the routing key. Kept on the model so the outbox holds one object.
+    command: str = Field(exclude=True)
+
+
+class ReplyError(_Wire):
+    type: str = Field("error", max_length=200)
+    message: str = Field("", max_length=10_000)
+    retryable: bool = True
+
+
+class Reply(_Wire):
+    """Default exchange, routing key `saga.replies`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    command_id: UUID
+    saga_id: UUID
+    step: str
+    outcome: Literal["success", "failure", "heartbeat"]
+    result: Any = None
+    error: ReplyError | None = None
+
+
+class OutcomeEvent(_Wire):
+    """`saga.events` exchange, routing key `<saga>.<status>`."""
+
+    saga_id: UUID
+    saga: str
+    key: str
+    status: str
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.saga}.{self.status}"

@@ -1,0 +1,257 @@
+"""The participant SDK core: command handlers in, replies out. No broker, no environment.
+
+A participant service registers one async function per command name and answers every
+command with a reply, so the saga can always move on:
+
+    payments = Participant("payments")
+
+    @payments.handler("payments.charge")
+    async def charge(command: Command) -> dict[str, Any] | None:
+        if not await has_funds(command.payload):
+            raise StepFailed("insufficient_funds", "card declined", retryable=False)
+        return {"charge_id": ...}
+
+Handlers run at least once per command (a crash before the reply is acked redelivers it);
+use `command.idempotency_key` to make the effect happen once.
+
+While a handler runs, the transport sends heartbeats (`heartbeats()` below), so a handler may
+take longer than the step's timeout as long as its process is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pydantic_core
+import structlog
+
+from orchestrator.definition import COMMAND_RE
+from orchestrator.errors import DefinitionError
+from orchestrator.messages import Command, Reply, ReplyError
+
+log = structlog.get_logger(__name__)
+
+CommandHandler = Callable[[Command], Awaitable[dict[str, Any] | None]]
+H = TypeVar("H", bound=CommandHandler)
+
+# ReplyError's field limits; longer text would make the reply itself invalid.
+_MAX_TYPE = 200
+_MAX_MESSAGE = 10_000
+
+MIN_HEARTBEAT_INTERVAL = 0.05
+MAX_HEARTBEAT_INTERVAL = 10.0
+
+SendReply = Callable[[Reply], Awaitable[None]]
+
+
+class StepFailed(Exception):
+    """A business failure a handler reports on purpose, e.g. "insufficient_funds".
+
+    `retryable=False` tells the orchestrator that trying again cannot help, so it compensates
+    at once instead of spending the step's retries.
+    """
+
+    def __init__(self, type: str, message: str = "", *, retryable: bool = True) -> None:
+        super().__init__(message or type)
+        self.type = type
+        self.message = message
+        self.retryable = retryable
+
+
+class Participant:
+    """The handlers of one participant service, keyed by command name."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._handlers: dict[str, CommandHandler] = {}
+
+    def __repr__(self) -> str:
+        return f"Participant({self.service!r}, commands={self.commands()})"
+
+    def handler(self, command: str) -> Callable[[H], H]:
+        """Register an async function as the handler of `command` (e.g. "payments.charge")."""
+        if not COMMAND_RE.match(command):
+            raise DefinitionError(
+                f"participant {self.service!r}: {command!r} is not a valid command name: use "
+                "'<service>.<command>' in lowercase, e.g. 'payments.charge'"
+            )
+        if command in self._handlers:
+            raise DefinitionError(
+                f"participant {self.service!r}: {command!r} has a handler already "
+                f"({_name(self._handlers[command])}); register one handler per command"
+            )
+
+        def register(fn: H) -> H:
+            # Through a bool: the TypeGuard would otherwise narrow `fn` away from H.
+            is_async: bool = inspect.iscoroutinefunction(fn)
+            if not is_async:
+                raise DefinitionError(
+                    f"participant {self.service!r}: the handler of {command!r} must be an "
+                    f"'async def' function, got {fn!r}"
+                )
+            self._handlers[command] = fn
+            return fn
+
+        return register
+
+    def commands(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def services(self) -> set[str]:
+        """The services whose command queues this participant consumes."""
+        return {c.split(".", 1)[0] for c in self._handlers}
+
+    async def handle(self, command: Command, now: datetime) -> Reply:
+        """Run the command's handler and turn whatever happened into a reply. Never raises
+        (cancellation aside): every command gets an answer."""
+        bound = log.bind(
+            service=self.service,
+            command=command.command,
+            saga_id=str(command.saga_id),
+            step=command.step,
+            kind=command.kind,
+            attempt=command.attempt,
+        )
+        handler = self._handlers.get(command.command)
+        if handler is None:
+            bound.warning("participant_command_unknown")
+            return _failure(
+                command,
+                "unknown_command",
+                f"participant {self.service!r} has no handler for {command.command!r}; "
+                f"it handles {self.commands()}",
+                retryable=False,
+            )
+        if _aware(now) >= _aware(command.expires_at):
+            # The orchestrator has stopped waiting (or soon will): acting now would act on a
+            # decision that may no longer hold. A retry gets a fresh command and deadline.
+            bound.warning("participant_command_expired", expires_at=command.expires_at.isoformat())
+            return _failure(
+                command,
+                "expired",
+                f"command expired at {command.expires_at.isoformat()}, received at "
+                f"{now.isoformat()}; not executed",
+                retryable=True,
+            )
+        try:
+            result = await handler(command)
+        except StepFailed as exc:
+            bound.info("participant_step_failed", error_type=exc.type, retryable=exc.retryable)
+            return _failure(command, exc.type, exc.message, retryable=exc.retryable)
+        except Exception as exc:
+            bound.exception("participant_handler_crashed")
+            return _failure(command, type(exc).__name__, str(exc), retryable=True)
+        try:
+            # Checked here, not when the reply is published: a result that cannot be sent
+            # would otherwise crash every redelivery and never produce any answer.
+            pydantic_core.to_json(result)
+        except Exception as exc:
+            bound.exception("participant_result_invalid")
+            return _failure(
+                command,
+                "invalid_result",
+                f"the handler's result cannot be sent as JSON: {exc}",
+                retryable=False,
+            )
+        bound.info("participant_step_succeeded")
+        return Reply(
+            command_id=command.command_id,
+            saga_id=command.saga_id,
+            step=command.step,
+            outcome="success",
+            result=result,
+        )
+
+
+def _failure(command: Command, type: str, message: str, *, retryable: bool) -> Reply:
+    return Reply(
+        command_id=command.command_id,
+        saga_id=command.saga_id,
+        step=command.step,
+        outcome="failure",
+        error=ReplyError(
+            type=type[:_MAX_TYPE] or "error",
+            message=message[:_MAX_MESSAGE],
+            retryable=retryable,
+        ),
+    )
+
+
+def _aware(moment: datetime) -> datetime:
+    # A sender that omits the offset means UTC (the orchestrator always sends one); comparing
+    # naive with aware would raise instead of answering.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", repr(fn))
+
+
+def heartbeat_interval(expires_at: datetime, now: datetime) -> float:
+    """Seconds between the heartbeats of a command received at `now`."""
+    remaining = (_aware(expires_at) - _aware(now)).total_seconds()
+    # A third of the time left puts two heartbeats inside the step's timeout (at 1/3 and 2/3),
+    # so the orchestrator still hears one in time when the other is lost or slow; each one it
+    # applies moves the deadline a whole timeout ahead, so the next third fits again.
+    # The cap bounds what a participant clock running behind the orchestrator's can do (it
+    # believes more time is left than there is): any step with a timeout over 20 s hears two
+    # heartbeats in time whatever the skew. The floor keeps a command received at (or past)
+    # its deadline from flooding the reply queue.
+    return max(MIN_HEARTBEAT_INTERVAL, min(MAX_HEARTBEAT_INTERVAL, remaining / 3))
+
+
+def heartbeat(command: Command) -> Reply:
+    """The reply that tells the orchestrator the command's handler is still running."""
+    return Reply(
+        command_id=command.command_id,
+        saga_id=command.saga_id,
+        step=command.step,
+        outcome="heartbeat",
+    )
+
+
+@asynccontextmanager
+async def heartbeats(command: Command, now: datetime, send: SendReply) -> AsyncIterator[None]:
+    """Send `heartbeat(command)` through `send` every `heartbeat_interval` while the block runs.
+
+    The first one goes out after one interval, so a quick handler sends none. When the block
+    ends (returns, raises or is cancelled) the heartbeats stop before this returns, so one can
+    never follow the final reply the caller sends next.
+    """
+    interval = heartbeat_interval(command.expires_at, now)
+    task = asyncio.create_task(
+        _beat(command, interval, send), name=f"saga-heartbeat:{command.command_id}"
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        # Not `await task` under suppress(CancelledError): that would also swallow a
+        # cancellation of *this* task arriving while it waits, and the handler would go on.
+        await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            # _beat catches what `send` raises; this is a bug in it, not a broker failure.
+            log.error("participant_heartbeat_crashed", error=str(task.exception()))
+
+
+async def _beat(command: Command, interval: float, send: SendReply) -> None:
+    reply = heartbeat(command)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await send(reply)
+        except Exception as exc:
+            # A lost heartbeat costs nothing while the next one arrives in time; the handler
+            # must go on either way (its final reply is what the saga needs).
+            log.warning(
+                "participant_heartbeat_failed",
+                saga_id=str(command.saga_id),
+                step=command.step,
+                attempt=command.attempt,
+                error=str(exc),
+            )

@@ -1,0 +1,78 @@
+"""The set of saga definitions a process knows, loaded from Python modules."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+from orchestrator.definition import Saga
+from orchestrator.errors import DefinitionError, UnknownSaga
+from orchestrator.ports import DefinitionRecord
+
+
+class Registry:
+    def __init__(self, sagas: Iterable[Saga] = ()) -> None:
+        self._by_version: dict[tuple[str, int], Saga] = {}
+        for saga in sagas:
+            self.add(saga)
+
+    def add(self, saga: Saga) -> None:
+        saga.validate()
+        existing = self._by_version.get((saga.name, saga.version))
+        if existing is not None and existing is not saga:
+            raise DefinitionError(
+                f"saga {saga.name!r} v{saga.version} is defined twice; bump one version"
+            )
+        self._by_version[(saga.name, saga.version)] = saga
+
+    def get(self, name: str, version: int | None = None) -> Saga:
+        if version is None:
+            versions = [v for (n, v) in self._by_version if n == name]
+            if not versions:
+                raise UnknownSaga(
+                    f"no saga named {name!r}; known: {', '.join(self.names()) or 'none'}"
+                )
+            version = max(versions)
+        saga = self._by_version.get((name, version))
+        if saga is None:
+            raise UnknownSaga(f"saga {name!r} has no version {version} loaded in this process")
+        return saga
+
+    def names(self) -> list[str]:
+        return sorted({n for (n, _) in self._by_version})
+
+    def all(self) -> list[Saga]:
+        return list(self._by_version.values())
+
+    def records(self) -> list[DefinitionRecord]:
+        return [
+            DefinitionRecord(s.name, s.version, s.fingerprint, s.document()) for s in self.all()
+        ]
+
+    def commands(self) -> set[str]:
+        """Every command name the loaded sagas may send (actions and compensations)."""
+        names: set[str] = set()
+        for saga in self.all():
+            for step in saga.steps:
+                names.add(step.command)
+                if step.compensation:
+                    names.add(step.compensation)
+        return names
+
+
+def load_modules(module_names: Iterable[str]) -> Registry:
+    """Import each module and collect the `Saga` objects defined at its top level."""
+    registry = Registry()
+    for module_name in module_names:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise DefinitionError(
+                f"cannot import saga module {module_name!r}: {exc}; check SAGA_MODULES"
+            ) from exc
+        found = [v for v in vars(module).values() if isinstance(v, Saga)]
+        if not found:
+            raise DefinitionError(f"module {module_name!r} defines no Saga at its top level")
+        for saga in found:
+            registry.add(saga)
+    return registry

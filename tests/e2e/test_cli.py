@@ -1,0 +1,125 @@
+"""The `saga` CLI as a user runs it: a subprocess, configured by SAGA_* variables, against
+the real database and broker, with `saga run` and the example shop as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.postgres.database import drop_database, make_engine
+from adapters.rabbitmq.topology import Topology
+from adapters.settings import Settings
+from examples.demo import CUSTOMERS, STOCK, wait_for_consumers
+from examples.processes import Processes
+from examples.shop import schema
+from tests.fixtures.polling import eventually
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+ORDER = {
+    "order_id": "cli-1",
+    "customer_id": "cust-ok",
+    "amount": "12.00",
+    "items": [{"sku": "SKU-BOOK", "qty": 1}],
+}
+
+
+@pytest.fixture
+def env(database_url: str, topology: Topology, amqp_url: str) -> dict[str, str]:
+    return {
+        "SAGA_DATABASE_URL": database_url,
+        "SAGA_AMQP_URL": amqp_url,
+        "SAGA_AMQP_PREFIX": topology.prefix,
+        "SAGA_LOG_FORMAT": "json",
+        "SHOP_DATABASE_URL": database_url,
+    }
+
+
+def saga(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adapters.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def running(env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(env=env, log_dir=tmp_path)
+    procs.start_orchestrator()
+    procs.start_shop()
+    yield procs
+    procs.stop_all()
+
+
+async def test_migrate_creates_a_missing_database(env: dict[str, str], database_url: str) -> None:
+    url = database_url.rsplit("/", 1)[0] + f"/saga_cli_{uuid.uuid4().hex[:8]}"
+    try:
+        for _ in range(2):  # and running it again is harmless
+            done = saga({**env, "SAGA_DATABASE_URL": url}, "migrate")
+            assert done.returncode == 0, done.stderr
+            assert "up to date" in done.stdout
+    finally:
+        await drop_database(url)
+
+
+async def test_start_status_list_cancel(
+    env: dict[str, str], running: Processes, topology: Topology
+) -> None:
+    settings = Settings(
+        database_url=env["SAGA_DATABASE_URL"],
+        amqp_url=env["SAGA_AMQP_URL"],
+        amqp_prefix=topology.prefix,
+    )
+    await wait_for_consumers(settings, ["saga.requests", "commands.customers"])
+    # The shop's tables and customers: the demo seeds them, here the test does.
+    shop = make_engine(env["SHOP_DATABASE_URL"], pool_size=1)
+    await schema.create(shop)
+    await schema.seed(shop, CUSTOMERS, STOCK)
+    await shop.dispose()
+
+    started = saga(env, "start", "order", "--key", "cli-k1", "--input", json.dumps(ORDER))
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "cli-k1"
+
+    async def completed() -> dict[str, object] | None:
+        out = saga(env, "status", "cli-k1", "--json")
+        if out.returncode != 0:
+            return None
+        doc: dict[str, object] = json.loads(out.stdout)
+        return doc if doc["status"] == "completed" else None
+
+    doc = await eventually(completed, timeout=30, message="cli-k1 completed")
+    assert [s["status"] for s in doc["steps"]] == ["succeeded"] * 4  # type: ignore[attr-defined]
+
+    human = saga(env, "status", "cli-k1")
+    assert "charge_payment" in human.stdout and "succeeded" in human.stdout
+
+    listed = saga(env, "list", "--status", "completed", "--json")
+    assert [d["key"] for d in json.loads(listed.stdout)] == ["cli-k1"]
+
+    refused = saga(env, "cancel", "cli-k1", "--reason", "too late")
+    assert refused.returncode == 1
+    assert "past the pivot" in refused.stderr or "already completed" in refused.stderr
+
+    held = saga(env, "cancel", "not-started-yet")
+    assert held.returncode == 0 and "held" in held.stdout
+
+    missing = saga(env, "status", str(uuid.uuid4()))
+    assert missing.returncode == 2 and "no saga" in missing.stderr
+
+
+def test_bad_input_gets_a_clear_error(env: dict[str, str]) -> None:
+    done = saga(env, "start", "order", "--input", "{oops")
+    assert done.returncode == 2
+    assert "not valid JSON" in done.stderr

@@ -1,0 +1,169 @@
+"""The engine shell on the in-memory fakes: one transition = one transaction, outbox first,
+publish after commit, relay after a failed publish, idempotent starts, held cancels."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from adapters.memory.publisher import MemoryPublisher
+from adapters.memory.store import MemoryStore
+from orchestrator.engine import Engine
+from orchestrator.errors import InvalidInput, SagaNotFound, UnknownSaga
+from orchestrator.messages import CancelSaga, Command, Reply, StartSaga
+from orchestrator.registry import Registry
+from sagas.order import saga as order_saga
+
+ORDER = {
+    "order_id": "o1",
+    "customer_id": "c1",
+    "amount": "10.00",
+    "items": [{"sku": "A", "qty": 1}],
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def parts(clock: Clock) -> tuple[Engine, MemoryStore, MemoryPublisher]:
+    store, publisher = MemoryStore(clock=clock), MemoryPublisher()
+    return Engine(store, publisher, Registry([order_saga]), clock=clock), store, publisher
+
+
+def last_command(publisher: MemoryPublisher) -> Command:
+    msg = [m for m in publisher.published if m.exchange == "saga.commands"][-1]
+    return Command.model_validate({**json.loads(msg.body), "command": msg.routing_key})
+
+
+def success(cmd: Command, result: object = None) -> Reply:
+    return Reply(
+        command_id=cmd.command_id,
+        saga_id=cmd.saga_id,
+        step=cmd.step,
+        outcome="success",
+        result=result,
+    )
+
+
+async def test_start_is_idempotent_by_key(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, _store, publisher = parts
+    first = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    again = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    assert first.created and not again.created and again.saga_id == first.saga_id
+    assert publisher.routing_keys() == ["customers.reserve_credit"]
+
+
+async def test_bad_starts_raise_errors_that_explain(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, _, _ = parts
+    with pytest.raises(UnknownSaga, match="known: order"):
+        await engine.start(StartSaga(saga="nope", key="k", input={}))
+    with pytest.raises(InvalidInput, match="customer_id"):
+        await engine.start(StartSaga(saga="order", key="k", input={"order_id": "x"}))
+
+
+async def test_full_run_publishes_each_command_once_and_empties_the_outbox(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, store, publisher = parts
+    await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    for _ in range(4):
+        await engine.reply(success(last_command(publisher), {"ok": True}))
+    assert publisher.routing_keys() == [
+        "customers.reserve_credit",
+        "inventory.reserve",
+        "payments.charge",
+        "notifications.order_confirmed",
+        "order.completed",
+    ]
+    async with store.transaction() as tx:
+        assert await tx.claim_outbox(timedelta(days=-1), 100) == []
+
+
+async def test_publish_failure_leaves_the_outbox_for_the_relay(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher], clock: Clock
+) -> None:
+    engine, _store, publisher = parts
+    publisher.down = True
+    outcome = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    assert outcome.created and publisher.published == []
+    publisher.down = False
+    assert (
+        await engine.relay(older_than=timedelta(seconds=2)) == 0
+    )  # too young: still the fast path's
+    clock.now += timedelta(seconds=3)
+    assert await engine.relay(older_than=timedelta(seconds=2)) == 1
+    assert publisher.routing_keys() == ["customers.reserve_credit"]
+    assert await engine.relay(older_than=timedelta(seconds=2)) == 0
+
+
+async def test_timers_fire_timeouts_once(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher], clock: Clock
+) -> None:
+    engine, store, _publisher = parts
+    started = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    assert await engine.fire_timers() == 0
+    clock.now += timedelta(seconds=31)
+    assert await engine.fire_timers() == 1
+    assert await engine.fire_timers() == 0  # the retry is scheduled later, not due yet
+    state = await store.get(started.saga_id)
+    assert state is not None and state.steps[0].error is not None
+    assert state.steps[0].error["type"] == "timeout"
+
+
+async def test_cancel_before_start_is_held_then_applied(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, store, publisher = parts
+    held = await engine.cancel(CancelSaga(key="k", reason="changed mind"))
+    assert held.held
+    started = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    state = await store.get(started.saga_id)
+    assert state is not None and state.status == "cancelled"
+    assert publisher.routing_keys() == ["order.cancelled"]
+
+
+async def test_cancel_unknown_saga_id_is_an_error(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, _, _ = parts
+    with pytest.raises(SagaNotFound):
+        await engine.cancel(CancelSaga(saga_id=uuid.uuid4()))
+
+
+async def test_reply_for_unknown_saga_is_reported(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, _, _ = parts
+    reply = Reply(command_id=uuid.uuid4(), saga_id=uuid.uuid4(), step="x", outcome="success")
+    assert await engine.reply(reply) is False
+
+
+async def test_history_records_every_transition_with_its_actor(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, store, publisher = parts
+    started = await engine.start(StartSaga(saga="order", key="k", input=ORDER), actor="test")
+    await engine.cancel(CancelSaga(key="k", reason="stop"), actor="operator:ann")
+    await engine.reply(success(last_command(publisher)))  # the in-flight credit reservation
+    history = await store.history(started.saga_id)
+    assert [h.seq for h in history] == list(range(1, len(history) + 1))
+    assert ("saga_cancel_accepted", "operator:ann") in [(h.event, h.actor) for h in history]
+    assert history[-1].event == "compensation_dispatched"
