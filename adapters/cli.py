@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from adapters.logging import configure_logging
-from adapters.settings import Settings
+from adapters import cli_operators
+from adapters import cli_support as cs
+from adapters.cli_support import JsonOpt
 from adapters.text_table import render_table
-from orchestrator.errors import DefinitionConflict, DefinitionError, SagaError
 from orchestrator.state import SagaState, SagaStatus
 
 app = typer.Typer(
@@ -23,23 +21,6 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Saga orchestrator: run the engine, start and inspect sagas, act as an operator.",
 )
-T = TypeVar("T")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _settings() -> Settings:
-    settings = Settings()
-    configure_logging(settings.log_format, settings.log_level)
-    return settings
-
-
-def _run(coro: Awaitable[T]) -> T:
-    try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    except (DefinitionConflict, DefinitionError) as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -47,8 +28,8 @@ def migrate() -> None:
     """Create the database if missing and apply every migration."""
     from adapters.postgres.migrate import upgrade
 
-    settings = _settings()
-    _run(upgrade(settings.database_url))
+    config = cs.settings()
+    cs.run(upgrade(config.database_url))
     typer.echo("database is up to date")
 
 
@@ -57,8 +38,8 @@ def run() -> None:
     """Run the orchestrator: consume starts, cancels and replies; fire timers; relay the outbox."""
     from adapters.runtime import Orchestrator, run_until_signalled
 
-    settings = _settings()
-    _run(run_until_signalled(Orchestrator(settings)))
+    config = cs.settings()
+    cs.run(run_until_signalled(Orchestrator(config)))
 
 
 @app.command()
@@ -67,12 +48,12 @@ def worker() -> None:
     from adapters.participants import local_steps, serve
     from orchestrator.registry import load_modules
 
-    settings = _settings()
-    participant = local_steps(load_modules(settings.modules))
+    config = cs.settings()
+    participant = local_steps(load_modules(config.modules))
     if not participant.commands():
         typer.secho("no local steps in the loaded saga modules; nothing to do", err=True)
         raise typer.Exit(1)
-    _run(serve(settings, [participant]))
+    cs.run(serve(config, [participant]))
 
 
 @app.command()
@@ -82,8 +63,8 @@ def demo(
     """Run the orchestrator and the example shop, place real orders, print what happened."""
     from examples.demo import run_demo
 
-    settings = _settings()
-    ok = _run(run_demo(settings, orders=orders))
+    config = cs.settings()
+    ok = cs.run(run_demo(config, orders=orders))
     raise typer.Exit(0 if ok else 1)
 
 
@@ -97,15 +78,11 @@ def start(
     from adapters.rabbitmq.client import send_request
     from orchestrator.messages import StartSaga
 
-    settings = _settings()
+    config = cs.settings()
     raw = Path(input[1:]).read_text() if input.startswith("@") else input
-    try:
-        payload = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        typer.secho(f"error: --input is not valid JSON: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
+    payload = cs.parse_json("--input", raw)
     request = StartSaga(saga=saga, key=key or f"cli-{uuid.uuid4()}", input=payload)
-    _run(send_request(settings, "start", request))
+    cs.run(send_request(config, "start", request))
     typer.echo(request.key)
 
 
@@ -115,8 +92,8 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a saga and its steps."""
-    settings = _settings()
-    state = _run(_find_one(settings, saga))
+    config = cs.settings()
+    state = cs.run(cs.find_one(config, saga))
     if as_json:
         typer.echo(json.dumps(_state_json(state), indent=2))
         return
@@ -146,9 +123,9 @@ def list_(
     """List sagas, newest first."""
     from orchestrator.ports import SagaQuery
 
-    settings = _settings()
-    states = _run(
-        _with_store(settings, lambda st: st.find(SagaQuery(status=status_, saga=saga, limit=limit)))
+    config = cs.settings()
+    states = cs.run(
+        cs.with_store(config, lambda st: st.find(SagaQuery(status=status_, saga=saga, limit=limit)))
     )
     if as_json:
         typer.echo(json.dumps([_state_json(s) for s in states], indent=2))
@@ -178,12 +155,14 @@ def cancel(
     """Cancel a saga before its pivot; compensations run in reverse. Exit 1 when refused."""
     from orchestrator.messages import CancelSaga
 
-    settings = _settings()
+    config = cs.settings()
     try:
         request = CancelSaga(saga_id=uuid.UUID(saga), reason=reason)
     except ValueError:
         request = CancelSaga(key=saga, reason=reason)
-    outcome = _run(_cancel(settings, request, f"operator:{who}"))
+    outcome = cs.run(
+        cs.with_engine(config, lambda engine: engine.cancel(request, actor=f"operator:{who}"))
+    )
     if outcome.held:
         typer.echo(f"no saga has key {saga!r} yet: the cancel is held and applies when it starts")
     elif outcome.refused:
@@ -192,63 +171,6 @@ def cancel(
     else:
         for saga_id, st in outcome.sagas:
             typer.echo(f"{saga_id}: {st}")
-
-
-# -- helpers ---------------------------------------------------------------------------------
-
-
-async def _with_store(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
-    from adapters.postgres.database import make_engine
-    from adapters.postgres.store import PostgresStore
-
-    db = make_engine(settings.database_url, pool_size=1)
-    try:
-        return await fn(PostgresStore(db))
-    finally:
-        await db.dispose()
-
-
-async def _find_one(settings: Settings, ident: str) -> SagaState:
-    from orchestrator.ports import SagaQuery
-
-    async def find(store: Any) -> SagaState:
-        try:
-            state: SagaState | None = await store.get(uuid.UUID(ident))
-        except ValueError:
-            found = await store.find(SagaQuery(key=ident, limit=1))
-            state = found[0] if found else None
-        if state is None:
-            typer.secho(f"error: no saga with id or key {ident!r}", fg="red", err=True)
-            raise typer.Exit(2)
-        return state
-
-    return await _with_store(settings, find)
-
-
-async def _cancel(settings: Settings, request: Any, actor: str) -> Any:
-    from adapters.postgres.database import make_engine
-    from adapters.postgres.store import PostgresStore
-    from adapters.rabbitmq.connection import connect, open_channel
-    from adapters.rabbitmq.publisher import RabbitPublisher
-    from adapters.rabbitmq.topology import Topology
-    from adapters.runtime import utcnow, with_db_retries
-    from orchestrator.engine import Engine
-    from orchestrator.registry import load_modules
-
-    db = make_engine(settings.database_url, pool_size=1)
-    connection = await connect(settings.amqp_url)
-    try:
-        channel = await open_channel(connection)
-        publisher = RabbitPublisher(channel, Topology(settings.amqp_prefix))
-        engine = Engine(PostgresStore(db), publisher, load_modules(settings.modules), clock=utcnow)
-        try:
-            return await with_db_retries(lambda: engine.cancel(request, actor=actor))
-        except SagaError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(2) from exc
-    finally:
-        await connection.close()
-        await db.dispose()
 
 
 def _state_json(state: SagaState) -> dict[str, Any]:
@@ -289,6 +211,9 @@ def _short(value: Any, width: int = 60) -> str:
         value.get("message") or json.dumps(value) if isinstance(value, dict) else json.dumps(value)
     )
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+cli_operators.register(app)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ def local_steps(registry: Registry) -> Participant:
     # Newer versions come later and win: a command names its saga but not its version yet.
     for saga in sorted(registry.all(), key=lambda s: s.version):
         for step in saga.steps:
-            if step.local and step.handler is not None:
+            if step.local and step.command and step.handler is not None:
                 functions[step.command] = step.handler
             if step.compensation and step.compensation_handler is not None:
                 functions[step.compensation] = step.compensation_handler

@@ -13,7 +13,8 @@ import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -30,6 +31,26 @@ DEFAULT_COMPENSATION_RETRY = Retry(max_attempts=10, initial_interval=1.0, max_in
 
 LocalHandler = Callable[["StepContext"], Awaitable[Any]]
 F = TypeVar("F", bound=LocalHandler)
+OnGuardFalse = Literal["skip", "fail"]
+
+
+@dataclass(frozen=True)
+class GuardContext:
+    """What a guard (or a sleep's `until`) sees: the saga as it stands, under its lock.
+
+    Guards run inside the pure state machine, just before their step is dispatched: they must
+    be quick, deterministic functions of this context (no I/O, no clock), so a decision
+    replayed after a crash decides the same.
+    """
+
+    saga_id: str
+    key: str
+    input: dict[str, Any]
+    results: dict[str, Any]
+
+
+Guard = Callable[[GuardContext], bool]
+Until = Callable[[GuardContext], datetime]
 
 
 @dataclass(frozen=True)
@@ -49,30 +70,54 @@ class StepContext:
 @dataclass(frozen=True)
 class StepDefinition:
     name: str
-    command: str
+    # None for a sleep step: it sends nothing, a database timer wakes it.
+    command: str | None
     compensation: str | None
     pivot: bool
+    # Start-to-close: how long an attempt may run once started; each heartbeat restarts it.
     timeout: float
     retry: Retry
     compensation_timeout: float
     compensation_retry: Retry
     local: bool = False
+    # Schedule-to-start: how long a command may wait in its queue before a participant takes
+    # it (seen from its first heartbeat or reply). None: queue time counts against `timeout`.
+    schedule_to_start: float | None = None
+    guard: Guard | None = field(default=None, compare=False)
+    on_guard_false: OnGuardFalse = "skip"
+    sleep_seconds: float | None = None
+    sleep_until: Until | None = field(default=None, compare=False)
     handler: LocalHandler | None = field(default=None, compare=False)
     compensation_handler: LocalHandler | None = field(default=None, compare=False)
 
+    @property
+    def sleep(self) -> bool:
+        return self.sleep_seconds is not None or self.sleep_until is not None
+
     def document(self) -> dict[str, Any]:
-        """The parts that define behaviour; what the fingerprint is computed over."""
-        return {
+        """The parts that define behaviour; what the fingerprint is computed over. Optional
+        features appear only when used, so adding one leaves older fingerprints as they were."""
+        doc: dict[str, Any] = {
             "name": self.name,
             "command": self.command,
             "compensation": self.compensation,
             "pivot": self.pivot,
             "local": self.local,
             "timeout": self.timeout,
-            "retry": self.retry.model_dump(),
+            "retry": self.retry.model_dump(mode="json"),
             "compensation_timeout": self.compensation_timeout,
-            "compensation_retry": self.compensation_retry.model_dump(),
+            "compensation_retry": self.compensation_retry.model_dump(mode="json"),
         }
+        if self.schedule_to_start is not None:
+            doc["schedule_to_start"] = self.schedule_to_start
+        if self.guard is not None:
+            doc["guard"] = _qualname(self.guard)
+            doc["on_guard_false"] = self.on_guard_false
+        if self.sleep_seconds is not None:
+            doc["sleep_seconds"] = self.sleep_seconds
+        if self.sleep_until is not None:
+            doc["sleep_until"] = _qualname(self.sleep_until)
+        return doc
 
 
 class Saga:
@@ -92,7 +137,13 @@ class Saga:
         timeout: float = DEFAULT_TIMEOUT,
         retry: Retry = DEFAULT_RETRY,
         compensation_retry: Retry = DEFAULT_COMPENSATION_RETRY,
+        deadline: float | None = None,
+        compensation_deadline: float | None = None,
     ) -> None:
+        """`deadline`: seconds from the start by which the saga must have finished its steps;
+        past it the saga is compensated (or parked, once the pivot was dispatched).
+        `compensation_deadline`: seconds the compensation phase may take, from its start;
+        past it the saga is parked for an operator."""
         if not NAME_RE.match(name):
             raise DefinitionError(
                 f"saga name {name!r} is invalid: use lowercase letters, digits and '_', "
@@ -108,6 +159,12 @@ class Saga:
                 f"the start input, got {input!r}"
             )
         _check_timeout(name, "timeout", timeout)
+        if deadline is not None:
+            _check_timeout(name, "deadline", deadline)
+        if compensation_deadline is not None:
+            _check_timeout(name, "compensation_deadline", compensation_deadline)
+        self.deadline = deadline
+        self.compensation_deadline = compensation_deadline
         self.name = name
         self.version = version
         self.input = input
@@ -141,8 +198,15 @@ class Saga:
         retry: Retry | None = None,
         compensation_timeout: float | None = None,
         compensation_retry: Retry | None = None,
+        schedule_to_start: float | None = None,
+        guard: Guard | None = None,
+        on_guard_false: OnGuardFalse = "skip",
     ) -> Saga:
-        """Add a step whose command is routed to a participant service by its name."""
+        """Add a step whose command is routed to a participant service by its name.
+
+        `guard`: a precondition on the saga's state, checked just before dispatch; when it
+        is false the step is skipped (`on_guard_false="skip"`) or fails without being sent
+        (`"fail"`: the saga compensates, or is parked past the pivot)."""
         self._add(
             StepDefinition(
                 name=name,
@@ -155,6 +219,52 @@ class Saga:
                     self.timeout if compensation_timeout is None else compensation_timeout
                 ),
                 compensation_retry=compensation_retry or self.compensation_retry,
+                schedule_to_start=schedule_to_start,
+                guard=guard,
+                on_guard_false=on_guard_false,
+            )
+        )
+        return self
+
+    def sleep(
+        self,
+        name: str,
+        *,
+        seconds: float | None = None,
+        until: Until | None = None,
+        guard: Guard | None = None,
+        on_guard_false: OnGuardFalse = "skip",
+    ) -> Saga:
+        """Add a durable wait: `seconds` after the step is reached, or `until` a moment
+        computed from the saga (e.g. `lambda ctx: datetime.fromisoformat(ctx.input["at"])`).
+        The wait is a database timer: it survives restarts and holds while the saga is
+        paused. A cancel ends it. It sends nothing and is never compensated."""
+        if (seconds is None) == (until is None):
+            raise DefinitionError(
+                f"saga {self.name!r} v{self.version}, step {name!r}: give exactly one of "
+                "seconds= or until="
+            )
+        if seconds is not None:
+            _check_timeout(f"saga {self.name!r}, step {name!r}", "seconds", seconds)
+        if until is not None and not callable(until):
+            raise DefinitionError(
+                f"saga {self.name!r}, step {name!r}: until= must be a function of the saga's "
+                f"GuardContext returning a datetime, got {until!r}"
+            )
+        self._add(
+            StepDefinition(
+                name=name,
+                command=None,
+                compensation=None,
+                pivot=False,
+                timeout=self.timeout,
+                retry=self.retry,
+                compensation_timeout=self.timeout,
+                compensation_retry=self.compensation_retry,
+                guard=guard,
+                on_guard_false=on_guard_false,
+                sleep_seconds=seconds,
+                sleep_until=until,
             )
         )
         return self
@@ -169,6 +279,9 @@ class Saga:
         retry: Retry | None = None,
         compensation_timeout: float | None = None,
         compensation_retry: Retry | None = None,
+        schedule_to_start: float | None = None,
+        guard: Guard | None = None,
+        on_guard_false: OnGuardFalse = "skip",
     ) -> Callable[[F], F]:
         """Decorate an async function as a step run by `saga worker`.
 
@@ -192,6 +305,9 @@ class Saga:
                     ),
                     compensation_retry=compensation_retry or self.compensation_retry,
                     local=True,
+                    schedule_to_start=schedule_to_start,
+                    guard=guard,
+                    on_guard_false=on_guard_false,
                     handler=fn,
                     compensation_handler=compensate,
                 )
@@ -216,6 +332,17 @@ class Saga:
                 )
         _check_timeout(where, "timeout", step.timeout)
         _check_timeout(where, "compensation_timeout", step.compensation_timeout)
+        if step.schedule_to_start is not None:
+            _check_timeout(where, "schedule_to_start", step.schedule_to_start)
+        if step.guard is not None and not callable(step.guard):
+            raise DefinitionError(
+                f"{where}: guard= must be a function of the saga's GuardContext returning a "
+                f"bool, got {step.guard!r}"
+            )
+        if step.on_guard_false not in ("skip", "fail"):
+            raise DefinitionError(
+                f"{where}: on_guard_false must be 'skip' or 'fail', got {step.on_guard_false!r}"
+            )
         pivot = self.pivot_index
         if step.pivot:
             if pivot is not None:
@@ -242,12 +369,17 @@ class Saga:
             raise DefinitionError(f"saga {self.name!r} v{self.version} has no steps; add one")
 
     def document(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "name": self.name,
             "version": self.version,
             "input_schema": self.input.model_json_schema(),
             "steps": [s.document() for s in self._steps],
         }
+        if self.deadline is not None:
+            doc["deadline"] = self.deadline
+        if self.compensation_deadline is not None:
+            doc["compensation_deadline"] = self.compensation_deadline
+        return doc
 
     @property
     def fingerprint(self) -> str:
@@ -256,6 +388,10 @@ class Saga:
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, version={self.version}, steps={len(self._steps)})"
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _check_timeout(where: str, label: str, value: float) -> None:

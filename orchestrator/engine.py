@@ -14,8 +14,14 @@ import structlog
 from pydantic import ValidationError
 
 from orchestrator import machine
-from orchestrator.errors import InvalidInput, SagaNotFound
-from orchestrator.machine import CancelRequested, Decision, ReplyReceived, TimersDue
+from orchestrator.errors import InvalidInput, OperationRefused, SagaNotFound
+from orchestrator.machine import (
+    CancelRequested,
+    Decision,
+    OperatorEvent,
+    ReplyReceived,
+    TimersDue,
+)
 from orchestrator.messages import CancelSaga, Reply, StartSaga
 from orchestrator.ports import (
     REPLY_QUEUE,
@@ -176,6 +182,33 @@ class Engine:
                 )
         await self._after_commit(written)
         return CancelOutcome(sagas=tuple(results), refused=refused)
+
+    async def operate(self, saga_id: UUID, action: OperatorEvent, actor: str) -> SagaState:
+        """An operator's action (pause, resume, retry, skip, mark-compensated) on one saga,
+        recorded in its history with `actor` and the action's reason. Raises SagaNotFound,
+        or OperationRefused saying why the action does not apply now."""
+        if not action.reason.strip():
+            raise OperationRefused("say why: operator actions are recorded with a reason")
+        now = self.clock()
+        written = _Written()
+        async with self.store.transaction() as tx:
+            state = await tx.lock(saga_id)
+            if state is None:
+                raise SagaNotFound(f"no saga with id {saga_id}")
+            definition = self.registry.get(state.name, state.version)
+            decision = machine.decide(definition, state, action, now)
+            if decision.refused is not None:
+                log.info(
+                    "operator_action_refused",
+                    saga_id=str(saga_id),
+                    action=type(action).__name__,
+                    actor=actor,
+                    why=decision.refused,
+                )
+                raise OperationRefused(decision.refused)
+            await self._write(tx, decision, actor, written, before=state)
+        await self._after_commit(written)
+        return replace(decision.state, revision=state.revision + 1)
 
     async def reply(self, reply: Reply) -> bool:
         """Apply a participant's reply; False when it named no known saga.

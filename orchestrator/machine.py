@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from orchestrator.definition import Saga, StepDefinition
+from orchestrator.definition import GuardContext, Saga, StepDefinition
 from orchestrator.messages import Command, OutcomeEvent, Reply
 from orchestrator.state import (
+    FINISHED,
     TIMEOUT_ERROR,
     SagaState,
     SagaStatus,
     StepState,
     StepStatus,
     check_saga_move,
+    step_results,
 )
 
 COMMAND_NAMESPACE = uuid.UUID("6f1c3a52-2b0e-4c1e-9a4d-5b8e7f3d2a10")
@@ -42,7 +44,45 @@ class TimersDue:
     """The clock passed the saga's `next_due_at`: timeouts and retry waits are handled."""
 
 
-Event = CancelRequested | ReplyReceived | TimersDue
+@dataclass(frozen=True)
+class PauseRequested:
+    """Operator: dispatch nothing new and hold the timers until resumed."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResumeRequested:
+    reason: str
+
+
+@dataclass(frozen=True)
+class RetryRequested:
+    """Operator: continue a parked (failed) saga from where it stopped, with a fresh retry
+    budget for the step (or compensation) that ran out."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SkipRequested:
+    """Operator: treat `step` as done, with `result` as its result (a parked step past the
+    pivot, or a pending step of a paused saga)."""
+
+    step: str
+    result: Any
+    reason: str
+
+
+@dataclass(frozen=True)
+class MarkCompensated:
+    """Operator: the parked compensation was done by hand; carry on undoing the rest."""
+
+    reason: str
+
+
+OperatorEvent = PauseRequested | ResumeRequested | RetryRequested | SkipRequested | MarkCompensated
+Event = CancelRequested | ReplyReceived | TimersDue | OperatorEvent
 
 
 @dataclass(frozen=True)
@@ -58,6 +98,8 @@ class Decision:
     commands: tuple[Command, ...] = ()
     events: tuple[OutcomeEvent, ...] = ()
     history: tuple[HistoryEntry, ...] = ()
+    # Why an operator's action was refused; nothing else in the decision changed then.
+    refused: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -92,13 +134,14 @@ def start(
         steps=tuple(StepState(name=s.name, index=i) for i, s in enumerate(definition.steps)),
         created_at=now,
         updated_at=now,
+        deadline_at=_after(now, definition.deadline),
     )
     b = _Builder(definition, state, now)
     b.record("saga_started", detail={"version": definition.version})
     if cancel_reason is not None:
         b.cancel_reason = cancel_reason
         b.record("saga_cancel_accepted", detail={"reason": cancel_reason, "before_start": True})
-        b.set_status(SagaStatus.COMPENSATING)
+        b.begin_compensation()
     b.advance()
     return b.build()
 
@@ -109,8 +152,12 @@ def decide(definition: Saga, state: SagaState, event: Event, now: datetime) -> D
         b.on_reply(event.reply)
     elif isinstance(event, CancelRequested):
         b.on_cancel(event.reason)
-    else:
+    elif isinstance(event, TimersDue):
         b.on_timers()
+    else:
+        operate(b, event)
+    if b.refused is not None:
+        return Decision(state=state, refused=b.refused)
     return b.build()
 
 
@@ -130,6 +177,10 @@ class _Builder:
         self.steps = list(state.steps)
         self.cancel_reason = state.cancel_reason
         self.error = state.error
+        self.deadline_at = state.deadline_at
+        self.compensation_deadline_at = state.compensation_deadline_at
+        self.resume_status = state.resume_status
+        self.refused: str | None = None
         self.commands: list[Command] = []
         self.events: list[OutcomeEvent] = []
         self.history: list[HistoryEntry] = []
@@ -145,6 +196,29 @@ class _Builder:
         check_saga_move(self.status, status)
         self.status = status
 
+    @property
+    def phase(self) -> SagaStatus:
+        """What the saga is doing: its status, or while paused the status it resumes to."""
+        if self.status == SagaStatus.PAUSED and self.resume_status is not None:
+            return self.resume_status
+        return self.status
+
+    def set_phase(self, status: SagaStatus) -> None:
+        """Move the saga on; while paused, move where it will resume to instead."""
+        if self.status == SagaStatus.PAUSED:
+            assert self.resume_status is not None
+            check_saga_move(self.resume_status, status)
+            self.resume_status = status
+        else:
+            self.set_status(status)
+
+    def begin_compensation(self) -> None:
+        self.set_phase(SagaStatus.COMPENSATING)
+        self.compensation_deadline_at = _after(self.now, self.definition.compensation_deadline)
+
+    def refuse(self, why: str) -> None:
+        self.refused = why
+
     def build(self) -> Decision:
         changed = bool(self.commands or self.events or self.history)
         state = replace(
@@ -153,6 +227,9 @@ class _Builder:
             steps=tuple(self.steps),
             cancel_reason=self.cancel_reason,
             error=self.error,
+            deadline_at=self.deadline_at,
+            compensation_deadline_at=self.compensation_deadline_at,
+            resume_status=self.resume_status,
             updated_at=self.now if changed else self.original.updated_at,
         )
         return Decision(
@@ -166,6 +243,8 @@ class _Builder:
         return self.definition.steps[step.index]
 
     def finish(self, status: SagaStatus, *, error: dict[str, Any] | None = None) -> None:
+        # A parked saga remembers the phase it stopped in: an operator's retry continues it.
+        self.resume_status = self.phase if status == SagaStatus.FAILED else None
         self.set_status(status)
         self.error = error
         self.record(f"saga_{status.value}", detail=error)
@@ -184,15 +263,34 @@ class _Builder:
         )
 
     def results(self) -> dict[str, Any]:
-        return {s.name: s.result for s in self.steps if s.status == StepStatus.SUCCEEDED}
+        return step_results(self.steps)
+
+    def context(self) -> GuardContext:
+        return GuardContext(
+            saga_id=str(self.original.saga_id),
+            key=self.original.key,
+            input=dict(self.original.input),
+            results=self.results(),
+        )
 
     # -- dispatch ---------------------------------------------------------------------------
 
-    def dispatch(self, step: StepState, kind: Literal["action", "compensation"]) -> None:
+    def dispatch(
+        self,
+        step: StepState,
+        kind: Literal["action", "compensation"],
+        *,
+        retry_base: int | None = None,
+    ) -> None:
+        """Send the step's next attempt. `retry_base`: an operator's retry starts the retry
+        policy's count afresh from there."""
         spec = self.spec(step)
+        schedule_to_start = None
         if kind == "action":
+            assert spec.command is not None
             attempt = step.attempt + 1
             name, timeout, status = spec.command, spec.timeout, StepStatus.RUNNING
+            schedule_to_start = spec.schedule_to_start
         else:
             assert spec.compensation is not None
             attempt = step.compensation_attempt + 1
@@ -202,9 +300,18 @@ class _Builder:
                 StepStatus.COMPENSATING,
             )
         cid = command_id(self.original.saga_id, step.name, kind, attempt)
-        expires = self.now + timedelta(seconds=timeout)
+        # Until the participant is heard from, the deadline is the start window: the
+        # schedule-to-start timeout if the step has one, else the whole timeout. A command
+        # taken after it is refused by the participant (expires_at), not run on stale data.
+        expires = self.now + timedelta(
+            seconds=schedule_to_start if schedule_to_start is not None else timeout
+        )
         counters = {"attempt": attempt} if kind == "action" else {"compensation_attempt": attempt}
-        self.steps[step.index] = step.moved(status, command_id=cid, due_at=expires, **counters)
+        if retry_base is not None:
+            counters["retry_base"] = retry_base
+        self.steps[step.index] = step.moved(
+            status, command_id=cid, due_at=expires, started_at=None, **counters
+        )
         self.commands.append(
             Command(
                 command_id=cid,
@@ -216,6 +323,9 @@ class _Builder:
                 idempotency_key=idempotency_key(self.original.saga_id, step.name, kind),
                 payload=dict(self.original.input),
                 expires_at=expires,
+                timeout=timeout,
+                report_start=schedule_to_start is not None,
+                progress=step.progress if kind == "action" else None,
                 command=name,
             )
         )
@@ -226,15 +336,16 @@ class _Builder:
         )
 
     def advance(self) -> None:
-        """Dispatch whatever the current status calls for, or finish the saga."""
+        """Dispatch whatever the current status calls for, or finish the saga. Does nothing
+        while paused: resuming calls it again."""
         if self.status == SagaStatus.RUNNING:
-            if any(s.status == StepStatus.RUNNING for s in self.steps):
-                return
-            nxt = next((s for s in self.steps if s.status == StepStatus.PENDING), None)
-            if nxt is None:
-                self.finish(SagaStatus.COMPLETED)
-            else:
-                self.dispatch(nxt, "action")
+            while not any(s.status == StepStatus.RUNNING for s in self.steps):
+                nxt = next((s for s in self.steps if s.status == StepStatus.PENDING), None)
+                if nxt is None:
+                    self.finish(SagaStatus.COMPLETED)
+                    return
+                if self.begin_step(nxt):
+                    return
         elif self.status == SagaStatus.COMPENSATING:
             if any(s.status in (StepStatus.RUNNING, StepStatus.COMPENSATING) for s in self.steps):
                 return  # wait for the in-flight reply (or the retry timer)
@@ -247,6 +358,58 @@ class _Builder:
                 )
             else:
                 self.finish(SagaStatus.COMPENSATED, error=self.error)
+
+    def begin_step(self, step: StepState) -> bool:
+        """Start a pending step: check its guard, then dispatch it or start its sleep.
+        False when the guard skipped it (the caller moves on to the next step)."""
+        spec = self.spec(step)
+        if spec.guard is not None:
+            try:
+                allowed, why = bool(spec.guard(self.context())), None
+            except Exception as exc:  # a broken guard fails its step; it never skips silently
+                allowed, why = False, f"the guard raised {type(exc).__name__}: {exc}"
+            if not allowed:
+                if why is None and spec.on_guard_false == "skip":
+                    self.steps[step.index] = step.moved(StepStatus.SKIPPED)
+                    self.record("step_skipped", step.name, {"reason": "guard is false"})
+                    return False
+                error = {
+                    "type": "guard_failed",
+                    "message": why or f"the guard of step {step.name!r} is false",
+                    "retryable": False,
+                }
+                failed = step.moved(StepStatus.FAILED, error=error)
+                self.steps[step.index] = failed
+                self.record("step_failed", step.name, {"attempt": 0, "error": error})
+                self.failed_for_good(failed, error)
+                return True
+        if spec.sleep:
+            self.begin_sleep(step, spec)
+            return True
+        self.dispatch(step, "action")
+        return True
+
+    def begin_sleep(self, step: StepState, spec: StepDefinition) -> None:
+        if spec.sleep_until is not None:
+            try:
+                wake = _aware(spec.sleep_until(self.context()))
+            except Exception as exc:
+                error = {
+                    "type": "sleep_until_failed",
+                    "message": f"until= raised {type(exc).__name__}: {exc}",
+                    "retryable": False,
+                }
+                failed = step.moved(StepStatus.FAILED, error=error)
+                self.steps[step.index] = failed
+                self.record("step_failed", step.name, {"attempt": 0, "error": error})
+                self.failed_for_good(failed, error)
+                return
+        else:
+            assert spec.sleep_seconds is not None
+            wake = self.now + timedelta(seconds=spec.sleep_seconds)
+        # RUNNING with a due time and no command: a timer, like a retry wait.
+        self.steps[step.index] = step.moved(StepStatus.RUNNING, due_at=wake, started_at=self.now)
+        self.record("sleep_started", step.name, {"until": wake.isoformat()})
 
     def needs_compensation(self, step: StepState) -> bool:
         if self.spec(step).compensation is None:
@@ -270,7 +433,16 @@ class _Builder:
             timeout = (
                 spec.timeout if step.status == StepStatus.RUNNING else spec.compensation_timeout
             )
-            self.steps[step.index] = replace(step, due_at=self.now + timedelta(seconds=timeout))
+            # The participant has taken the command: from now the start-to-close timeout runs,
+            # restarted by each heartbeat. Details are a checkpoint for the next attempt.
+            self.steps[step.index] = replace(
+                step,
+                due_at=self.now + timedelta(seconds=timeout),
+                started_at=step.started_at or self.now,
+                progress=step.progress if reply.result is None else reply.result,
+            )
+            if step.started_at is None:
+                self.record("step_started", step.name, {"attempt": step.attempt})
             return
         if step.status == StepStatus.RUNNING:
             if reply.outcome == "success":
@@ -312,9 +484,9 @@ class _Builder:
         spec = self.spec(step)
         retry = spec.retry
         if (
-            self.status == SagaStatus.RUNNING
-            and error.get("retryable", True)
-            and not retry.exhausted(step.attempt)
+            self.phase == SagaStatus.RUNNING
+            and retry.retries(error)
+            and not retry.exhausted(step.attempt - step.retry_base)
         ):
             assert step.command_id is not None
             due = self.now + retry.delay(step.attempt, str(step.command_id))
@@ -331,8 +503,12 @@ class _Builder:
             StepStatus.FAILED, command_id=None, due_at=None, error=error
         )
         self.record("step_failed", step.name, {"attempt": step.attempt, "error": error})
-        if self.status != SagaStatus.RUNNING:
-            self.advance()  # a cancel is compensating already; carry on with it
+        self.failed_for_good(step, error)
+
+    def failed_for_good(self, step: StepState, error: dict[str, Any]) -> None:
+        """A step's action will not be tried again: undo what came before, or park."""
+        if self.phase != SagaStatus.RUNNING:
+            self.advance()  # a cancel or deadline is compensating already; carry on with it
             return
         pivot = self.definition.pivot_index
         if pivot is not None and step.index > pivot:
@@ -343,13 +519,15 @@ class _Builder:
             )
             return
         self.error = {"type": "step_failed", "step": step.name, "message": _message(error)}
-        self.set_status(SagaStatus.COMPENSATING)
+        self.begin_compensation()
         self.record("saga_compensating", step.name, {"reason": self.error["message"]})
         self.advance()
 
     def compensation_failed(self, step: StepState, error: dict[str, Any]) -> None:
         retry = self.spec(step).compensation_retry
-        if error.get("retryable", True) and not retry.exhausted(step.compensation_attempt):
+        if retry.retries(error) and not retry.exhausted(
+            step.compensation_attempt - step.retry_base
+        ):
             assert step.command_id is not None
             due = self.now + retry.delay(step.compensation_attempt, str(step.command_id))
             self.steps[step.index] = step.moved(
@@ -376,47 +554,75 @@ class _Builder:
         )
 
     def on_cancel(self, reason: str) -> None:
-        if self.status in (
-            SagaStatus.COMPLETED,
-            SagaStatus.COMPENSATED,
-            SagaStatus.CANCELLED,
-            SagaStatus.FAILED,
-        ):
+        if self.status in FINISHED:
             self.refuse_cancel(reason, f"the saga is already {self.status.value}")
             return
-        if self.status == SagaStatus.COMPENSATING:
+        if self.phase == SagaStatus.COMPENSATING:
             self.record("cancel_ignored", detail={"reason": reason, "why": "already compensating"})
             return
-        pivot = self.definition.pivot_index
-        if pivot is not None and self.steps[pivot].status != StepStatus.PENDING:
-            name = self.steps[pivot].name
+        if self.pivot_dispatched():
+            assert self.definition.pivot_index is not None
+            name = self.steps[self.definition.pivot_index].name
             self.refuse_cancel(
                 reason, f"past the pivot: step {name!r} has been dispatched and is never undone"
             )
             return
         self.cancel_reason = reason
-        for s in self.steps:
-            if s.status == StepStatus.RUNNING and not s.in_flight:
-                # Waiting to retry: stop here. Its last attempt may still need undoing
-                # (outcome_uncertain), which advance() takes care of.
-                self.steps[s.index] = s.moved(StepStatus.FAILED, due_at=None)
-        self.set_status(SagaStatus.COMPENSATING)
+        self.stop_waiting_steps()
+        self.begin_compensation()
         self.record("saga_cancel_accepted", detail={"reason": reason})
         self.advance()
+
+    def stop_waiting_steps(self) -> None:
+        for s in self.steps:
+            if s.status == StepStatus.RUNNING and not s.in_flight:
+                # Waiting to retry (or sleeping): stop here. Its last attempt may still need
+                # undoing (outcome_uncertain), which advance() takes care of.
+                self.steps[s.index] = s.moved(StepStatus.FAILED, due_at=None)
+
+    def pivot_dispatched(self) -> bool:
+        pivot = self.definition.pivot_index
+        return pivot is not None and self.steps[pivot].status != StepStatus.PENDING
 
     def refuse_cancel(self, reason: str, why: str) -> None:
         self.record("cancel_refused", detail={"reason": reason, "why": why})
         self.emit("cancel_refused", error={"type": "cancel_refused", "message": why})
 
     def on_timers(self) -> None:
+        if self.status == SagaStatus.RUNNING and _due(self.deadline_at, self.now):
+            self.deadline_passed()
+        elif self.status == SagaStatus.COMPENSATING and _due(
+            self.compensation_deadline_at, self.now
+        ):
+            self.compensation_overdue()
+        if self.status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            return  # finished, parked, or paused: timers hold
         for index in range(len(self.steps)):
             step = self.steps[index]  # read afresh: an earlier iteration may have moved it
             if step.due_at is None or step.due_at > self.now:
                 continue
+            spec = self.spec(step)
             if step.status == StepStatus.RUNNING:
                 if step.in_flight:
-                    self.record("step_timed_out", step.name, {"attempt": step.attempt})
-                    self.action_failed(step, _timeout(self.spec(step).timeout))
+                    started = step.started_at is not None or spec.schedule_to_start is None
+                    self.record(
+                        "step_timed_out",
+                        step.name,
+                        {
+                            "attempt": step.attempt,
+                            "timeout": "start_to_close" if started else "schedule_to_start",
+                        },
+                    )
+                    self.action_failed(
+                        step,
+                        _timeout(spec.timeout)
+                        if started
+                        else _timeout(spec.schedule_to_start or 0, "schedule_to_start"),
+                    )
+                elif spec.sleep:
+                    self.steps[index] = step.moved(StepStatus.SUCCEEDED, due_at=None)
+                    self.record("sleep_finished", step.name)
+                    self.advance()
                 elif self.status == SagaStatus.RUNNING:
                     self.dispatch(step, "action")
             elif step.status == StepStatus.COMPENSATING:
@@ -428,9 +634,182 @@ class _Builder:
                 elif self.status == SagaStatus.COMPENSATING:
                     self.dispatch(step, "compensation")
 
+    def deadline_passed(self) -> None:
+        assert self.deadline_at is not None
+        message = f"the saga did not finish by its deadline {self.deadline_at.isoformat()}"
+        self.record("saga_deadline_exceeded", detail={"deadline_at": self.deadline_at.isoformat()})
+        if self.pivot_dispatched():
+            # Nothing past the pivot is undone: an operator decides (retry, skip).
+            for s in self.steps:
+                if s.in_flight:  # its late reply is then ignored; a retry sends a new attempt
+                    self.steps[s.index] = replace(s, command_id=None, due_at=None)
+            self.finish(
+                SagaStatus.FAILED,
+                error={
+                    "type": "deadline_exceeded",
+                    "message": f"{message}, past its pivot: retry or skip the step by hand",
+                },
+            )
+            return
+        self.error = {"type": "deadline_exceeded", "message": message}
+        self.stop_waiting_steps()
+        self.begin_compensation()
+        self.record("saga_compensating", detail={"reason": message})
+        self.advance()
 
-def _timeout(seconds: float) -> dict[str, Any]:
-    return {"type": TIMEOUT_ERROR, "message": f"no reply within {seconds:g}s", "retryable": True}
+    def compensation_overdue(self) -> None:
+        assert self.compensation_deadline_at is not None
+        at = self.compensation_deadline_at.isoformat()
+        self.record("compensation_deadline_exceeded", detail={"deadline_at": at})
+        for s in self.steps:
+            if s.status == StepStatus.COMPENSATING:
+                self.steps[s.index] = replace(s, command_id=None, due_at=None)
+        self.finish(
+            SagaStatus.FAILED,
+            error={
+                "type": "compensation_deadline_exceeded",
+                "message": f"compensation did not finish by {at}; retry it or mark it done",
+            },
+        )
+
+
+def operate(b: _Builder, event: OperatorEvent) -> None:
+    """An operator's action; refused (b.refuse) with the reason when it does not apply."""
+    status = b.status
+    if isinstance(event, PauseRequested):
+        if status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            b.refuse(f"only a running or compensating saga can be paused; it is {status.value}")
+            return
+        b.resume_status = status
+        b.set_status(SagaStatus.PAUSED)
+        b.record("saga_paused", detail={"reason": event.reason})
+    elif isinstance(event, ResumeRequested):
+        if status != SagaStatus.PAUSED:
+            b.refuse(f"only a paused saga can be resumed; it is {status.value}")
+            return
+        b.set_status(b.phase)
+        b.resume_status = None
+        b.record("saga_resumed", detail={"reason": event.reason})
+        b.on_timers()  # what came due while paused
+        b.advance()
+    elif isinstance(event, RetryRequested):
+        if status != SagaStatus.FAILED:
+            b.refuse(f"only a failed (parked) saga can be retried; it is {status.value}")
+            return
+        b.record("saga_retried", detail={"reason": event.reason})
+        if parked_phase(b) == SagaStatus.COMPENSATING:
+            _resume_compensating(b)
+            for s in b.steps:
+                if s.status == StepStatus.COMPENSATING and not s.in_flight:
+                    b.dispatch(s, "compensation", retry_base=s.compensation_attempt)
+        else:
+            _resume_running(b)
+            for s in parked_actions(b):
+                b.dispatch(s, "action", retry_base=s.attempt)
+        b.advance()
+    elif isinstance(event, SkipRequested):
+        skip(b, event)
+    else:
+        mark_compensated(b, event)
+
+
+def parked_phase(b: _Builder) -> SagaStatus:
+    if b.resume_status is not None:
+        return b.resume_status
+    compensating = b.cancel_reason is not None or any(
+        s.status in (StepStatus.COMPENSATING, StepStatus.COMPENSATED) for s in b.steps
+    )
+    return SagaStatus.COMPENSATING if compensating else SagaStatus.RUNNING
+
+
+def parked_actions(b: _Builder) -> list[StepState]:
+    """Steps whose action stopped for good past the pivot, or was cut off by the deadline."""
+    pivot = b.definition.pivot_index
+    return [
+        s
+        for s in b.steps
+        if (s.status == StepStatus.FAILED and pivot is not None and s.index > pivot)
+        or (s.status == StepStatus.RUNNING and not s.in_flight and s.due_at is None)
+    ]
+
+
+def _resume_running(b: _Builder) -> None:
+    b.resume_status = None
+    b.set_status(SagaStatus.RUNNING)
+    if _due(b.deadline_at, b.now):  # a fresh budget, or the deadline would park it again
+        b.deadline_at = _after(b.now, b.definition.deadline)
+
+
+def _resume_compensating(b: _Builder) -> None:
+    b.resume_status = None
+    b.set_status(SagaStatus.COMPENSATING)
+    b.compensation_deadline_at = _after(b.now, b.definition.compensation_deadline)
+
+
+def skip(b: _Builder, event: SkipRequested) -> None:
+    step = next((s for s in b.steps if s.name == event.step), None)
+    if step is None:
+        b.refuse(f"no step named {event.step!r}; steps: {', '.join(s.name for s in b.steps)}")
+        return
+    parked = b.status == SagaStatus.FAILED and parked_phase(b) == SagaStatus.RUNNING
+    ahead = b.status == SagaStatus.PAUSED and step.status == StepStatus.PENDING
+    if not (parked and step in parked_actions(b)) and not ahead:
+        b.refuse(
+            f"step {step.name!r} is {step.status.value} and the saga {b.status.value}: only a "
+            "step parked past the pivot, or a pending step of a paused saga, can be skipped"
+        )
+        return
+    b.steps[step.index] = step.moved(
+        StepStatus.SKIPPED, result=event.result, command_id=None, due_at=None
+    )
+    b.record(
+        "step_skipped",
+        step.name,
+        {"reason": event.reason, "by": "operator", "result": event.result},
+    )
+    if parked:
+        _resume_running(b)
+        b.advance()
+
+
+def mark_compensated(b: _Builder, event: MarkCompensated) -> None:
+    if b.status != SagaStatus.FAILED or parked_phase(b) != SagaStatus.COMPENSATING:
+        b.refuse(
+            f"the saga is {b.status.value}, not parked while compensating: nothing to mark "
+            "(past the pivot, use retry or skip)"
+        )
+        return
+    parked = [s for s in b.steps if s.status == StepStatus.COMPENSATING and not s.in_flight]
+    if not parked:
+        b.refuse("no compensation is parked; use retry to carry on compensating")
+        return
+    for s in parked:
+        b.steps[s.index] = s.moved(StepStatus.COMPENSATED, command_id=None, due_at=None)
+        b.record("step_marked_compensated", s.name, {"note": event.reason})
+    _resume_compensating(b)
+    b.advance()
+
+
+def _after(now: datetime, seconds: float | None) -> datetime | None:
+    return None if seconds is None else now + timedelta(seconds=seconds)
+
+
+def _due(moment: datetime | None, now: datetime) -> bool:
+    return moment is not None and moment <= now
+
+
+def _aware(moment: datetime) -> datetime:
+    # A naive moment from user code means UTC; comparing naive with aware would raise.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _timeout(seconds: float, kind: str = "start_to_close") -> dict[str, Any]:
+    return {
+        "type": TIMEOUT_ERROR,
+        "timeout": kind,
+        "message": f"no reply within {seconds:g}s ({kind.replace('_', '-')})",
+        "retryable": True,
+    }
 
 
 def _message(error: dict[str, Any]) -> str:

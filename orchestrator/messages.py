@@ -56,7 +56,16 @@ class Command(_Wire):
     attempt: int = Field(ge=1)
     idempotency_key: str
     payload: dict[str, Any]
+    # Do not start the command after this moment (the step's schedule-to-start window, or
+    # its whole timeout): the orchestrator has stopped waiting for this attempt by then.
     expires_at: datetime
+    # Seconds the attempt may run once started; every heartbeat restarts the clock.
+    timeout: float | None = Field(None, gt=0)
+    # Send a heartbeat as soon as the command is taken: the step has a schedule-to-start
+    # timeout, and only that heartbeat tells the orchestrator the command left the queue.
+    report_start: bool = False
+    # The details of the last heartbeat of an earlier attempt (a checkpoint to resume from).
+    progress: Any = None
     # Not part of the body: the routing key. Kept on the model so the outbox holds one object.
     command: str = Field(exclude=True)
 

@@ -24,6 +24,7 @@ import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -193,7 +194,7 @@ def _name(fn: Any) -> str:
 
 
 def heartbeat_interval(expires_at: datetime, now: datetime) -> float:
-    """Seconds between the heartbeats of a command received at `now`."""
+    """Seconds before the first heartbeat of a command received at `now`."""
     remaining = (_aware(expires_at) - _aware(now)).total_seconds()
     # A third of the time left puts two heartbeats inside the step's timeout (at 1/3 and 2/3),
     # so the orchestrator still hears one in time when the other is lost or slow; each one it
@@ -202,34 +203,68 @@ def heartbeat_interval(expires_at: datetime, now: datetime) -> float:
     # believes more time is left than there is): any step with a timeout over 20 s hears two
     # heartbeats in time whatever the skew. The floor keeps a command received at (or past)
     # its deadline from flooding the reply queue.
-    return max(MIN_HEARTBEAT_INTERVAL, min(MAX_HEARTBEAT_INTERVAL, remaining / 3))
+    return _bounded(remaining / 3)
 
 
-def heartbeat(command: Command) -> Reply:
-    """The reply that tells the orchestrator the command's handler is still running."""
+def _bounded(seconds: float) -> float:
+    return max(MIN_HEARTBEAT_INTERVAL, min(MAX_HEARTBEAT_INTERVAL, seconds))
+
+
+def heartbeat(command: Command, details: Any = None) -> Reply:
+    """The reply that tells the orchestrator the command's handler is still running;
+    `details` (JSON) is a checkpoint stored with the step and sent with its next attempt."""
     return Reply(
         command_id=command.command_id,
         saga_id=command.saga_id,
         step=command.step,
         outcome="heartbeat",
+        result=details,
     )
+
+
+class _Beat:
+    """The heartbeats of one running command: what the next one carries."""
+
+    def __init__(self) -> None:
+        self.details: Any = None
+
+
+_current_beat: ContextVar[_Beat | None] = ContextVar("saga_current_beat", default=None)
+
+
+def report_progress(details: Any) -> None:
+    """Record a checkpoint of the running command (JSON, e.g. `{"done": 5000}`): the next
+    heartbeat carries it, the orchestrator stores it with the step, and a later attempt of the
+    step receives it as `command.progress` to resume from. Call it from a handler."""
+    beat = _current_beat.get()
+    if beat is None:
+        raise RuntimeError("report_progress() is for handlers, called while a command runs")
+    pydantic_core.to_json(details)  # fail here, in the handler, not in the heartbeat task
+    beat.details = details
 
 
 @asynccontextmanager
 async def heartbeats(command: Command, now: datetime, send: SendReply) -> AsyncIterator[None]:
-    """Send `heartbeat(command)` through `send` every `heartbeat_interval` while the block runs.
+    """Send heartbeats for `command` through `send` while the block runs.
 
-    The first one goes out after one interval, so a quick handler sends none. When the block
-    ends (returns, raises or is cancelled) the heartbeats stop before this returns, so one can
-    never follow the final reply the caller sends next.
+    The first one goes out at once when the command asks for a start report (its step has a
+    schedule-to-start timeout), else after `heartbeat_interval`, so a quick handler sends
+    none. Then every third of the step's timeout (`command.timeout`), which each heartbeat
+    restarts. When the block ends (returns, raises or is cancelled) the heartbeats stop
+    before this returns, so one can never follow the final reply the caller sends next.
     """
-    interval = heartbeat_interval(command.expires_at, now)
+    first = 0.0 if command.report_start else heartbeat_interval(command.expires_at, now)
+    every = _bounded(command.timeout / 3) if command.timeout is not None else first
+    beat = _Beat()
+    token = _current_beat.set(beat)
     task = asyncio.create_task(
-        _beat(command, interval, send), name=f"saga-heartbeat:{command.command_id}"
+        _beat(command, beat, first, every or MIN_HEARTBEAT_INTERVAL, send),
+        name=f"saga-heartbeat:{command.command_id}",
     )
     try:
         yield
     finally:
+        _current_beat.reset(token)
         task.cancel()
         # Not `await task` under suppress(CancelledError): that would also swallow a
         # cancellation of *this* task arriving while it waits, and the handler would go on.
@@ -239,12 +274,13 @@ async def heartbeats(command: Command, now: datetime, send: SendReply) -> AsyncI
             log.error("participant_heartbeat_crashed", error=str(task.exception()))
 
 
-async def _beat(command: Command, interval: float, send: SendReply) -> None:
-    reply = heartbeat(command)
+async def _beat(command: Command, beat: _Beat, first: float, every: float, send: SendReply) -> None:
+    delay = first
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(delay)
+        delay = every
         try:
-            await send(reply)
+            await send(heartbeat(command, beat.details))
         except Exception as exc:
             # A lost heartbeat costs nothing while the next one arrives in time; the handler
             # must go on either way (its final reply is what the saga needs).

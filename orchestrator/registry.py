@@ -54,7 +54,8 @@ class Registry:
         names: set[str] = set()
         for saga in self.all():
             for step in saga.steps:
-                names.add(step.command)
+                if step.command:  # a sleep step sends nothing
+                    names.add(step.command)
                 if step.compensation:
                     names.add(step.compensation)
         return names

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
 
 class Retry(BaseModel):
@@ -14,7 +15,9 @@ class Retry(BaseModel):
     # No inf/nan: a wait must fit in a timedelta.
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    max_attempts: int = Field(3, ge=1, description="Attempts in all, the first one included.")
+    max_attempts: int | None = Field(
+        3, ge=1, description="Attempts in all, the first one included; None retries forever."
+    )
     initial_interval: float = Field(
         1.0, gt=0, description="Seconds to wait before the second attempt."
     )
@@ -26,6 +29,11 @@ class Retry(BaseModel):
         le=1.0,
         description="Fraction of each wait that is randomised, so many sagas' retries spread out.",
     )
+    non_retryable: frozenset[str] = Field(
+        frozenset(),
+        description="Error types (a reply's error.type, e.g. 'card_declined') never retried, "
+        "whatever the reply's own `retryable` says.",
+    )
 
     @model_validator(mode="after")
     def _intervals_ordered(self) -> Retry:
@@ -36,8 +44,18 @@ class Retry(BaseModel):
             )
         return self
 
+    @field_serializer("non_retryable")
+    def _sorted(self, types: frozenset[str]) -> list[str]:
+        # Sorted: the definition's fingerprint is computed over this dump.
+        return sorted(types)
+
     def exhausted(self, attempts_made: int) -> bool:
-        return attempts_made >= self.max_attempts
+        return self.max_attempts is not None and attempts_made >= self.max_attempts
+
+    def retries(self, error: dict[str, Any]) -> bool:
+        """Whether this error may be retried at all: the participant did not say no, and the
+        step does not declare its type non-retryable."""
+        return bool(error.get("retryable", True)) and error.get("type") not in self.non_retryable
 
     def delay(self, attempts_made: int, seed: str) -> timedelta:
         """Wait before attempt ``attempts_made + 1``.

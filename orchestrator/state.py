@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -39,9 +40,12 @@ SAGA_MOVES: dict[SagaStatus, frozenset[SagaStatus]] = {
         {SagaStatus.COMPENSATING, SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.PAUSED}
     ),
     SagaStatus.COMPENSATING: frozenset(
-        {SagaStatus.COMPENSATED, SagaStatus.CANCELLED, SagaStatus.FAILED}
+        {SagaStatus.COMPENSATED, SagaStatus.CANCELLED, SagaStatus.FAILED, SagaStatus.PAUSED}
     ),
-    SagaStatus.PAUSED: frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING}),
+    # Resume goes back to where the pause began; a step that fails for good while paused
+    # parks the saga at once (it needs an operator either way).
+    SagaStatus.PAUSED: frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.FAILED}),
+    # An operator's retry, skip or mark-compensated resumes a parked saga.
     SagaStatus.FAILED: frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING}),
     SagaStatus.COMPLETED: frozenset(),
     SagaStatus.COMPENSATED: frozenset(),
@@ -49,12 +53,16 @@ SAGA_MOVES: dict[SagaStatus, frozenset[SagaStatus]] = {
 }
 
 STEP_MOVES: dict[StepStatus, frozenset[StepStatus]] = {
-    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.SKIPPED}),
-    # RUNNING -> RUNNING is the next attempt of a retried step.
-    StepStatus.RUNNING: frozenset({StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.FAILED}),
+    # PENDING -> SKIPPED/FAILED: a false guard (or an operator's skip); nothing was sent.
+    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.SKIPPED, StepStatus.FAILED}),
+    # RUNNING -> RUNNING is the next attempt of a retried step; -> SKIPPED an operator's skip.
+    StepStatus.RUNNING: frozenset(
+        {StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED}
+    ),
     StepStatus.SUCCEEDED: frozenset({StepStatus.COMPENSATING}),
-    # A step that timed out may have acted after all: it is compensated too.
-    StepStatus.FAILED: frozenset({StepStatus.COMPENSATING}),
+    # A step that timed out may have acted after all: it is compensated too. A failed step
+    # past the pivot parks the saga; an operator retries it (RUNNING) or skips it.
+    StepStatus.FAILED: frozenset({StepStatus.COMPENSATING, StepStatus.RUNNING, StepStatus.SKIPPED}),
     StepStatus.COMPENSATING: frozenset({StepStatus.COMPENSATING, StepStatus.COMPENSATED}),
     StepStatus.COMPENSATED: frozenset(),
     StepStatus.SKIPPED: frozenset(),
@@ -91,6 +99,14 @@ class StepState:
     due_at: datetime | None = None
     result: Any = None
     error: dict[str, Any] | None = None
+    # When the participant was first heard from for the in-flight attempt (heartbeat or
+    # reply): from then on the start-to-close timeout applies instead of schedule-to-start.
+    started_at: datetime | None = None
+    # The details of the latest heartbeat (a checkpoint): stored, and sent with the next
+    # attempt so a retried long step resumes instead of starting over.
+    progress: Any = None
+    # Attempts made before an operator's retry: the retry policy counts from here again.
+    retry_base: int = 0
 
     @property
     def in_flight(self) -> bool:
@@ -124,14 +140,29 @@ class SagaState:
     error: dict[str, Any] | None = None
     # Bumped on every saved transition; adapters use it as an optimistic check.
     revision: int = 0
+    # The whole saga's deadline (steps), and the compensation phase's, once it began.
+    deadline_at: datetime | None = None
+    compensation_deadline_at: datetime | None = None
+    # Where a paused saga resumes, or a parked (failed) one continues on an operator's retry:
+    # RUNNING or COMPENSATING.
+    resume_status: SagaStatus | None = None
 
     @property
     def next_due_at(self) -> datetime | None:
+        """The next timer: a step's timeout or retry wait, or a deadline. None while paused
+        (timers hold) or finished."""
+        if self.status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            return None
         dues = [
             s.due_at
             for s in self.steps
             if s.due_at is not None and s.status in (StepStatus.RUNNING, StepStatus.COMPENSATING)
         ]
+        deadline = (
+            self.deadline_at if self.status == SagaStatus.RUNNING else self.compensation_deadline_at
+        )
+        if deadline is not None:
+            dues.append(deadline)
         return min(dues) if dues else None
 
     @property
@@ -142,4 +173,14 @@ class SagaState:
         return next((s for s in self.steps if s.name == name), None)
 
     def results(self) -> dict[str, Any]:
-        return {s.name: s.result for s in self.steps if s.status == StepStatus.SUCCEEDED}
+        return step_results(self.steps)
+
+
+def step_results(steps: Sequence[StepState]) -> dict[str, Any]:
+    """Results of the steps that succeeded, and of those an operator skipped with one."""
+    return {
+        s.name: s.result
+        for s in steps
+        if s.status == StepStatus.SUCCEEDED
+        or (s.status == StepStatus.SKIPPED and s.result is not None)
+    }

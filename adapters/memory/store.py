@@ -101,6 +101,9 @@ class MemoryTransaction:
                 error=after.error,
                 revision=after.revision,
                 updated_at=after.updated_at,
+                deadline_at=after.deadline_at,
+                compensation_deadline_at=after.compensation_deadline_at,
+                resume_status=after.resume_status,
             )
         )
 
@@ -222,13 +225,25 @@ def _stored(state: SagaState) -> SagaState:
         error=_json(state.error),
         created_at=_utc(state.created_at),
         updated_at=_utc(state.updated_at),
+        deadline_at=_utc_or_none(state.deadline_at),
+        compensation_deadline_at=_utc_or_none(state.compensation_deadline_at),
         steps=tuple(_stored_step(s) for s in state.steps),
     )
 
 
 def _stored_step(step: StepState) -> StepState:
-    due_at = None if step.due_at is None else _utc(step.due_at)
-    return replace(step, result=_json(step.result), error=_json(step.error), due_at=due_at)
+    return replace(
+        step,
+        result=_json(step.result),
+        error=_json(step.error),
+        progress=_json(step.progress),
+        due_at=_utc_or_none(step.due_at),
+        started_at=_utc_or_none(step.started_at),
+    )
+
+
+def _utc_or_none(moment: datetime | None) -> datetime | None:
+    return None if moment is None else _utc(moment)
 
 
 def _json(value: Any) -> Any:

@@ -37,6 +37,9 @@ def progress_values(state: SagaState) -> dict[str, Any]:
         "revision": state.revision,
         "next_due_at": state.next_due_at,
         "updated_at": state.updated_at,
+        "deadline_at": state.deadline_at,
+        "compensation_deadline_at": state.compensation_deadline_at,
+        "resume_status": None if state.resume_status is None else state.resume_status.value,
     }
 
 
@@ -51,6 +54,9 @@ def step_values(step: StepState) -> dict[str, Any]:
         "due_at": step.due_at,
         "result": step.result,
         "error": step.error,
+        "started_at": step.started_at,
+        "progress": step.progress,
+        "retry_base": step.retry_base,
     }
 
 
@@ -107,6 +113,9 @@ def _state(row: sa.Row[Any], steps: tuple[StepState, ...]) -> SagaState:
         cancel_reason=row.cancel_reason,
         error=row.error,
         revision=row.revision,
+        deadline_at=row.deadline_at,
+        compensation_deadline_at=row.compensation_deadline_at,
+        resume_status=None if row.resume_status is None else SagaStatus(row.resume_status),
     )
 
 
@@ -121,4 +130,7 @@ def _step(row: sa.Row[Any]) -> StepState:
         due_at=row.due_at,
         result=row.result,
         error=row.error,
+        started_at=row.started_at,
+        progress=row.progress,
+        retry_base=row.retry_base,
     )

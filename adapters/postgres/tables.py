@@ -53,8 +53,17 @@ saga_instances = sa.Table(
     sa.Column("next_due_at", _Timestamp),
     sa.Column("created_at", _Timestamp, nullable=False),
     sa.Column("updated_at", _Timestamp, nullable=False),
+    sa.Column("deadline_at", _Timestamp),
+    sa.Column("compensation_deadline_at", _Timestamp),
+    # Where a paused saga resumes, or a parked one continues on an operator's retry.
+    sa.Column("resume_status", sa.Text),
     sa.UniqueConstraint("name", "key"),
     _one_of("status", [s.value for s in SagaStatus]),
+    sa.CheckConstraint(
+        "resume_status IN ('running', 'compensating')"
+        " OR (resume_status IS NULL AND status <> 'paused')",
+        name="resume_status",
+    ),
     sa.CheckConstraint("revision >= 0", name="revision"),
 )
 sa.Index(
@@ -81,8 +90,15 @@ saga_steps = sa.Table(
     sa.Column("due_at", _Timestamp),
     sa.Column("result", _Json),
     sa.Column("error", _Json),
+    sa.Column("started_at", _Timestamp),
+    sa.Column("progress", _Json),
+    sa.Column("retry_base", sa.Integer, nullable=False, server_default="0"),
     _one_of("status", [s.value for s in StepStatus]),
     sa.CheckConstraint("attempt >= 0 AND compensation_attempt >= 0", name="attempts"),
+    sa.CheckConstraint(
+        "retry_base >= 0 AND retry_base <= GREATEST(attempt, compensation_attempt)",
+        name="retry_base",
+    ),
 )
 
 # Append-only: a trigger installed by the migration refuses UPDATE and DELETE. Deleting a saga

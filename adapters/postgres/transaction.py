@@ -38,6 +38,9 @@ _CHANGING_STEP_COLUMNS = (
     "due_at",
     "result",
     "error",
+    "started_at",
+    "progress",
+    "retry_base",
 )
 _UPDATE_STEP = (
     sa.update(saga_steps)

@@ -1,0 +1,106 @@
+"""What the `saga` commands share: settings, running a coroutine with readable errors, a
+store or an engine for the length of one command, and finding a saga by id or key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from adapters.logging import configure_logging
+from adapters.settings import Settings
+from orchestrator.errors import (
+    DefinitionConflict,
+    DefinitionError,
+    OperationRefused,
+    SagaError,
+    SagaNotFound,
+)
+from orchestrator.state import SagaState
+
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def settings() -> Settings:
+    loaded = Settings()
+    configure_logging(loaded.log_format, loaded.log_level)
+    return loaded
+
+
+def run(coro: Awaitable[T]) -> T:
+    """Run `coro`; engine errors become a message and an exit code: 1 when an operator
+    action was refused (the saga is in the wrong state), 2 for everything else."""
+    try:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    except OperationRefused as exc:
+        typer.secho(f"refused: {exc}", fg="yellow", err=True)
+        raise typer.Exit(1) from exc
+    except (DefinitionConflict, DefinitionError, SagaNotFound, SagaError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+async def with_store(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from adapters.postgres.database import make_engine
+    from adapters.postgres.store import PostgresStore
+
+    db = make_engine(config.database_url, pool_size=1)
+    try:
+        return await fn(PostgresStore(db))
+    finally:
+        await db.dispose()
+
+
+async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """An Engine on the configured database and broker, for one operator action: what it
+    decides is published like any transition (outbox, confirms). Lost races are retried."""
+    from adapters.postgres.database import make_engine
+    from adapters.postgres.store import PostgresStore
+    from adapters.rabbitmq.connection import connect, open_channel
+    from adapters.rabbitmq.publisher import RabbitPublisher
+    from adapters.rabbitmq.topology import Topology
+    from adapters.runtime import utcnow, with_db_retries
+    from orchestrator.engine import Engine
+    from orchestrator.registry import load_modules
+
+    db = make_engine(config.database_url, pool_size=1)
+    connection = await connect(config.amqp_url)
+    try:
+        channel = await open_channel(connection)
+        publisher = RabbitPublisher(channel, Topology(config.amqp_prefix))
+        engine = Engine(PostgresStore(db), publisher, load_modules(config.modules), clock=utcnow)
+        return await with_db_retries(lambda: fn(engine))
+    finally:
+        await connection.close()
+        await db.dispose()
+
+
+async def find_one(config: Settings, ident: str) -> SagaState:
+    """The saga with this id, or the newest one with this start key."""
+    from orchestrator.ports import SagaQuery
+
+    async def find(store: Any) -> SagaState:
+        try:
+            state: SagaState | None = await store.get(uuid.UUID(ident))
+        except ValueError:
+            found = await store.find(SagaQuery(key=ident, limit=1))
+            state = found[0] if found else None
+        if state is None:
+            raise SagaNotFound(f"no saga with id or key {ident!r}")
+        return state
+
+    return await with_store(config, find)
+
+
+def parse_json(label: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        typer.secho(f"error: {label} is not valid JSON: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
