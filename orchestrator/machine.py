@@ -652,6 +652,15 @@ class _Builder:
             )
             return
         self.error = {"type": "deadline_exceeded", "message": message}
+        # The saga's time is up: a step in flight is not waited for. It is cut off as timed
+        # out (its outcome unknown, so it is compensated too) and its late reply is ignored.
+        cut_off = {**_timeout(0, "deadline"), "message": message}
+        for s in self.steps:
+            if s.in_flight and s.status == StepStatus.RUNNING:
+                self.steps[s.index] = s.moved(
+                    StepStatus.FAILED, command_id=None, due_at=None, error=cut_off
+                )
+                self.record("step_failed", s.name, {"attempt": s.attempt, "error": cut_off})
         self.stop_waiting_steps()
         self.begin_compensation()
         self.record("saga_compensating", detail={"reason": message})

@@ -123,3 +123,57 @@ def test_bad_input_gets_a_clear_error(env: dict[str, str]) -> None:
     done = saga(env, "start", "order", "--input", "{oops")
     assert done.returncode == 2
     assert "not valid JSON" in done.stderr
+
+
+async def test_operator_pause_history_refusal_resume(
+    env: dict[str, str], tmp_path: Path, topology: Topology
+) -> None:
+    procs = Processes(env={**env, "SHOP_SLOW_SECONDS": "3.0"}, log_dir=tmp_path)
+    procs.start_orchestrator()
+    procs.start_shop()
+    try:
+        settings = Settings(
+            database_url=env["SAGA_DATABASE_URL"],
+            amqp_url=env["SAGA_AMQP_URL"],
+            amqp_prefix=topology.prefix,
+        )
+        await wait_for_consumers(settings, ["saga.requests", "commands.inventory"])
+        shop = make_engine(env["SHOP_DATABASE_URL"], pool_size=1)
+        await schema.create(shop)
+        await schema.seed(shop, CUSTOMERS, STOCK)
+        await shop.dispose()
+
+        # `slow-` orders stall in inventory.reserve: time to pause the saga mid-flight.
+        order = {**ORDER, "order_id": "slow-cli-2"}
+        assert (
+            saga(env, "start", "order", "--key", "cli-k2", "--input", json.dumps(order)).returncode
+            == 0
+        )
+
+        async def status_is(wanted: str) -> bool:
+            out = saga(env, "status", "cli-k2", "--json")
+            return out.returncode == 0 and json.loads(out.stdout)["status"] == wanted
+
+        await eventually(lambda: status_is("running"), timeout=30, message="cli-k2 running")
+        paused = saga(env, "pause", "cli-k2", "--reason", "check the address", "--who", "bob")
+        assert paused.returncode == 0, paused.stderr
+        assert paused.stdout.strip().endswith("paused")
+
+        refused = saga(env, "retry", "cli-k2", "--reason", "wrong button")
+        assert refused.returncode == 1
+        assert "only a failed" in refused.stderr and "paused" in refused.stderr
+        no_reason = saga(env, "resume", "cli-k2")
+        assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+
+        history = json.loads(saga(env, "history", "cli-k2", "--json").stdout)
+        [pause] = [h for h in history if h["event"] == "saga_paused"]
+        assert pause["actor"] == "operator:bob"
+        assert pause["detail"] == {"reason": "check the address"}
+
+        resumed = saga(env, "resume", "cli-k2", "--reason", "address ok", "--who", "bob")
+        assert resumed.returncode == 0, resumed.stderr
+        await eventually(lambda: status_is("completed"), timeout=30, message="cli-k2 completed")
+        human = saga(env, "history", "cli-k2")
+        assert "saga_resumed" in human.stdout and "operator:bob" in human.stdout
+    finally:
+        procs.stop_all()

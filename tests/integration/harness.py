@@ -70,6 +70,13 @@ class System:
                 await worker.start()
                 self.workers[participant.service] = worker
 
+    async def restart_orchestrator(self) -> None:
+        """Stop the orchestrator and start a fresh one on the same database, broker and sagas:
+        whatever it knew in memory is gone; only PostgreSQL and the queues remain."""
+        await self.orchestrator.stop()
+        self.orchestrator = Orchestrator(self.settings, registry=self.orchestrator.registry)
+        await self.orchestrator.start()
+
     async def send(self, routing_key: str, body: BaseModel) -> None:
         await send_requests(self.settings, [(routing_key, body)])
 
@@ -149,7 +156,7 @@ async def running_system(
     finally:
         for worker in system.workers.values():
             await worker.stop()
-        await orchestrator.stop()
+        await system.orchestrator.stop()  # the current one: a test may have restarted it
         await connection.close()
         await db.dispose()
         await shop.dispose()
