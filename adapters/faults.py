@@ -1,6 +1,10 @@
 """Named fault points for crash tests: `SAGA_FAULT=after_commit_before_publish` (or
 `...@3` for the third time the point is reached) kills the process there with SIGKILL,
-exactly like `kill -9`. Without SAGA_FAULT the hook does nothing."""
+exactly like `kill -9`. Without SAGA_FAULT the hook does nothing.
+
+`saga run` reaches the first three points; a participant process (`serve`: the example shop,
+`saga worker`) reaches `after_handler_before_reply`, once its handler returned (a guarded
+handler's transaction has committed) and before the reply is published."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ POINTS = frozenset(
         "after_commit_before_publish",
         "after_publish_before_outbox_delete",
         "after_commit_before_ack",
+        "after_handler_before_reply",
     }
 )
 

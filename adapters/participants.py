@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from adapters.faults import fault_hook
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.topology import Topology
@@ -59,7 +60,9 @@ def _bind(registry: Registry, fn: LocalHandler) -> Callable[[Command], Awaitable
 
 
 async def serve(settings: Settings, participants: Sequence[Participant]) -> None:
-    """Consume the participants' queues until SIGINT/SIGTERM."""
+    """Consume the participants' queues until SIGINT/SIGTERM. `settings.fault` (SAGA_FAULT)
+    arms a crash point for tests (`adapters.faults`)."""
+    faults = fault_hook(settings.fault)  # before connecting: a bad spec fails at once
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,7 +74,12 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
         for participant in participants:
             channel = await open_channel(connection)
             worker = ParticipantWorker(
-                participant, channel, topology, clock=utcnow, prefetch=settings.prefetch
+                participant,
+                channel,
+                topology,
+                clock=utcnow,
+                prefetch=settings.prefetch,
+                faults=faults,
             )
             await worker.start()
             workers.append(worker)

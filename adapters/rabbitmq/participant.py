@@ -14,9 +14,13 @@ from adapters.rabbitmq.topology import Topology
 from orchestrator.errors import Poison
 from orchestrator.messages import Command, Reply
 from orchestrator.participant import Participant, heartbeats
-from orchestrator.ports import Clock
+from orchestrator.ports import Clock, FaultHook
 
 log = structlog.get_logger(__name__)
+
+
+def _no_faults(_point: str) -> None:
+    return None
 
 
 class ParticipantWorker:
@@ -26,6 +30,9 @@ class ParticipantWorker:
     redelivers the command: the handler may run again, the saga never waits forever.
     While a handler runs, heartbeats for its command go to the same `reply_to`, so a handler
     may outlast the step's timeout; they stop before the final reply is published.
+
+    `faults` is called with `after_handler_before_reply` between the two (crash tests kill the
+    process there: `adapters.faults`); it does nothing by default.
     """
 
     def __init__(
@@ -36,12 +43,14 @@ class ParticipantWorker:
         *,
         clock: Clock,
         prefetch: int = 50,
+        faults: FaultHook = _no_faults,
     ) -> None:
         self.participant = participant
         self.channel = channel
         self.topology = topology
         self.clock = clock
         self.prefetch = prefetch
+        self.faults = faults
         self.publisher = RabbitPublisher(channel, topology)
         self._consumers: list[Consumer] = []
 
@@ -90,9 +99,19 @@ class ParticipantWorker:
             )
 
         now = self.clock()
-        async with heartbeats(command, now, send):
-            # A command whose routing key has no handler gets a failure reply from the core
-            # rather than the dead queue: the saga then compensates instead of waiting for its
-            # timeout.
-            reply = await self.participant.handle(command, now)
+        # Every log line of this command (the barrier's, a fault point's) names it, and says
+        # whether the broker delivered it before (a crash or a requeue left it unacked).
+        with structlog.contextvars.bound_contextvars(
+            command_id=str(command.command_id),
+            delivery_count=delivery.delivery_count,
+            redelivered=delivery.redelivered,
+        ):
+            async with heartbeats(command, now, send):
+                # A command whose routing key has no handler gets a failure reply from the core
+                # rather than the dead queue: the saga then compensates instead of waiting for
+                # its timeout.
+                reply = await self.participant.handle(command, now)
+            # The effect is committed, the reply not yet sent: a crash here must be answered
+            # from the barrier when the command comes back, never applied a second time.
+            self.faults("after_handler_before_reply")
         await send(reply)

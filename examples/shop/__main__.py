@@ -1,7 +1,8 @@
 """Run the example shop's participant services: `python -m examples.shop`.
 
-Environment: SHOP_DATABASE_URL (the shop's own database), SHOP_SLOW_SECONDS, and the engine's
-SAGA_AMQP_URL / SAGA_AMQP_PREFIX for the broker.
+Environment: SHOP_DATABASE_URL (the shop's own database), SHOP_SLOW_SECONDS, the engine's
+SAGA_AMQP_URL / SAGA_AMQP_PREFIX for the broker, and SAGA_FAULT=after_handler_before_reply[@N]
+for crash tests (`serve` arms it: see adapters/faults.py).
 """
 
 from __future__ import annotations

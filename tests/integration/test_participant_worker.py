@@ -235,3 +235,49 @@ async def test_a_stopped_worker_takes_no_more_commands(
     [left] = await leftovers(amqp_channel, harness.topology.name("commands.payments"))
     assert left.message_id == str(cmd.command_id)
     assert await take(amqp_channel, harness.topology.name(REPLIES_QUEUE)) == []
+
+
+async def test_the_fault_point_comes_after_the_handler_and_before_the_reply(
+    worker_channel: AbstractRobustChannel,
+    harness: Harness,
+    topology: Topology,
+    amqp_channel: AbstractRobustChannel,
+) -> None:
+    participant = Participant("payments")
+    calls: list[Command] = []
+    reached: list[tuple[str, int]] = []  # (point, handler calls so far)
+
+    @participant.handler("payments.charge")
+    async def charge(cmd: Command) -> dict[str, Any] | None:
+        calls.append(cmd)
+        return {"charged": cmd.payload["amount"]}
+
+    def crash_once(point: str) -> None:
+        reached.append((point, len(calls)))
+        if len(reached) == 1:
+            # What SAGA_FAULT does with SIGKILL, short of killing the test: the handler is
+            # done, the reply never sent, the command not acked, so it comes back.
+            raise RuntimeError("crashed between the handler and its reply")
+
+    worker = ParticipantWorker(
+        participant,
+        worker_channel,
+        topology,
+        clock=lambda: datetime.now(UTC),
+        prefetch=10,
+        faults=crash_once,
+    )
+    await worker.start()
+    try:
+        cmd = command("payments.charge", amount=5)
+        await harness.send(cmd)
+        reply, _ = await harness.reply_to(cmd)
+    finally:
+        await worker.stop()
+
+    assert reply.result == {"charged": 5}
+    point = "after_handler_before_reply"
+    assert reached == [(point, 1), (point, 2)]  # each time after the handler ran
+    # The first delivery died before replying: the only reply is the redelivery's.
+    assert [m.correlation_id for m in harness.replies] == [str(cmd.command_id)]
+    assert await leftovers(amqp_channel, topology.name(REPLIES_QUEUE)) == []
