@@ -104,9 +104,9 @@ class StepDefinition:
             "pivot": self.pivot,
             "local": self.local,
             "timeout": self.timeout,
-            "retry": self.retry.model_dump(mode="json"),
+            "retry": _policy(self.retry),
             "compensation_timeout": self.compensation_timeout,
-            "compensation_retry": self.compensation_retry.model_dump(mode="json"),
+            "compensation_retry": _policy(self.compensation_retry),
         }
         if self.schedule_to_start is not None:
             doc["schedule_to_start"] = self.schedule_to_start
@@ -388,6 +388,14 @@ class Saga:
 
     def __repr__(self) -> str:
         return f"Saga({self.name!r}, version={self.version}, steps={len(self._steps)})"
+
+
+def _policy(retry: Retry) -> dict[str, Any]:
+    # Like the step's optional features, non_retryable appears only when used: a policy
+    # without it keeps the fingerprint it had before the field existed.
+    if retry.non_retryable:
+        return retry.model_dump(mode="json")
+    return retry.model_dump(mode="json", exclude={"non_retryable"})
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

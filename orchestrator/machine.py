@@ -399,7 +399,10 @@ class _Builder:
                     "message": f"until= raised {type(exc).__name__}: {exc}",
                     "retryable": False,
                 }
-                failed = step.moved(StepStatus.FAILED, error=error)
+                if step.status == StepStatus.FAILED:  # an operator's retry; it raised again
+                    failed = replace(step, error=error)
+                else:
+                    failed = step.moved(StepStatus.FAILED, error=error)
                 self.steps[step.index] = failed
                 self.record("step_failed", step.name, {"attempt": 0, "error": error})
                 self.failed_for_good(failed, error)
@@ -408,7 +411,9 @@ class _Builder:
             assert spec.sleep_seconds is not None
             wake = self.now + timedelta(seconds=spec.sleep_seconds)
         # RUNNING with a due time and no command: a timer, like a retry wait.
-        self.steps[step.index] = step.moved(StepStatus.RUNNING, due_at=wake, started_at=self.now)
+        self.steps[step.index] = step.moved(
+            StepStatus.RUNNING, due_at=wake, started_at=self.now, error=None
+        )
         self.record("sleep_started", step.name, {"until": wake.isoformat()})
 
     def needs_compensation(self, step: StepState) -> bool:
@@ -641,7 +646,9 @@ class _Builder:
         if self.pivot_dispatched():
             # Nothing past the pivot is undone: an operator decides (retry, skip).
             for s in self.steps:
-                if s.in_flight:  # its late reply is then ignored; a retry sends a new attempt
+                # In flight: its late reply is then ignored. Waiting to retry: the wait ends.
+                # Either way the step is parked: a retry sends a new attempt, or it is skipped.
+                if s.status == StepStatus.RUNNING and not self.spec(s).sleep:
                     self.steps[s.index] = replace(s, command_id=None, due_at=None)
             self.finish(
                 SagaStatus.FAILED,
@@ -714,7 +721,10 @@ def operate(b: _Builder, event: OperatorEvent) -> None:
         else:
             _resume_running(b)
             for s in parked_actions(b):
-                b.dispatch(s, "action", retry_base=s.attempt)
+                if b.spec(s).sleep:  # a sleep whose until= raised: it sends nothing, so
+                    b.begin_sleep(s, b.spec(s))  # compute its wake-up again (a fixed until=)
+                else:
+                    b.dispatch(s, "action", retry_base=s.attempt)
         b.advance()
     elif isinstance(event, SkipRequested):
         skip(b, event)

@@ -253,12 +253,15 @@ async def heartbeats(command: Command, now: datetime, send: SendReply) -> AsyncI
     restarts. When the block ends (returns, raises or is cancelled) the heartbeats stop
     before this returns, so one can never follow the final reply the caller sends next.
     """
-    first = 0.0 if command.report_start else heartbeat_interval(command.expires_at, now)
-    every = _bounded(command.timeout / 3) if command.timeout is not None else first
+    interval = heartbeat_interval(command.expires_at, now)
+    first = 0.0 if command.report_start else interval
+    # Without a timeout (an older sender), keep the pace the deadline gives; never the
+    # start report's 0, which would send a heartbeat every MIN_HEARTBEAT_INTERVAL.
+    every = _bounded(command.timeout / 3) if command.timeout is not None else interval
     beat = _Beat()
     token = _current_beat.set(beat)
     task = asyncio.create_task(
-        _beat(command, beat, first, every or MIN_HEARTBEAT_INTERVAL, send),
+        _beat(command, beat, first, every, send),
         name=f"saga-heartbeat:{command.command_id}",
     )
     try:

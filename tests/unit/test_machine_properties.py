@@ -3,9 +3,11 @@
 A driver keeps a simulated clock and its own model of the commands in flight (dispatched,
 not yet answered or timed out, with the deadline a heartbeat extends). It feeds `decide`
 replies (in-flight, duplicate, stale, unknown), heartbeats, timers before and after their due
-time, and cancels; then a fair drain answers everything successfully. After every event the
-machine's view (which commands are in flight, their due times) must equal the model's, and
-the invariants of DESIGN.md sections 1, 4 and 6 must hold.
+time, cancels, and an operator's pause and resume; some sagas have a deadline and a
+compensation deadline. Then a fair drain (resuming a paused saga first) answers everything
+successfully. After every event the machine's view (which commands are in flight, their due
+times) must equal the model's, nothing is dispatched while paused, and the invariants of
+DESIGN.md sections 1, 4 and 6 must hold.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from orchestrator.machine import (
     CancelRequested,
     Decision,
     Event,
+    PauseRequested,
     ReplyReceived,
+    ResumeRequested,
     TimersDue,
     decide,
     idempotency_key,
@@ -81,6 +85,8 @@ retries = st.builds(
     jitter=st.sampled_from([0.0, 0.2, 0.5]),
 )
 timeouts = st.sampled_from([1.0, 5.0, 10.0])
+# Mostly none: a deadline ends a run early, and the other paths need runs that go on.
+deadlines = st.sampled_from([None, None, 3.0, 15.0])
 
 
 @st.composite
@@ -89,7 +95,14 @@ def random_sagas(draw: st.DrawFn) -> Saga:
     retriable steps."""
     n = draw(st.integers(1, 6))
     pivot = draw(st.none() | st.integers(0, n - 1))
-    saga = Saga("prop", version=1, input=Payload, timeout=draw(timeouts))
+    saga = Saga(
+        "prop",
+        version=1,
+        input=Payload,
+        timeout=draw(timeouts),
+        deadline=draw(deadlines),
+        compensation_deadline=draw(deadlines),
+    )
     for i in range(n):
         before_pivot = pivot is None or i < pivot
         compensated = before_pivot and draw(st.booleans())
@@ -142,6 +155,9 @@ class Model:
 
     def in_flight(self) -> list[Sent]:
         return [s for s in self.sent if s.resolution is None]
+
+    def in_flight_of(self, kind: str) -> list[Sent]:
+        return [s for s in self.in_flight() if s.command.kind == kind]
 
     def latest(self, step: str, kind: str) -> Sent | None:
         found = [s for s in self.sent if s.key == (step, kind)]
@@ -210,6 +226,13 @@ class SagaRun(RuleBasedStateMachine):
         again = decide(self.m.definition, before, event, self.now)
         assert decision == again, "decide is not deterministic"
         self.check_moves(before, decision.state)
+        if decision.refused is not None:
+            assert decision.state is before and not decision.changed
+        if decision.state.status == SagaStatus.PAUSED or (
+            before.status == SagaStatus.PAUSED and not isinstance(event, ResumeRequested)
+        ):
+            assert not decision.commands, "dispatched while paused"
+            assert decision.state.next_due_at is None
         self.absorb(decision, event)
         self.state = decision.state
         self.check_model_matches()
@@ -388,7 +411,24 @@ class SagaRun(RuleBasedStateMachine):
         self.fire_timers()
 
     def fire_timers(self) -> Decision:
+        return self.with_timers(TimersDue())
+
+    def with_timers(self, event: TimersDue | ResumeRequested) -> Decision:
+        """Feed `event` (timers, or a resume, which fires what came due while paused) and
+        check that exactly what was due happened."""
         before = self.s
+        phase = before.resume_status if isinstance(event, ResumeRequested) else before.status
+        if phase not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            # Paused (or finished): timers hold, whatever came due.
+            decision = self.decide(event)
+            assert decision.state == before and not decision.history
+            return decision
+        deadline = before.deadline_at if phase == SagaStatus.RUNNING else None
+        overdue = before.compensation_deadline_at if phase == SagaStatus.COMPENSATING else None
+        if deadline is not None and deadline <= self.now:
+            return self.deadline_passed(event)
+        if overdue is not None and overdue <= self.now:
+            return self.compensation_overdue(event)
         expired = [s for s in self.m.in_flight() if s.deadline <= self.now]
         for sent in expired:
             sent.resolution = "timeout"
@@ -400,7 +440,7 @@ class SagaRun(RuleBasedStateMachine):
             and s.due_at is not None
             and s.due_at <= self.now
         ]
-        decision = self.decide(TimersDue())
+        decision = self.decide(event)
         timed_out = sorted(
             (h.step or "", h.event)
             for h in decision.history
@@ -413,16 +453,52 @@ class SagaRun(RuleBasedStateMachine):
             )
             for s in expired
         )
-        if not expired and not waiting:
+        if not expired and not waiting and isinstance(event, TimersDue):
             assert decision.state == before, "timers fired with nothing due"
         for step in waiting:
             # A retry wait that ran out dispatches the next attempt (unless a cancel stopped it).
-            if step.status == StepStatus.RUNNING and before.status == SagaStatus.RUNNING:
+            if step.status == StepStatus.RUNNING and phase == SagaStatus.RUNNING:
                 assert any(c.step == step.name and c.kind == "action" for c in decision.commands)
             if step.status == StepStatus.COMPENSATING:
                 assert any(
                     c.step == step.name and c.kind == "compensation" for c in decision.commands
                 )
+        return decision
+
+    def deadline_passed(self, event: TimersDue | ResumeRequested) -> Decision:
+        before = self.s
+        pivot_dispatched = self.m.pivot_dispatched()
+        # The step in flight is cut off (before the pivot) or dropped (past it): either way
+        # the machine stops waiting for it, and its outcome is unknown.
+        for sent in self.m.in_flight():
+            assert sent.command.kind == "action"
+            sent.resolution = "timeout"
+        decision = self.decide(event)
+        recorded = [h.event for h in decision.history]
+        assert "saga_deadline_exceeded" in recorded
+        assert "step_timed_out" not in recorded
+        assert decision.state.error is not None
+        assert all(c.kind == "compensation" for c in decision.commands)
+        if pivot_dispatched:
+            assert decision.state.status == SagaStatus.FAILED
+            assert decision.state.error["type"] == "deadline_exceeded"
+            assert not decision.commands
+        else:
+            assert decision.state.status in (SagaStatus.COMPENSATING, SagaStatus.COMPENSATED)
+            assert before.cancel_reason is None
+        return decision
+
+    def compensation_overdue(self, event: TimersDue | ResumeRequested) -> Decision:
+        for sent in self.m.in_flight_of("compensation"):
+            sent.resolution = "timeout"  # dropped: its late reply is ignored
+        decision = self.decide(event)
+        assert [h.event for h in decision.history][-2:] == [
+            "compensation_deadline_exceeded",
+            "saga_failed",
+        ]
+        assert decision.state.status == SagaStatus.FAILED and not decision.commands
+        assert decision.state.error is not None
+        assert decision.state.error["type"] == "compensation_deadline_exceeded"
         return decision
 
     @precondition(lambda self: self.model is not None)
@@ -433,24 +509,58 @@ class SagaRun(RuleBasedStateMachine):
             # past the pivot need runs that go on.
             return
         before = self.s
+        paused = before.status == SagaStatus.PAUSED
+        phase = before.resume_status if paused else before.status
         pivot_dispatched = self.m.pivot_dispatched()
         decision = self.decide(CancelRequested(reason))
         events = [h.event for h in decision.history]
-        if before.finished or (before.status == SagaStatus.RUNNING and pivot_dispatched):
+        if before.finished or (phase == SagaStatus.RUNNING and pivot_dispatched):
             assert events == ["cancel_refused"]
             assert [e.status for e in decision.events] == ["cancel_refused"]
             assert decision.state.steps == before.steps
             assert decision.state.status == before.status
             assert not decision.commands
-        elif before.status == SagaStatus.COMPENSATING:
+        elif phase == SagaStatus.COMPENSATING:
             assert events == ["cancel_ignored"]
             assert decision.state.steps == before.steps and not decision.commands
         else:
-            assert before.status == SagaStatus.RUNNING
+            assert phase == SagaStatus.RUNNING
             assert "saga_cancel_accepted" in events
-            assert decision.state.status in (SagaStatus.COMPENSATING, SagaStatus.CANCELLED)
             assert decision.state.cancel_reason == reason
             assert all(c.kind == "compensation" for c in decision.commands)
+            if paused:  # accepted, but compensations wait for the resume
+                assert decision.state.status == SagaStatus.PAUSED
+                assert decision.state.resume_status == SagaStatus.COMPENSATING
+            else:
+                assert decision.state.status in (SagaStatus.COMPENSATING, SagaStatus.CANCELLED)
+
+    @precondition(lambda self: self.model is not None)
+    @rule(dice=st.integers(0, 2))
+    def pause(self, dice: int) -> None:
+        if dice:
+            return  # rolled now and then: most of a run goes on unpaused
+        before = self.s
+        decision = self.decide(PauseRequested("operator looks"))
+        if before.status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            assert decision.refused is None
+            assert [h.event for h in decision.history] == ["saga_paused"]
+            assert decision.state.status == SagaStatus.PAUSED
+            assert decision.state.resume_status == before.status
+            assert decision.state.steps == before.steps
+            assert decision.state.next_due_at is None
+        else:
+            assert decision.refused is not None
+
+    @precondition(lambda self: self.model is not None)
+    @rule()
+    def resume(self) -> None:
+        before = self.s
+        if before.status != SagaStatus.PAUSED:
+            assert self.decide(ResumeRequested("carry on")).refused is not None
+            return
+        decision = self.with_timers(ResumeRequested("carry on"))
+        assert decision.history[0].event == "saga_resumed"
+        assert decision.state.status != SagaStatus.PAUSED
 
     # -- invariants -------------------------------------------------------------------------------
 
@@ -467,6 +577,14 @@ class SagaRun(RuleBasedStateMachine):
             ), "the saga undoes steps after its pivot succeeded"
 
     @invariant()
+    def paused_sagas_know_where_to_resume(self) -> None:
+        if self.model is None:
+            return
+        if self.s.status == SagaStatus.PAUSED:
+            assert self.s.resume_status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+            assert self.s.next_due_at is None
+
+    @invariant()
     def compensations_in_reverse_order(self) -> None:
         if self.model is None:
             return
@@ -478,6 +596,8 @@ class SagaRun(RuleBasedStateMachine):
     def teardown(self) -> None:
         if self.model is None:
             return
+        if self.s.status == SagaStatus.PAUSED:
+            self.with_timers(ResumeRequested("drain"))
         bound = 5 * len(self.m.definition.steps) + 5
         for _ in range(bound):
             if self.s.finished:
@@ -495,7 +615,9 @@ class SagaRun(RuleBasedStateMachine):
                 self.now = max(self.now, due)
                 self.fire_timers()
         assert self.s.finished, f"not finished after {bound} drain steps: {self.s}"
-        assert not self.m.in_flight()
+        if (self.s.error or {}).get("type") != "compensation_deadline_exceeded":
+            # (a step awaited when a cancel was accepted may still be out then)
+            assert not self.m.in_flight()
         self.check_final()
 
     def check_final(self) -> None:
@@ -508,6 +630,7 @@ class SagaRun(RuleBasedStateMachine):
         event(f"final status: {state.status.value} {(state.error or {}).get('type', '')}")
         event(f"cancel accepted: {m.cancel_accepted}")
         event(f"timeouts: {sum(s.resolution == 'timeout' for s in m.sent) > 0}")
+        event(f"paused: {'saga_paused' in m.history}")
         if state.status == SagaStatus.COMPLETED:
             assert not compensations, "a completed saga compensated"
             assert not m.cancel_accepted
@@ -526,6 +649,13 @@ class SagaRun(RuleBasedStateMachine):
                 assert parked in must and parked not in m.compensated
                 assert m.compensated <= must
                 assert m.compensated == {i for i in must if i > parked}
+            elif state.error["type"] == "compensation_deadline_exceeded":
+                assert definition.compensation_deadline is not None
+                assert m.compensated <= must
+                assert "compensation_deadline_exceeded" in m.history
+            elif state.error["type"] == "deadline_exceeded":
+                assert definition.deadline is not None and m.pivot_dispatched()
+                assert not compensations
             else:
                 assert state.error["type"] == "retries_exhausted"
                 assert pivot is not None and m.action_outcome(pivot) == "success"

@@ -135,3 +135,55 @@ def test_unknown_fields_are_refused_and_policies_are_frozen() -> None:
         r.max_attempts = 9  # type: ignore[misc]
     assert Retry(max_attempts=4) == Retry(max_attempts=4)
     assert hash(Retry(max_attempts=4)) == hash(Retry(max_attempts=4))
+
+
+# -- unlimited attempts and non-retryable error types ---------------------------------------------
+
+
+def test_max_attempts_none_retries_forever() -> None:
+    r = Retry(max_attempts=None)
+    assert not any(r.exhausted(n) for n in (0, 1, 3, 1_000, 10**9))
+    assert Retry(max_attempts=1).exhausted(1)  # a bound still counts every attempt
+
+
+def test_waits_of_an_unlimited_policy_stay_capped() -> None:
+    r = Retry(max_attempts=None, initial_interval=1, max_interval=30, jitter=0)
+    assert r.delay(1_000_000, "s") == timedelta(seconds=30)
+
+
+def test_a_non_retryable_error_type_is_never_retried_whatever_the_reply_says() -> None:
+    r = Retry(max_attempts=None, non_retryable=frozenset({"card_declined"}))
+    assert not r.retries({"type": "card_declined", "message": "no", "retryable": True})
+    assert not r.retries({"type": "card_declined"})
+    assert r.retries({"type": "gateway_busy", "message": "later", "retryable": True})
+
+
+def test_the_replys_own_retryable_flag_is_honoured() -> None:
+    r = Retry()
+    assert not r.retries({"type": "gateway_busy", "retryable": False})
+    assert r.retries({"type": "gateway_busy"})  # retryable unless told otherwise
+    assert r.retries({"type": "timeout", "timeout": "start_to_close", "retryable": True})
+
+
+def test_non_retryable_is_dumped_sorted_for_the_fingerprint() -> None:
+    a = Retry(non_retryable=frozenset({"zeta", "alpha", "mid"}))
+    b = Retry(non_retryable=["mid", "zeta", "alpha", "alpha"])
+    assert a == b
+    assert a.model_dump(mode="json")["non_retryable"] == ["alpha", "mid", "zeta"]
+    assert a.model_dump_json() == b.model_dump_json()
+    assert '"non_retryable":["alpha","mid","zeta"]' in a.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("non_retryable", "card_declined"),  # a string is not a set of error types
+        ("non_retryable", ["card_declined", 7]),
+        ("non_retryable", [None]),
+        ("max_attempts", -1),
+        ("max_attempts", 1.5),
+    ],
+)
+def test_bad_values_of_the_new_fields_are_refused(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Retry(**{field: value})
