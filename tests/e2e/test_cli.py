@@ -53,6 +53,21 @@ def saga(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def ready(env: dict[str, str], topology: Topology, queue: str) -> None:
+    """Wait until the orchestrator and the shop consume, and give the shop its tables and
+    customers (the demo seeds them; here the test does)."""
+    settings = Settings(
+        database_url=env["SAGA_DATABASE_URL"],
+        amqp_url=env["SAGA_AMQP_URL"],
+        amqp_prefix=topology.prefix,
+    )
+    await wait_for_consumers(settings, ["saga.requests", queue])
+    shop = make_engine(env["SHOP_DATABASE_URL"], pool_size=1)
+    await schema.create(shop)
+    await schema.seed(shop, CUSTOMERS, STOCK)
+    await shop.dispose()
+
+
 @pytest.fixture
 def running(env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
     procs = Processes(env=env, log_dir=tmp_path)
@@ -76,17 +91,7 @@ async def test_migrate_creates_a_missing_database(env: dict[str, str], database_
 async def test_start_status_list_cancel(
     env: dict[str, str], running: Processes, topology: Topology
 ) -> None:
-    settings = Settings(
-        database_url=env["SAGA_DATABASE_URL"],
-        amqp_url=env["SAGA_AMQP_URL"],
-        amqp_prefix=topology.prefix,
-    )
-    await wait_for_consumers(settings, ["saga.requests", "commands.customers"])
-    # The shop's tables and customers: the demo seeds them, here the test does.
-    shop = make_engine(env["SHOP_DATABASE_URL"], pool_size=1)
-    await schema.create(shop)
-    await schema.seed(shop, CUSTOMERS, STOCK)
-    await shop.dispose()
+    await ready(env, topology, "commands.customers")
 
     started = saga(env, "start", "order", "--key", "cli-k1", "--input", json.dumps(ORDER))
     assert started.returncode == 0, started.stderr
@@ -132,16 +137,7 @@ async def test_operator_pause_history_refusal_resume(
     procs.start_orchestrator()
     procs.start_shop()
     try:
-        settings = Settings(
-            database_url=env["SAGA_DATABASE_URL"],
-            amqp_url=env["SAGA_AMQP_URL"],
-            amqp_prefix=topology.prefix,
-        )
-        await wait_for_consumers(settings, ["saga.requests", "commands.inventory"])
-        shop = make_engine(env["SHOP_DATABASE_URL"], pool_size=1)
-        await schema.create(shop)
-        await schema.seed(shop, CUSTOMERS, STOCK)
-        await shop.dispose()
+        await ready(env, topology, "commands.inventory")
 
         # `slow-` orders stall in inventory.reserve: time to pause the saga mid-flight.
         order = {**ORDER, "order_id": "slow-cli-2"}

@@ -62,15 +62,23 @@ def three_steps(**saga_options: Any) -> Saga:
 class Run:
     """Drives one saga of `definition` through `decide`."""
 
-    def __init__(self, definition: Saga, input: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        definition: Saga,
+        input: dict[str, Any] | None = None,
+        *,
+        key: str = "k-1",
+        cancel_reason: str | None = None,
+    ) -> None:
         self.definition = definition
         self.now = T0
         first = start(
             definition,
             saga_id=SAGA_ID,
-            key="k-1",
+            key=key,
             input=input if input is not None else {"n": 1, "flag": True},
             now=self.now,
+            cancel_reason=cancel_reason,
         )
         self.state = first.state
         self.decisions = [first]

@@ -6,27 +6,23 @@ reserve_credit -> reserve_stock -> charge_payment (pivot) -> notify_customer.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import pytest
 
 from orchestrator.machine import (
-    CancelRequested,
     Decision,
-    Event,
     ReplyReceived,
     TimersDue,
     decide,
     idempotency_key,
-    start,
 )
-from orchestrator.messages import Command, Reply, ReplyError
+from orchestrator.messages import Reply, ReplyError
 from orchestrator.state import SagaState, SagaStatus, StepStatus
 from sagas.order import saga as order_saga
+from tests.unit import builders
+from tests.unit.builders import SAGA_ID, T0, reply
 
-T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
-SAGA_ID = uuid.UUID("00000000-0000-4000-8000-000000000042")
 ORDER = {
     "order_id": "o-42",
     "customer_id": "c-7",
@@ -36,33 +32,11 @@ ORDER = {
 STEPS = ["reserve_credit", "reserve_stock", "charge_payment", "notify_customer"]
 
 
-class Run:
+class Run(builders.Run):
     """Drives one order saga: a clock, the current state, and everything decided so far."""
 
     def __init__(self, cancel_reason: str | None = None) -> None:
-        self.now = T0
-        first = start(
-            order_saga,
-            saga_id=SAGA_ID,
-            key="order-42",
-            input=ORDER,
-            now=self.now,
-            cancel_reason=cancel_reason,
-        )
-        self.state = first.state
-        self.decisions = [first]
-
-    def feed(self, event: Event) -> Decision:
-        decision = decide(order_saga, self.state, event, self.now)
-        self.state = decision.state
-        self.decisions.append(decision)
-        return decision
-
-    # -- what happened ----------------------------------------------------------------------------
-
-    @property
-    def commands(self) -> list[Command]:
-        return [c for d in self.decisions for c in d.commands]
+        super().__init__(order_saga, ORDER, key="order-42", cancel_reason=cancel_reason)
 
     @property
     def sent(self) -> list[tuple[str, str]]:
@@ -70,55 +44,12 @@ class Run:
         return [(c.kind, c.command) for c in self.commands]
 
     @property
-    def history(self) -> list[tuple[str, str | None]]:
-        return [(h.event, h.step) for d in self.decisions for h in d.history]
-
-    @property
     def outcomes(self) -> list[str]:
+        """Routing keys of the outcome events, e.g. "order.completed"."""
         return [e.routing_key for d in self.decisions for e in d.events]
 
-    def step(self, name: str) -> Any:
-        found = self.state.step(name)
-        assert found is not None
-        return found
-
-    @property
-    def last(self) -> Command:
-        return self.commands[-1]
-
-    # -- what arrives -----------------------------------------------------------------------------
-
-    def succeed(self, result: Any = None, command: Command | None = None) -> Decision:
-        cmd = command or self.last
-        result = {"done": cmd.step} if result is None else result
-        return self.feed(ReplyReceived(reply(cmd, "success", result=result)))
-
-    def fail(
-        self, message: str = "boom", *, retryable: bool = True, command: Command | None = None
-    ) -> Decision:
-        cmd = command or self.last
-        error = ReplyError(type="business", message=message, retryable=retryable)
-        return self.feed(ReplyReceived(reply(cmd, "failure", error=error)))
-
-    def heartbeat(self) -> Decision:
-        return self.feed(ReplyReceived(reply(self.last, "heartbeat")))
-
-    def at(self, when: datetime) -> Decision:
-        assert when >= self.now
-        self.now = when
-        return self.feed(TimersDue())
-
-    def later(self, seconds: float) -> Decision:
-        return self.at(self.now + timedelta(seconds=seconds))
-
     def cancel(self, reason: str = "customer changed their mind") -> Decision:
-        return self.feed(CancelRequested(reason))
-
-
-def reply(cmd: Command, outcome: Any, **fields: Any) -> Reply:
-    return Reply(
-        command_id=cmd.command_id, saga_id=cmd.saga_id, step=cmd.step, outcome=outcome, **fields
-    )
+        return super().cancel(reason)
 
 
 def succeed_through(run: Run, last_step: str) -> None:
