@@ -435,14 +435,17 @@ class _Builder:
             return
         if reply.outcome == "heartbeat":
             spec = self.spec(step)
-            timeout = (
-                spec.timeout if step.status == StepStatus.RUNNING else spec.compensation_timeout
-            )
+            if step.status == StepStatus.COMPENSATING:
+                # A compensation's heartbeat only extends its deadline: the start report and
+                # the progress checkpoint belong to the action.
+                due = self.now + timedelta(seconds=spec.compensation_timeout)
+                self.steps[step.index] = replace(step, due_at=due)
+                return
             # The participant has taken the command: from now the start-to-close timeout runs,
             # restarted by each heartbeat. Details are a checkpoint for the next attempt.
             self.steps[step.index] = replace(
                 step,
-                due_at=self.now + timedelta(seconds=timeout),
+                due_at=self.now + timedelta(seconds=spec.timeout),
                 started_at=step.started_at or self.now,
                 progress=step.progress if reply.result is None else reply.result,
             )
@@ -517,10 +520,12 @@ class _Builder:
             return
         pivot = self.definition.pivot_index
         if pivot is not None and step.index > pivot:
-            # Past the pivot nothing is undone: an operator must finish this step.
+            # Past the pivot nothing is undone: an operator must finish this step. The type
+            # says whether retrying could have helped (it ran out) or not (refused for good).
+            kind = "retries_exhausted" if self.spec(step).retry.retries(error) else "step_failed"
             self.finish(
                 SagaStatus.FAILED,
-                error={"type": "retries_exhausted", "step": step.name, "message": _message(error)},
+                error={"type": kind, "step": step.name, "message": _message(error)},
             )
             return
         self.error = {"type": "step_failed", "step": step.name, "message": _message(error)}
@@ -555,6 +560,7 @@ class _Builder:
                     f"compensation failed after {step.compensation_attempt} attempt(s): "
                     f"{_message(error)}"
                 ),
+                "cause": self.error,  # why it was compensating; restored when it carries on
             },
         )
 
@@ -685,6 +691,7 @@ class _Builder:
             error={
                 "type": "compensation_deadline_exceeded",
                 "message": f"compensation did not finish by {at}; retry it or mark it done",
+                "cause": self.error,
             },
         )
 
@@ -762,6 +769,8 @@ def _resume_running(b: _Builder) -> None:
 def _resume_compensating(b: _Builder) -> None:
     b.resume_status = None
     b.set_status(SagaStatus.COMPENSATING)
+    # The saga ends with the reason it was compensating for, not the park it got past.
+    b.error = (b.error or {}).get("cause")
     b.compensation_deadline_at = _after(b.now, b.definition.compensation_deadline)
 
 

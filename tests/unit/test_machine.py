@@ -412,6 +412,8 @@ def test_compensation_failing_until_exhausted_parks_the_saga_as_failed() -> None
         "type": "compensation_failed",
         "step": "reserve_credit",
         "message": f"compensation failed after {attempts} attempt(s): credit service says no",
+        # Why it was compensating, kept for when an operator gets it going again.
+        "cause": {"type": "step_failed", "step": "reserve_stock", "message": "out of stock"},
     }
     parked = run.step("reserve_credit")
     assert parked.status == StepStatus.COMPENSATING and not parked.in_flight
@@ -435,8 +437,9 @@ def test_failure_after_the_pivot_is_never_compensated_and_parks_the_saga() -> No
     succeed_through(run, "charge_payment")
     run.fail("address unknown", retryable=False)
     assert run.state.status == SagaStatus.FAILED
+    # Not retryable: it failed for good rather than running out of retries.
     assert run.state.error == {
-        "type": "retries_exhausted",
+        "type": "step_failed",
         "step": "notify_customer",
         "message": "address unknown",
     }

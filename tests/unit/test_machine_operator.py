@@ -142,7 +142,7 @@ def test_a_step_failing_for_good_while_paused_past_the_pivot_parks_the_saga() ->
     run.pause()
     run.fail("address unknown", retryable=False)
     assert run.status == SagaStatus.FAILED
-    assert run.state.error is not None and run.state.error["type"] == "retries_exhausted"
+    assert run.state.error is not None and run.state.error["type"] == "step_failed"
     assert run.state.resume_status == SagaStatus.RUNNING
     assert run.outcomes == ["failed"]
     assert_refused(run.resume(), run, why="only a paused saga can be resumed")
@@ -221,6 +221,9 @@ def test_retry_of_a_parked_compensation_gives_it_a_fresh_budget() -> None:
     run.succeed()
     assert run.status == SagaStatus.COMPENSATED
     assert run.outcomes == ["failed", "compensated"]
+    # It ends with the reason it was compensating for, not the park it got past.
+    assert run.state.error is not None and run.state.error["type"] == "step_failed"
+    assert run.state.error["step"] == "charge"
 
 
 def test_retry_of_a_cancel_parked_in_compensation_ends_cancelled() -> None:

@@ -197,3 +197,24 @@ def test_compensations_carry_no_progress() -> None:
     run.fail("mail down")  # notify fails for good: undo report
     assert run.last.kind == "compensation"
     assert run.last.progress is None and run.last.report_start is False
+
+
+def test_a_compensations_heartbeat_only_extends_its_deadline() -> None:
+    s = shop()
+    s.remote("reserve", command="stock.reserve", compensation="stock.release", retry=ONCE)
+    s.remote("charge", command="payments.charge", pivot=True, retry=ONCE)
+    run = Run(s)
+    run.heartbeat({"done": 7})
+    run.succeed()
+    run.fail("declined", retryable=False)  # stock.release now in flight
+    release = run.last
+    assert release.kind == "compensation"
+    before = run.step("reserve")
+
+    run.later(4)
+    beat = run.heartbeat({"released": 3})
+    after = run.step("reserve")
+    assert after.due_at == run.now + timedelta(seconds=s.step("reserve").compensation_timeout)
+    # The start report and the checkpoint are the action's: a compensation leaves them be.
+    assert events(beat) == []
+    assert (after.started_at, after.progress) == (before.started_at, {"done": 7})
