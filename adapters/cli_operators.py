@@ -86,7 +86,7 @@ def history(saga: SagaArg, as_json: JsonOpt = False) -> None:
     config = cs.settings()
 
     async def read(store: Any) -> list[Any]:
-        state = await cs.find_one(config, saga)
+        state = await cs.find_in(store, saga)
         return list(await store.history(state.saga_id))
 
     records = cs.run(cs.with_store(config, read))
@@ -123,7 +123,7 @@ def _act(saga: str, who: str | None, action: Callable[[], OperatorEvent]) -> Non
     actor = f"operator:{who or getpass.getuser()}"
 
     async def act(engine: Any) -> SagaState:
-        state = await cs.find_one(config, saga)
+        state = await cs.find_in(engine.store, saga)
         done: SagaState = await engine.operate(state.saga_id, action(), actor)
         return done
 

@@ -81,21 +81,23 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
         await db.dispose()
 
 
-async def find_one(config: Settings, ident: str) -> SagaState:
-    """The saga with this id, or the newest one with this start key."""
+async def find_in(store: Any, ident: str) -> SagaState:
+    """The saga with this id, or the newest one with this start key, in `store`."""
     from orchestrator.ports import SagaQuery
 
-    async def find(store: Any) -> SagaState:
-        try:
-            state: SagaState | None = await store.get(uuid.UUID(ident))
-        except ValueError:
-            found = await store.find(SagaQuery(key=ident, limit=1))
-            state = found[0] if found else None
-        if state is None:
-            raise SagaNotFound(f"no saga with id or key {ident!r}")
-        return state
+    try:
+        state: SagaState | None = await store.get(uuid.UUID(ident))
+    except ValueError:
+        found = await store.find(SagaQuery(key=ident, limit=1))
+        state = found[0] if found else None
+    if state is None:
+        raise SagaNotFound(f"no saga with id or key {ident!r}")
+    return state
 
-    return await with_store(config, find)
+
+async def find_one(config: Settings, ident: str) -> SagaState:
+    """`find_in` on a store of its own, for a command that needs nothing else."""
+    return await with_store(config, lambda store: find_in(store, ident))
 
 
 def parse_json(label: str, raw: str) -> Any:

@@ -206,9 +206,9 @@ class Engine:
                     why=decision.refused,
                 )
                 raise OperationRefused(decision.refused)
-            await self._write(tx, decision, actor, written, before=state)
+            saved = await self._write(tx, decision, actor, written, before=state)
         await self._after_commit(written)
-        return replace(decision.state, revision=state.revision + 1)
+        return saved
 
     async def reply(self, reply: Reply) -> bool:
         """Apply a participant's reply; False when it named no known saga.
@@ -272,15 +272,15 @@ class Engine:
         actor: str,
         written: _Written,
         before: SagaState | None = None,
-    ) -> None:
-        """Persist one decision inside `tx`; what to publish and report after commit goes
-        into `written`."""
+    ) -> SagaState:
+        """Persist one decision inside `tx` and return the state as saved; what to publish
+        and report after commit goes into `written`."""
         state = decision.state
         if before is not None:
             # Both: a decision that only records history (an ignored reply) leaves the state
             # equal to `before` when the clock has not moved since the last transition.
             if state == before and not decision.changed:
-                return
+                return before
             state = replace(state, revision=before.revision + 1)
             await tx.save(before, state)
         if decision.history:
@@ -324,6 +324,7 @@ class Engine:
             )
         if messages:
             written.outbox += await tx.add_outbox(messages)
+        return state
 
     async def _after_commit(self, written: _Written) -> None:
         self._notify(written.observed)

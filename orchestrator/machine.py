@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
 from orchestrator.definition import GuardContext, Saga, StepDefinition
-from orchestrator.messages import Command, OutcomeEvent, Reply
+from orchestrator.messages import Command, OutcomeEvent, Reply, aware_utc
 from orchestrator.state import (
     FINISHED,
     TIMEOUT_ERROR,
@@ -378,10 +378,7 @@ class _Builder:
                     "message": why or f"the guard of step {step.name!r} is false",
                     "retryable": False,
                 }
-                failed = step.moved(StepStatus.FAILED, error=error)
-                self.steps[step.index] = failed
-                self.record("step_failed", step.name, {"attempt": 0, "error": error})
-                self.failed_for_good(failed, error)
+                self.fail_unsent(step, error)
                 return True
         if spec.sleep:
             self.begin_sleep(step, spec)
@@ -389,23 +386,28 @@ class _Builder:
         self.dispatch(step, "action")
         return True
 
+    def fail_unsent(self, step: StepState, error: dict[str, Any]) -> None:
+        """Fail a step that was never sent (its guard or `until=` said no): nothing to wait
+        for, so the saga compensates or parks at once."""
+        if step.status == StepStatus.FAILED:  # an operator's retry, and it said no again
+            failed = replace(step, error=error)
+        else:
+            failed = step.moved(StepStatus.FAILED, error=error)
+        self.steps[step.index] = failed
+        self.record("step_failed", step.name, {"attempt": 0, "error": error})
+        self.failed_for_good(failed, error)
+
     def begin_sleep(self, step: StepState, spec: StepDefinition) -> None:
         if spec.sleep_until is not None:
             try:
-                wake = _aware(spec.sleep_until(self.context()))
+                wake = aware_utc(spec.sleep_until(self.context()))
             except Exception as exc:
                 error = {
                     "type": "sleep_until_failed",
                     "message": f"until= raised {type(exc).__name__}: {exc}",
                     "retryable": False,
                 }
-                if step.status == StepStatus.FAILED:  # an operator's retry; it raised again
-                    failed = replace(step, error=error)
-                else:
-                    failed = step.moved(StepStatus.FAILED, error=error)
-                self.steps[step.index] = failed
-                self.record("step_failed", step.name, {"attempt": 0, "error": error})
-                self.failed_for_good(failed, error)
+                self.fail_unsent(step, error)
                 return
         else:
             assert spec.sleep_seconds is not None
@@ -824,11 +826,6 @@ def _after(now: datetime, seconds: float | None) -> datetime | None:
 
 def _due(moment: datetime | None, now: datetime) -> bool:
     return moment is not None and moment <= now
-
-
-def _aware(moment: datetime) -> datetime:
-    # A naive moment from user code means UTC; comparing naive with aware would raise.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _timeout(seconds: float, kind: str = "start_to_close") -> dict[str, Any]:

@@ -6,13 +6,21 @@ payloads and results are free-form JSON objects owned by the saga author.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROTOCOL_VERSION = 1
+
+
+def aware_utc(moment: datetime) -> datetime:
+    """A datetime without an offset means UTC (a sender that omits it, a user's `until=`);
+    comparing naive with aware would raise instead of answering."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 MAX_KEY_LENGTH = 200
 
 

@@ -25,7 +25,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -33,7 +33,7 @@ import structlog
 
 from orchestrator.definition import COMMAND_RE
 from orchestrator.errors import DefinitionError
-from orchestrator.messages import Command, Reply, ReplyError
+from orchestrator.messages import Command, Reply, ReplyError, aware_utc
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +128,7 @@ class Participant:
                 f"it handles {self.commands()}",
                 retryable=False,
             )
-        if _aware(now) >= _aware(command.expires_at):
+        if aware_utc(now) >= aware_utc(command.expires_at):
             # The orchestrator has stopped waiting (or soon will): acting now would act on a
             # decision that may no longer hold. A retry gets a fresh command and deadline.
             bound.warning("participant_command_expired", expires_at=command.expires_at.isoformat())
@@ -183,19 +183,13 @@ def _failure(command: Command, type: str, message: str, *, retryable: bool) -> R
     )
 
 
-def _aware(moment: datetime) -> datetime:
-    # A sender that omits the offset means UTC (the orchestrator always sends one); comparing
-    # naive with aware would raise instead of answering.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def _name(fn: Any) -> str:
     return getattr(fn, "__qualname__", repr(fn))
 
 
 def heartbeat_interval(expires_at: datetime, now: datetime) -> float:
     """Seconds before the first heartbeat of a command received at `now`."""
-    remaining = (_aware(expires_at) - _aware(now)).total_seconds()
+    remaining = (aware_utc(expires_at) - aware_utc(now)).total_seconds()
     # A third of the time left puts two heartbeats inside the step's timeout (at 1/3 and 2/3),
     # so the orchestrator still hears one in time when the other is lost or slow; each one it
     # applies moves the deadline a whole timeout ahead, so the next third fits again.
