@@ -93,12 +93,16 @@ saga_steps = sa.Table(
     sa.Column("started_at", _Timestamp),
     sa.Column("progress", _Json),
     sa.Column("retry_base", sa.Integer, nullable=False, server_default="0"),
+    # A map step's item rows: the item's number, and the item its command carries.
+    sa.Column("item", sa.Integer),
+    sa.Column("payload", _Json),
     _one_of("status", [s.value for s in StepStatus]),
     sa.CheckConstraint("attempt >= 0 AND compensation_attempt >= 0", name="attempts"),
     sa.CheckConstraint(
         "retry_base >= 0 AND retry_base <= GREATEST(attempt, compensation_attempt)",
         name="retry_base",
     ),
+    sa.CheckConstraint("item >= 0", name="item"),
 )
 
 # Append-only: a trigger installed by the migration refuses UPDATE and DELETE. Deleting a saga
