@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from adapters import cli_operators
+from adapters import cli_definitions, cli_locks, cli_operators
 from adapters import cli_support as cs
 from adapters.cli_support import JsonOpt
 from adapters.text_table import render_table
@@ -73,6 +73,12 @@ def start(
     saga: Annotated[str, typer.Argument(help="Saga name, e.g. order.")],
     input: Annotated[str, typer.Option("--input", "-i", help="Input as JSON, or @file.json.")],
     key: Annotated[str | None, typer.Option(help="Idempotency key; a new one by default.")] = None,
+    version: Annotated[
+        int | None,
+        typer.Option(
+            "--version", min=1, help="Pin a saga version; the newest one loaded by default."
+        ),
+    ] = None,
 ) -> None:
     """Publish a start request to the `sagas` exchange, as any service would."""
     from adapters.rabbitmq.client import send_request
@@ -81,7 +87,7 @@ def start(
     config = cs.settings()
     raw = Path(input[1:]).read_text() if input.startswith("@") else input
     payload = cs.parse_json("--input", raw)
-    request = StartSaga(saga=saga, key=key or f"cli-{uuid.uuid4()}", input=payload)
+    request = StartSaga(saga=saga, key=key or f"cli-{uuid.uuid4()}", input=payload, version=version)
     cs.run(send_request(config, "start", request))
     typer.echo(request.key)
 
@@ -214,6 +220,8 @@ def _short(value: Any, width: int = 60) -> str:
 
 
 cli_operators.register(app)
+cli_definitions.register(app)
+cli_locks.register(app)
 
 
 def main() -> None:

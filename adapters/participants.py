@@ -18,31 +18,46 @@ from adapters.runtime import utcnow
 from adapters.settings import Settings
 from orchestrator.definition import LocalHandler, StepContext
 from orchestrator.messages import Command
-from orchestrator.participant import Participant
+from orchestrator.participant import Participant, StepFailed
 from orchestrator.registry import Registry
 
 log = structlog.get_logger(__name__)
 
 
 def local_steps(registry: Registry) -> Participant:
-    """A participant serving every local step (and its compensation) of the loaded sagas."""
-    functions: dict[str, LocalHandler] = {}
-    # Newer versions come later and win: a command names its saga but not its version yet.
-    for saga in sorted(registry.all(), key=lambda s: s.version):
+    """A participant serving every local step (and its compensation) of the loaded sagas.
+    A command runs the function of the version its saga started on (`command.version`)."""
+    functions: dict[str, dict[int, LocalHandler]] = {}
+    for saga in registry.all():
         for step in saga.steps:
             if step.local and step.command and step.handler is not None:
-                functions[step.command] = step.handler
+                functions.setdefault(step.command, {})[saga.version] = step.handler
             if step.compensation and step.compensation_handler is not None:
-                functions[step.compensation] = step.compensation_handler
+                functions.setdefault(step.compensation, {})[saga.version] = (
+                    step.compensation_handler
+                )
     participant = Participant("local")
-    for command, fn in functions.items():
-        participant.handler(command)(_bind(registry, fn))
+    for command, versions in functions.items():
+        participant.handler(command)(_bind(registry, versions))
     return participant
 
 
-def _bind(registry: Registry, fn: LocalHandler) -> Callable[[Command], Awaitable[Any]]:
+def _bind(
+    registry: Registry, versions: dict[int, LocalHandler]
+) -> Callable[[Command], Awaitable[Any]]:
     async def run(cmd: Command) -> Any:
-        saga = registry.get(cmd.saga)
+        # A command without a version (an older sender) runs the newest function; one for a
+        # version this worker lacks fails retryably: a worker that has it may take the retry.
+        version = max(versions) if cmd.version is None else cmd.version
+        fn = versions.get(version)
+        if fn is None:
+            raise StepFailed(
+                "version_not_loaded",
+                f"this worker does not load saga {cmd.saga!r} v{version}; keep that version "
+                "in SAGA_MODULES until its sagas finish",
+                retryable=True,
+            )
+        saga = registry.get(cmd.saga, version)
         ctx = StepContext(
             saga_id=str(cmd.saga_id),
             saga=cmd.saga,

@@ -27,6 +27,7 @@ from orchestrator.errors import (
     ConcurrentUpdate,
     DefinitionConflict,
     InvalidInput,
+    MissingDefinition,
     Poison,
     SagaNotFound,
     UnknownSaga,
@@ -34,6 +35,7 @@ from orchestrator.errors import (
 from orchestrator.messages import CancelSaga, Reply, StartSaga
 from orchestrator.ports import REPLY_QUEUE
 from orchestrator.registry import Registry, load_modules
+from orchestrator.versioning import require_loaded
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -109,7 +111,9 @@ class Orchestrator:
         store = PostgresStore(db)
         try:
             await register_definitions(store, self.registry)
-        except DefinitionConflict:
+            # Unfinished instances finish on their own version: refuse to run without it.
+            require_loaded(await store.versions_in_use(), self.registry)
+        except (DefinitionConflict, MissingDefinition):
             await db.dispose()
             raise
         connection = await connect(s.amqp_url)
@@ -141,6 +145,11 @@ class Orchestrator:
             asyncio.create_task(self._loop("timers", self._timers, s.timer_interval)),
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),
         ]
+        if any(saga.locks for saga in self.registry.all()):
+            # Expires waiting starts on time, and starts those a release left behind.
+            self._tasks.append(
+                asyncio.create_task(self._loop("locks", self._locks, s.timer_interval))
+            )
         log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
 
     async def stop(self) -> None:
@@ -200,6 +209,10 @@ class Orchestrator:
     async def _timers(self) -> bool:
         limit = 200
         return await self._engine().fire_timers(limit) == limit
+
+    async def _locks(self) -> bool:
+        limit = 100
+        return await self._engine().sweep_locks(limit) >= limit
 
     async def _relay(self) -> bool:
         limit = 500

@@ -11,14 +11,17 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from orchestrator import locks as locks_
 from orchestrator.errors import DefinitionError
+from orchestrator.locks import OnLocked
 from orchestrator.retry import Retry
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -51,6 +54,18 @@ class GuardContext:
 
 Guard = Callable[[GuardContext], bool]
 Until = Callable[[GuardContext], datetime]
+# A map step's work list: one command per item, each item a JSON value (a chunk's bounds,
+# a record id, ...). Like a guard, a quick deterministic function of the saga's state.
+Items = Callable[[GuardContext], list[Any]]
+
+DEFAULT_CONCURRENCY = 10
+DEFAULT_MAX_ITEMS = 1000
+# What a child step starts the child with (a JSON object its input model validates).
+ChildInput = Callable[[GuardContext], dict[str, Any]]
+# A child saga has its own deadlines and retries; the parent's step waits as long as it runs.
+DEFAULT_CHILD_TIMEOUT = 30 * 24 * 3600.0
+CHILD_START = "sagas.start."
+CHILD_UNDO = "sagas.undo."
 
 
 @dataclass(frozen=True)
@@ -89,10 +104,26 @@ class StepDefinition:
     sleep_until: Until | None = field(default=None, compare=False)
     handler: LocalHandler | None = field(default=None, compare=False)
     compensation_handler: LocalHandler | None = field(default=None, compare=False)
+    # Steps of one `parallel()` block share a group number and are dispatched together.
+    group: int | None = None
+    # Steps that start together: a parallel group's first position, else the step's own.
+    # Compensation undoes stages in reverse, each stage's steps together.
+    stage: int = 0
+    # A map step: one command per item of `items(ctx)`, at most `concurrency` in flight.
+    items: Items | None = field(default=None, compare=False)
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_items: int = DEFAULT_MAX_ITEMS
+    # A child step: starts saga `child` and succeeds or fails with its outcome.
+    child: str | None = None
+    child_input: ChildInput | None = field(default=None, compare=False)
 
     @property
     def sleep(self) -> bool:
         return self.sleep_seconds is not None or self.sleep_until is not None
+
+    @property
+    def map(self) -> bool:
+        return self.items is not None
 
     def document(self) -> dict[str, Any]:
         """The parts that define behaviour; what the fingerprint is computed over. Optional
@@ -117,6 +148,18 @@ class StepDefinition:
             doc["sleep_seconds"] = self.sleep_seconds
         if self.sleep_until is not None:
             doc["sleep_until"] = _qualname(self.sleep_until)
+        if self.group is not None:
+            doc["parallel"] = self.group
+        if self.child is not None:
+            doc["child"] = self.child
+            if self.child_input is not None:
+                doc["child_input"] = _qualname(self.child_input)
+        if self.items is not None:
+            doc["map"] = {
+                "items": _qualname(self.items),
+                "concurrency": self.concurrency,
+                "max_items": self.max_items,
+            }
         return doc
 
 
@@ -139,11 +182,18 @@ class Saga:
         compensation_retry: Retry = DEFAULT_COMPENSATION_RETRY,
         deadline: float | None = None,
         compensation_deadline: float | None = None,
+        locks: Sequence[str] = (),
+        on_locked: OnLocked = "reject",
+        lock_wait: float | None = None,
     ) -> None:
         """`deadline`: seconds from the start by which the saga must have finished its steps;
         past it the saga is compensated (or parked, once the pivot was dispatched).
         `compensation_deadline`: seconds the compensation phase may take, from its start;
-        past it the saga is parked for an operator."""
+        past it the saga is parked for an operator.
+        `locks`: semantic locks, the resources the saga holds from start to finish, as
+        templates over the input (`"order:{order_id}"`); `on_locked` says what a start finds
+        when one is held: "reject", "queue", or "wait" at most `lock_wait` seconds
+        (orchestrator/locks.py)."""
         if not NAME_RE.match(name):
             raise DefinitionError(
                 f"saga name {name!r} is invalid: use lowercase letters, digits and '_', "
@@ -171,21 +221,115 @@ class Saga:
         self.timeout = timeout
         self.retry = retry
         self.compensation_retry = compensation_retry
+        self.locks = locks_.check(f"saga {name!r} v{version}", input, locks, on_locked, lock_wait)
+        self.on_locked = on_locked
+        self.lock_wait = lock_wait
         self._steps: list[StepDefinition] = []
+        self._positions: dict[str, int] = {}
+        self._groups = 0
+        self._open_group: int | None = None
 
     @property
     def steps(self) -> tuple[StepDefinition, ...]:
         return tuple(self._steps)
+
+    def position(self, name: str) -> int:
+        """The step's index in the definition."""
+        return self._positions[name]
 
     @property
     def pivot_index(self) -> int | None:
         return next((i for i, s in enumerate(self._steps) if s.pivot), None)
 
     def step(self, name: str) -> StepDefinition:
-        for s in self._steps:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+        return self._steps[self._positions[name]]
+
+    @contextmanager
+    def parallel(self) -> Iterator[Saga]:
+        """Steps added inside the block run concurrently (fan-out) and the saga moves on when
+        all have succeeded (fan-in). If one fails for good, the others are compensated once
+        they answer, then the earlier steps in reverse.
+
+        >>> with saga.parallel():
+        ...     saga.remote("reserve_credit", command="customers.reserve_credit", ...)
+        ...     saga.remote("reserve_stock", command="inventory.reserve", ...)
+        """
+        where = f"saga {self.name!r} v{self.version}"
+        if self._open_group is not None:
+            raise DefinitionError(f"{where}: parallel() blocks cannot be nested")
+        self._groups += 1
+        self._open_group = group = self._groups
+        before = len(self._steps)
+        try:
+            yield self
+        finally:
+            self._open_group = None
+        added = len([s for s in self._steps if s.group == group])
+        if len(self._steps) != before and added < 2:
+            raise DefinitionError(
+                f"{where}: a parallel() block needs at least two steps; a single step "
+                "needs no block"
+            )
+        if len(self._steps) == before:
+            raise DefinitionError(f"{where}: a parallel() block holds no steps; add some")
+
+    def map(
+        self,
+        name: str,
+        *,
+        command: str,
+        items: Items,
+        compensation: str | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_items: int = DEFAULT_MAX_ITEMS,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        compensation_timeout: float | None = None,
+        compensation_retry: Retry | None = None,
+        schedule_to_start: float | None = None,
+        guard: Guard | None = None,
+        on_guard_false: OnGuardFalse = "skip",
+    ) -> Saga:
+        """Dynamic fan-out: split work into one `command` per item of `items(ctx)` (a JSON
+        list computed from the saga's input and earlier results), at most `concurrency` in
+        flight. Each item is a step of its own (`name[0]`, `name[1]`, ...: retried, timed
+        and compensated alone) and its command carries the item in `item`. The step's
+        result is the list of the items' results, in item order. If an item fails for good,
+        the items that succeeded are compensated, then the earlier steps."""
+        where = f"saga {self.name!r} v{self.version}, step {name!r}"
+        if not callable(items):
+            raise DefinitionError(
+                f"{where}: items= must be a function of the saga's GuardContext returning a "
+                f"list, got {items!r}"
+            )
+        for label, value in (("concurrency", concurrency), ("max_items", max_items)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise DefinitionError(f"{where}: {label} must be an integer >= 1, got {value!r}")
+        if self._open_group is not None:
+            raise DefinitionError(
+                f"{where}: a map step fans out by itself; move it out of the parallel() block"
+            )
+        self._add(
+            StepDefinition(
+                name=name,
+                command=command,
+                compensation=compensation,
+                pivot=False,
+                timeout=self.timeout if timeout is None else timeout,
+                retry=retry or self.retry,
+                compensation_timeout=(
+                    self.timeout if compensation_timeout is None else compensation_timeout
+                ),
+                compensation_retry=compensation_retry or self.compensation_retry,
+                schedule_to_start=schedule_to_start,
+                guard=guard,
+                on_guard_false=on_guard_false,
+                items=items,
+                concurrency=concurrency,
+                max_items=max_items,
+            )
+        )
+        return self
 
     def remote(
         self,
@@ -316,6 +460,54 @@ class Saga:
 
         return decorate
 
+    def child(
+        self,
+        name: str,
+        *,
+        saga: str,
+        input: ChildInput | None = None,
+        pivot: bool = False,
+        compensate: bool | None = None,
+        timeout: float = DEFAULT_CHILD_TIMEOUT,
+        guard: Guard | None = None,
+        on_guard_false: OnGuardFalse = "skip",
+    ) -> Saga:
+        """A step that starts another saga and waits for its outcome: it succeeds with the
+        child's results when the child completes, and fails when the child is compensated or
+        cancelled. `input(ctx)` builds the child's input (default: this saga's input).
+
+        Cancelling this saga cancels the running child; compensating the step undoes the
+        child (a completed child is compensated). Before the pivot the step is compensated
+        (`compensate` defaults to True there), so the child must have no pivot of its own.
+        The child retries its own steps: the step itself is not retried."""
+        where = f"saga {self.name!r} v{self.version}, step {name!r}"
+        if not NAME_RE.match(saga):
+            raise DefinitionError(f"{where}: saga={saga!r} is not a valid saga name")
+        if input is not None and not callable(input):
+            raise DefinitionError(
+                f"{where}: input= must be a function of the saga's GuardContext returning the "
+                f"child's input, got {input!r}"
+            )
+        if compensate is None:
+            compensate = not pivot and self.pivot_index is None
+        self._add(
+            StepDefinition(
+                name=name,
+                command=CHILD_START + saga,
+                compensation=CHILD_UNDO + saga if compensate else None,
+                pivot=pivot,
+                timeout=timeout,
+                retry=Retry(max_attempts=1),
+                compensation_timeout=timeout,
+                compensation_retry=self.compensation_retry,
+                guard=guard,
+                on_guard_false=on_guard_false,
+                child=saga,
+                child_input=input,
+            )
+        )
+        return self
+
     def _add(self, step: StepDefinition) -> None:
         where = f"saga {self.name!r} v{self.version}, step {step.name!r}"
         if not NAME_RE.match(step.name):
@@ -344,6 +536,11 @@ class Saga:
                 f"{where}: on_guard_false must be 'skip' or 'fail', got {step.on_guard_false!r}"
             )
         pivot = self.pivot_index
+        if step.pivot and self._open_group is not None:
+            raise DefinitionError(
+                f"{where}: a pivot is the saga's single go/no-go point; it cannot run in "
+                "parallel with other steps: move it out of the parallel() block"
+            )
         if step.pivot:
             if pivot is not None:
                 raise DefinitionError(
@@ -361,7 +558,12 @@ class Saga:
                 "retriable and never compensated; remove compensation= or move the step "
                 "before the pivot"
             )
-        self._steps.append(step)
+        stage = len(self._steps)
+        if self._open_group is not None:
+            first = next((s for s in self._steps if s.group == self._open_group), None)
+            stage = stage if first is None else first.stage
+        self._positions[step.name] = len(self._steps)
+        self._steps.append(replace(step, group=self._open_group, stage=stage))
 
     def validate(self) -> None:
         """Whole-definition checks that cannot run while steps are still being added."""
@@ -379,6 +581,12 @@ class Saga:
             doc["deadline"] = self.deadline
         if self.compensation_deadline is not None:
             doc["compensation_deadline"] = self.compensation_deadline
+        if self.locks:
+            doc["locks"] = {
+                "resources": list(self.locks),
+                "on_locked": self.on_locked,
+                "lock_wait": self.lock_wait,
+            }
         return doc
 
     @property

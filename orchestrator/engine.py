@@ -6,23 +6,33 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import structlog
 from pydantic import ValidationError
 
-from orchestrator import machine
-from orchestrator.errors import InvalidInput, OperationRefused, SagaNotFound
+from orchestrator import locks, machine
+from orchestrator.definition import Saga
+from orchestrator.errors import ConcurrentUpdate, InvalidInput, OperationRefused, SagaNotFound
+from orchestrator.locks import LockWaiter
 from orchestrator.machine import (
     CancelRequested,
     Decision,
+    HistoryEntry,
     OperatorEvent,
     ReplyReceived,
     TimersDue,
 )
-from orchestrator.messages import CancelSaga, Reply, StartSaga
+from orchestrator.messages import (
+    CancelSaga,
+    OutcomeEvent,
+    ParentRef,
+    Reply,
+    ReplyError,
+    StartSaga,
+)
 from orchestrator.ports import (
     REPLY_QUEUE,
     Clock,
@@ -42,19 +52,34 @@ log = structlog.get_logger("orchestrator.engine")
 Observer = Callable[[str, Mapping[str, Any]], None]
 """Told `(event, detail)` for every history entry once its transaction has committed, and for
 what leaves no history: `reply_ignored` with reason `unknown saga` (there is no saga row to
-record it in) and `saga_start_duplicate`. Adapters count these (adapters/metrics.py), so the
-core needs no metrics library; it must not raise, and must not block."""
+record it in), `saga_start_duplicate`, and the starts a semantic lock kept from starting:
+`saga_start_rejected`, `saga_start_queued`, `lock_wait_expired`. Adapters count these
+(adapters/metrics.py), so the core needs no metrics library; it must not raise, and must not
+block."""
 
 
 def _ignore(_event: str, _detail: Mapping[str, Any]) -> None:
     return None
 
 
+# A saga gives its semantic locks back when it is done with its resources. Not when parked
+# (failed): what it half did may still be inconsistent, and an operator must finish it first.
+_GIVES_BACK_LOCKS = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.CANCELLED})
+# Waiting starts begun per transaction; a release frees few resources, so few are ever due.
+_GRANT_BATCH = 100
+
+
 @dataclass(frozen=True)
 class StartOutcome:
-    saga_id: UUID
+    """`saga_id` and `status` are None when no saga was started because a semantic lock is
+    held: `rejected` says which resource and who holds it, or `queued` says the start waits
+    for its resources (it starts when they are free, or is rejected when its wait runs out)."""
+
+    saga_id: UUID | None
     created: bool
-    status: SagaStatus
+    status: SagaStatus | None
+    rejected: str | None = None
+    queued: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,8 +138,11 @@ class Engine:
                     f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
                 )
             ) from exc
+        input = validated.model_dump(mode="json")
+        resources = locks.resources(definition.name, definition.locks, input)
         now = self.clock()
         written = _Written()
+        not_started: StartOutcome | None = None
         try:
             async with self.store.transaction() as tx:
                 cancel_reason = await tx.take_held_cancel(definition.name, request.key)
@@ -122,13 +150,21 @@ class Engine:
                     definition,
                     saga_id=self.new_id(),
                     key=request.key,
-                    input=validated.model_dump(mode="json"),
+                    input=input,
                     now=now,
                     cancel_reason=cancel_reason,
+                    parent=request.parent,
                 )
-                if not await tx.insert(decision.state):
-                    raise _AlreadyStarted
-                await self._write(tx, decision, actor, written)
+                # A saga cancelled before it started runs no step: it needs no resource.
+                if resources and cancel_reason is None:
+                    not_started = await self._take_locks(
+                        tx, definition, decision.state, resources, written
+                    )
+                    decision = _holding(decision, resources)
+                if not_started is None:
+                    if not await tx.insert(decision.state):
+                        raise _AlreadyStarted
+                    await self._write(tx, decision, actor, written)
         except _AlreadyStarted:
             existing = await self.store.find(
                 SagaQuery(saga=definition.name, key=request.key, limit=1)
@@ -140,6 +176,9 @@ class Engine:
             duplicate = {"saga": definition.name, "key": request.key, "saga_id": saga_id}
             self._notify([("saga_start_duplicate", duplicate)])
             return StartOutcome(existing[0].saga_id, created=False, status=existing[0].status)
+        if not_started is not None:
+            await self._after_commit(written)
+            return not_started
         log.info(
             "saga_started",
             saga_id=str(decision.state.saga_id),
@@ -164,12 +203,28 @@ class Engine:
                 assert request.key is not None
                 states = await tx.lock_by_key(request.key, request.saga)
                 if not states:
-                    await tx.hold_cancel(request.key, request.saga, request.reason)
-                    log.info("saga_cancel_held", key=request.key, saga=request.saga)
-                    return CancelOutcome(sagas=(), held=True)
+                    # A start waiting for its semantic locks ends cancelled at once, without
+                    # running a step; its place in the queue goes to whoever waits behind it.
+                    waiting = await tx.remove_lock_waiters(request.key, request.saga)
+                    if not waiting:
+                        await tx.hold_cancel(request.key, request.saga, request.reason)
+                        log.info("saga_cancel_held", key=request.key, saga=request.saga)
+                        return CancelOutcome(sagas=(), held=True)
+                    for waiter in waiting:
+                        ended = await self._start_waiter(tx, waiter, actor, written, request.reason)
+                        if ended is not None:
+                            results.append((ended.saga_id, ended.status))
+                    await self._grant(
+                        tx, sorted({r for w in waiting for r in w.resources}), written
+                    )
             for state in states:
                 definition = self.registry.get(state.name, state.version)
-                decision = machine.decide(definition, state, CancelRequested(request.reason), now)
+                event: machine.Event = (
+                    CancelRequested(request.reason)
+                    if request.parent is None
+                    else machine.UndoRequested(request.reason, request.parent)
+                )
+                decision = machine.decide(definition, state, event, now)
                 await self._write(tx, decision, actor, written, before=state)
                 results.append((state.saga_id, decision.state.status))
                 refused = refused or next(
@@ -252,6 +307,29 @@ class Engine:
         await self._after_commit(written)
         return len(states)
 
+    async def sweep_locks(self, limit: int = 100) -> int:
+        """Reject the waiting starts whose `lock_wait` has run out, and start the waiting
+        ones whose resources are free; returns how many waiters it handled. Starting them is
+        a backstop: the transaction that frees a resource starts its waiters itself, but
+        leaves one another transaction is busy with (or one an expiry unblocked) to this."""
+        now = self.clock()
+        written = _Written()
+        async with self.store.transaction() as tx:
+            expired = await tx.expire_lock_waiters(now, limit)
+            for waiter in expired:
+                await self._reject(
+                    tx,
+                    waiter.saga,
+                    waiter.key,
+                    waiter.expired_error(now),
+                    parent=waiter.parent,
+                    event="lock_wait_expired",
+                    written=written,
+                )
+            granted = await self._grant(tx, None, written, limit)
+        await self._after_commit(written)
+        return len(expired) + granted
+
     async def relay(self, older_than: timedelta = timedelta(seconds=2), limit: int = 500) -> int:
         """Publish what a crash (or a broker outage) left in the outbox."""
         async with self.store.transaction() as tx:
@@ -283,8 +361,14 @@ class Engine:
                 return before
             state = replace(state, revision=before.revision + 1)
             await tx.save(before, state)
-        if decision.history:
-            await tx.append_history(state.saga_id, decision.history, actor)
+        history = list(decision.history)
+        freed: tuple[str, ...] = ()
+        if self._gives_back_locks(before, state):
+            freed = await tx.release_locks(state.saga_id)
+            if freed:
+                history.append(HistoryEntry("locks_released", detail={"resources": list(freed)}))
+        if history:
+            await tx.append_history(state.saga_id, history, actor)
         messages = [
             OutboxMessage(
                 exchange=Exchange.COMMANDS,
@@ -303,7 +387,26 @@ class Engine:
             )
             for e in decision.events
         ]
-        for entry in decision.history:
+        # A child saga's start or cancel, and a child's answer to its parent: the same
+        # outbox, so they leave only if the transition commits.
+        messages += [
+            OutboxMessage(
+                exchange=Exchange.SAGAS,
+                routing_key=routing_key,
+                body=body.model_dump_json().encode(),
+                message_id=f"{state.saga_id}:{state.revision}:{routing_key}:{n}",
+            )
+            for n, (routing_key, body) in enumerate(decision.requests)
+        ] + [
+            OutboxMessage(
+                exchange=Exchange.DEFAULT,
+                routing_key=REPLY_QUEUE,
+                body=r.model_dump_json().encode(),
+                message_id=f"{r.command_id}:{state.revision}",
+            )
+            for r in decision.replies
+        ]
+        for entry in history:
             log.info(
                 entry.event,
                 saga_id=str(state.saga_id),
@@ -324,7 +427,179 @@ class Engine:
             )
         if messages:
             written.outbox += await tx.add_outbox(messages)
+        if freed:
+            await self._grant(tx, freed, written)
         return state
+
+    # -- semantic locks (orchestrator/locks.py) -------------------------------------------
+
+    async def _take_locks(
+        self,
+        tx: SagaTransaction,
+        definition: Saga,
+        state: SagaState,
+        resources: Sequence[str],
+        written: _Written,
+    ) -> StartOutcome | None:
+        """Take a new saga's resources (None: taken, it may start); when one is held, apply
+        the definition's `on_locked` policy and return what the start came to."""
+        if await tx.lock_by_key(state.key, state.name):
+            # The key's own saga may hold these very resources: this start is a duplicate.
+            raise _AlreadyStarted
+        conflict = await tx.acquire_locks(
+            resources, saga_id=state.saga_id, saga=state.name, key=state.key, now=state.created_at
+        )
+        if conflict is None:
+            return None
+        if definition.on_locked == "reject":
+            await self._reject(
+                tx,
+                state.name,
+                state.key,
+                conflict.error(),
+                parent=state.parent,
+                event="saga_start_rejected",
+                written=written,
+            )
+            return StartOutcome(None, created=False, status=None, rejected=conflict.describe())
+        waiter = LockWaiter(
+            saga=state.name,
+            version=state.version,
+            key=state.key,
+            input=state.input,
+            resources=tuple(resources),
+            enqueued_at=state.created_at,
+            expires_at=(
+                None
+                if definition.lock_wait is None
+                else state.created_at + timedelta(seconds=definition.lock_wait)
+            ),
+            parent=state.parent,
+        )
+        event = "saga_start_queued"
+        if not await tx.enqueue_lock_waiter(waiter):
+            event = "saga_start_duplicate"  # this key waits already: nothing more to do
+        held_by = None if conflict.held_by is None else str(conflict.held_by)
+        fields = {"saga": state.name, "key": state.key, "resource": conflict.resource}
+        log.info(event, held_by=held_by, queued=True, **fields)
+        written.observed.append((event, {**fields, "held_by": held_by}))
+        return StartOutcome(None, created=False, status=None, queued=True)
+
+    async def _reject(
+        self,
+        tx: SagaTransaction,
+        saga: str,
+        key: str,
+        error: dict[str, Any],
+        *,
+        parent: ParentRef | None,
+        event: str,
+        written: _Written,
+    ) -> None:
+        """Tell the starter through a `<saga>.rejected` outcome event: there is no saga, so
+        no history either; the event, the log line and the observer are the trace. A child
+        saga's parent step is answered with a failure, so it moves on instead of waiting for
+        its timeout."""
+        outcome = OutcomeEvent(saga_id=None, saga=saga, key=key, status="rejected", error=error)
+        messages = [
+            OutboxMessage(
+                exchange=Exchange.EVENTS,
+                routing_key=outcome.routing_key,
+                body=outcome.model_dump_json().encode(),
+                message_id=f"{saga}:{key}:rejected:{self.new_id()}",
+            )
+        ]
+        if parent is not None:
+            answer = Reply(
+                command_id=parent.command_id,
+                saga_id=parent.saga_id,
+                step=parent.step,
+                outcome="failure",
+                error=ReplyError(type=error["type"], message=error["message"], retryable=False),
+            )
+            messages.append(
+                OutboxMessage(
+                    exchange=Exchange.DEFAULT,
+                    routing_key=REPLY_QUEUE,
+                    body=answer.model_dump_json().encode(),
+                    message_id=f"{parent.command_id}:rejected",
+                )
+            )
+        written.outbox += await tx.add_outbox(messages)
+        detail = {"saga": saga, "key": key, **{k: v for k, v in error.items() if k != "type"}}
+        log.info(event, **detail)
+        written.observed.append((event, detail))
+
+    def _gives_back_locks(self, before: SagaState | None, state: SagaState) -> bool:
+        return (
+            state.status in _GIVES_BACK_LOCKS
+            and (before is None or before.status != state.status)
+            and bool(self.registry.get(state.name, state.version).locks)
+        )
+
+    async def _grant(
+        self,
+        tx: SagaTransaction,
+        freed: Sequence[str] | None,
+        written: _Written,
+        limit: int = _GRANT_BATCH,
+    ) -> int:
+        """Start, in `tx`, the waiting starts whose resources are free now (of `freed`, or
+        any); returns how many."""
+        sagas = {(s.name, s.version) for s in self.registry.all() if s.locks}
+        if not sagas:
+            return 0
+        now = self.clock()
+        claimed = await tx.claim_lock_waiters(now, freed=freed, sagas=sagas, limit=limit)
+        for waiter in claimed:
+            cancel_reason = await tx.take_held_cancel(waiter.saga, waiter.key)
+            await self._start_waiter(tx, waiter, "engine", written, cancel_reason)
+        return len(claimed)
+
+    async def _start_waiter(
+        self,
+        tx: SagaTransaction,
+        waiter: LockWaiter,
+        actor: str,
+        written: _Written,
+        cancel_reason: str | None,
+    ) -> SagaState | None:
+        """Start a saga that waited for its resources, taken off the queue in `tx` (or end
+        it cancelled at once, with `cancel_reason`). None when its key has a saga already: a
+        start of the same key with other input found its own resources free meanwhile."""
+        definition = self.registry.get(waiter.saga, waiter.version)
+        now = self.clock()
+        if await tx.lock_by_key(waiter.key, waiter.saga):
+            log.info("saga_start_duplicate", saga=waiter.saga, key=waiter.key, queued=True)
+            written.observed.append(
+                ("saga_start_duplicate", {"saga": waiter.saga, "key": waiter.key})
+            )
+            return None
+        decision = machine.start(
+            definition,
+            saga_id=self.new_id(),
+            key=waiter.key,
+            input=waiter.input,
+            now=now,
+            cancel_reason=cancel_reason,
+            parent=waiter.parent,
+        )
+        if cancel_reason is None:
+            state = decision.state
+            conflict = await tx.acquire_locks(
+                waiter.resources,
+                saga_id=state.saga_id,
+                saga=state.name,
+                key=state.key,
+                now=now,
+                waited_as=waiter.id,
+            )
+            if conflict is not None:  # the claim saw them free: only a lost race gets here
+                raise ConcurrentUpdate(f"{conflict.describe()} after all; retry")
+            decision = _holding(decision, waiter.resources, queued_at=waiter.enqueued_at)
+        if not await tx.insert(decision.state):
+            raise ConcurrentUpdate(f"saga {waiter.saga!r} key {waiter.key!r} started meanwhile")
+        return await self._write(tx, decision, actor, written)
 
     async def _after_commit(self, written: _Written) -> None:
         self._notify(written.observed)
@@ -344,15 +619,32 @@ class Engine:
             return
         self.faults("after_commit_before_publish")
         try:
-            await self.publisher.publish(outbox)
+            # Lock the rows while publishing them: a relay in any replica that finds them
+            # old enough skips them instead of publishing them a second time (and the rows
+            # it holds already are left to it).
+            async with self.store.transaction() as tx:
+                mine = set(await tx.lock_outbox([m.id for m in outbox if m.id is not None]))
+                batch = [m for m in outbox if m.id in mine]
+                if batch:
+                    await self.publisher.publish(batch)
+                    self.faults("after_publish_before_outbox_delete")
+                    await tx.delete_outbox(sorted(mine))
         except Exception as exc:  # the relay republishes; the transition itself is safe
             log.warning("outbox_publish_deferred", count=len(outbox), error=str(exc))
-            return
-        self.faults("after_publish_before_outbox_delete")
-        await self.store.delete_outbox([m.id for m in outbox if m.id is not None])
 
 
 _BOUND = frozenset({"event", "saga_id", "saga", "step"})
+
+
+def _holding(
+    decision: Decision, resources: Sequence[str], queued_at: datetime | None = None
+) -> Decision:
+    """The decision with its saga's semantic locks first in its history."""
+    detail: dict[str, Any] = {"resources": list(resources)}
+    if queued_at is not None:
+        detail["queued_at"] = queued_at.isoformat()
+    entry = HistoryEntry("locks_acquired", detail=detail)
+    return replace(decision, history=(entry, *decision.history))
 
 
 def _log_detail(detail: dict[str, object] | None) -> dict[str, object]:

@@ -11,6 +11,10 @@ class DefinitionError(SagaError):
     """A saga definition breaks a rule; the message says what to change."""
 
 
+class MissingDefinition(DefinitionError):
+    """Unfinished instances run a saga version this process does not load; says which."""
+
+
 class DefinitionConflict(SagaError):
     """A registered (name, version) exists with different steps: bump the version."""
 

@@ -7,6 +7,7 @@ new state, history and outgoing messages in one transaction. Command ids are der
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -14,7 +15,16 @@ from typing import Any, Literal
 from uuid import UUID
 
 from orchestrator.definition import GuardContext, Saga, StepDefinition
-from orchestrator.messages import Command, OutcomeEvent, Reply, aware_utc
+from orchestrator.messages import (
+    CancelSaga,
+    Command,
+    OutcomeEvent,
+    ParentRef,
+    Reply,
+    ReplyError,
+    StartSaga,
+    aware_utc,
+)
 from orchestrator.state import (
     FINISHED,
     TIMEOUT_ERROR,
@@ -81,8 +91,19 @@ class MarkCompensated:
     reason: str
 
 
+@dataclass(frozen=True)
+class UndoRequested:
+    """A parent saga undoes the child step that started this saga: cancel it if it runs,
+    compensate it if it completed, and answer `parent` once it is undone."""
+
+    reason: str
+    parent: ParentRef
+
+
 OperatorEvent = PauseRequested | ResumeRequested | RetryRequested | SkipRequested | MarkCompensated
-Event = CancelRequested | ReplyReceived | TimersDue | OperatorEvent
+Event = CancelRequested | ReplyReceived | TimersDue | UndoRequested | OperatorEvent
+# A message to the `sagas` exchange: a child saga's start, or its cancel.
+SagaRequest = tuple[Literal["start", "cancel"], StartSaga | CancelSaga]
 
 
 @dataclass(frozen=True)
@@ -100,10 +121,13 @@ class Decision:
     history: tuple[HistoryEntry, ...] = ()
     # Why an operator's action was refused; nothing else in the decision changed then.
     refused: str | None = None
+    # Starts and cancels of child sagas, and a child's answer to its parent.
+    requests: tuple[SagaRequest, ...] = ()
+    replies: tuple[Reply, ...] = ()
 
     @property
     def changed(self) -> bool:
-        return bool(self.commands or self.events or self.history)
+        return bool(self.commands or self.events or self.history or self.requests or self.replies)
 
 
 def command_id(saga_id: UUID, step: str, kind: str, attempt: int) -> UUID:
@@ -114,6 +138,11 @@ def idempotency_key(saga_id: UUID, step: str, kind: str) -> str:
     return f"{saga_id}:{step}:{kind}"
 
 
+def child_key(saga_id: UUID, step: str) -> str:
+    """The start key of the child saga a step starts: one child per parent step."""
+    return f"{saga_id}:{step}"
+
+
 def start(
     definition: Saga,
     *,
@@ -122,8 +151,10 @@ def start(
     input: dict[str, Any],
     now: datetime,
     cancel_reason: str | None = None,
+    parent: ParentRef | None = None,
 ) -> Decision:
-    """A new saga. With `cancel_reason` (a cancel arrived before the start) it ends at once."""
+    """A new saga. With `cancel_reason` (a cancel arrived before the start) it ends at once.
+    `parent`: the parent step a child saga answers when it ends."""
     state = SagaState(
         saga_id=saga_id,
         name=definition.name,
@@ -135,6 +166,7 @@ def start(
         created_at=now,
         updated_at=now,
         deadline_at=_after(now, definition.deadline),
+        parent=parent,
     )
     b = _Builder(definition, state, now)
     b.record("saga_started", detail={"version": definition.version})
@@ -154,6 +186,8 @@ def decide(definition: Saga, state: SagaState, event: Event, now: datetime) -> D
         b.on_cancel(event.reason)
     elif isinstance(event, TimersDue):
         b.on_timers()
+    elif isinstance(event, UndoRequested):
+        b.on_undo(event)
     else:
         operate(b, event)
     if b.refused is not None:
@@ -180,6 +214,9 @@ class _Builder:
         self.deadline_at = state.deadline_at
         self.compensation_deadline_at = state.compensation_deadline_at
         self.resume_status = state.resume_status
+        self.parent = state.parent
+        self.requests: list[SagaRequest] = []
+        self.replies: list[Reply] = []
         self.refused: str | None = None
         self.commands: list[Command] = []
         self.events: list[OutcomeEvent] = []
@@ -220,7 +257,9 @@ class _Builder:
         self.refused = why
 
     def build(self) -> Decision:
-        changed = bool(self.commands or self.events or self.history)
+        changed = bool(
+            self.commands or self.events or self.history or self.requests or self.replies
+        )
         state = replace(
             self.original,
             status=self.status,
@@ -230,6 +269,7 @@ class _Builder:
             deadline_at=self.deadline_at,
             compensation_deadline_at=self.compensation_deadline_at,
             resume_status=self.resume_status,
+            parent=self.parent,
             updated_at=self.now if changed else self.original.updated_at,
         )
         return Decision(
@@ -237,10 +277,22 @@ class _Builder:
             commands=tuple(self.commands),
             events=tuple(self.events),
             history=tuple(self.history),
+            requests=tuple(self.requests),
+            replies=tuple(self.replies),
         )
 
     def spec(self, step: StepState) -> StepDefinition:
-        return self.definition.steps[step.index]
+        if step.of is None:
+            return self.definition.steps[step.index]
+        return self.definition.step(step.of)
+
+    def position(self, step: StepState) -> int:
+        """Where the step stands in the definition; a map item stands where its map step does."""
+        return step.index if step.of is None else self.definition.position(step.of)
+
+    def is_map(self, step: StepState) -> bool:
+        """The map step itself (it sends nothing; its items do)."""
+        return step.item is None and self.spec(step).map
 
     def finish(self, status: SagaStatus, *, error: dict[str, Any] | None = None) -> None:
         # A parked saga remembers the phase it stopped in: an operator's retry continues it.
@@ -249,6 +301,43 @@ class _Builder:
         self.error = error
         self.record(f"saga_{status.value}", detail=error)
         self.emit(status.value, error=error)
+        self.answer_parent()
+
+    def answer_parent(self) -> None:
+        """A child saga that has ended tells its parent's step: completed is the action's
+        success, undone (compensated or cancelled) its failure, or the undo's success. A
+        parked child says nothing yet: the parent waits until an operator finishes it."""
+        if self.parent is None or self.status == SagaStatus.FAILED:
+            return
+        completed = self.status == SagaStatus.COMPLETED
+        wanted = completed if self.parent.kind == "action" else not completed
+        outcome: Literal["success", "failure"] = "success" if wanted else "failure"
+        error = None
+        if outcome == "failure":
+            error = ReplyError(
+                type=f"child_{self.status.value}",
+                message=f"child saga {self.original.name} {self.original.saga_id} ended "
+                f"{self.status.value}: {_message(self.error or {})}",
+                retryable=False,
+            )
+        self.replies.append(
+            Reply(
+                command_id=self.parent.command_id,
+                saga_id=self.parent.saga_id,
+                step=self.parent.step,
+                outcome=outcome,
+                result=self.results() if completed and self.parent.kind == "action" else None,
+                error=error,
+            )
+        )
+        self.record(
+            "parent_answered",
+            detail={
+                "parent": str(self.parent.saga_id),
+                "step": self.parent.step,
+                "outcome": outcome,
+            },
+        )
 
     def emit(self, status: str, *, error: dict[str, Any] | None = None) -> None:
         self.events.append(
@@ -312,6 +401,14 @@ class _Builder:
         self.steps[step.index] = step.moved(
             status, command_id=cid, due_at=expires, started_at=None, **counters
         )
+        self.record(
+            "step_dispatched" if kind == "action" else "compensation_dispatched",
+            step.name,
+            {"attempt": attempt, "command": name, "command_id": str(cid)},
+        )
+        if spec.child is not None:
+            self.request_child(step, spec.child, kind, cid)
+            return
         self.commands.append(
             Command(
                 command_id=cid,
@@ -326,38 +423,78 @@ class _Builder:
                 timeout=timeout,
                 report_start=schedule_to_start is not None,
                 progress=step.progress if kind == "action" else None,
+                item=step.payload,
+                version=self.original.version,
                 command=name,
             )
         )
-        self.record(
-            "step_dispatched" if kind == "action" else "compensation_dispatched",
-            step.name,
-            {"attempt": attempt, "command": name, "command_id": str(cid)},
-        )
+
+    def request_child(
+        self, step: StepState, child: str, kind: Literal["action", "compensation"], cid: UUID
+    ) -> None:
+        """A child step's command is a start (or, to undo it, a cancel) of the child saga,
+        which answers `cid` when it ends."""
+        parent = ParentRef(saga_id=self.original.saga_id, step=step.name, command_id=cid, kind=kind)
+        key = child_key(self.original.saga_id, step.name)
+        if kind == "action":
+            payload = step.payload if step.payload is not None else dict(self.original.input)
+            self.requests.append(
+                ("start", StartSaga(saga=child, key=key, input=payload, parent=parent))
+            )
+        else:
+            reason = f"parent saga {self.original.name} {self.original.saga_id} undoes it"
+            self.requests.append(
+                ("cancel", CancelSaga(key=key, saga=child, reason=reason, parent=parent))
+            )
 
     def advance(self) -> None:
         """Dispatch whatever the current status calls for, or finish the saga. Does nothing
         while paused: resuming calls it again."""
         if self.status == SagaStatus.RUNNING:
-            while not any(s.status == StepStatus.RUNNING for s in self.steps):
-                nxt = next((s for s in self.steps if s.status == StepStatus.PENDING), None)
-                if nxt is None:
-                    self.finish(SagaStatus.COMPLETED)
-                    return
-                if self.begin_step(nxt):
-                    return
+            self.advance_running()
         elif self.status == SagaStatus.COMPENSATING:
-            if any(s.status in (StepStatus.RUNNING, StepStatus.COMPENSATING) for s in self.steps):
-                return  # wait for the in-flight reply (or the retry timer)
+            if any(s.status == StepStatus.RUNNING for s in self.steps):
+                return  # wait for the actions in flight: a success must be undone too
+            busy = [s for s in self.steps if s.status == StepStatus.COMPENSATING]
             todo = [s for s in self.steps if self.needs_compensation(s)]
-            if todo:
-                self.dispatch(todo[-1], "compensation")
+            if busy or todo:
+                # Undo the latest stage first, its steps together (a map's items up to its
+                # concurrency); an earlier stage waits until the later one is undone.
+                stage = max(self.spec(s).stage for s in busy + todo)
+                spec = self.spec(next(s for s in busy + todo if self.spec(s).stage == stage))
+                room = (spec.concurrency if spec.map else len(self.steps)) - sum(
+                    1 for s in busy if self.spec(s).stage == stage
+                )
+                ready = [s for s in todo if self.spec(s).stage == stage]
+                for s in reversed(ready[-room:] if room > 0 else []):
+                    self.dispatch(s, "compensation")
             elif self.cancel_reason is not None:
                 self.finish(
                     SagaStatus.CANCELLED, error={"type": "cancelled", "message": self.cancel_reason}
                 )
             else:
                 self.finish(SagaStatus.COMPENSATED, error=self.error)
+
+    def advance_running(self) -> None:
+        """Move the running saga on: feed running map steps, then, once nothing runs,
+        begin the next stage (one step, or a parallel group's steps together)."""
+        while True:
+            for step in self.steps:
+                if step.status == StepStatus.RUNNING and self.is_map(step):
+                    self.progress_map(step)
+            if any(s.status == StepStatus.RUNNING for s in self.steps):
+                return
+            pending = [s for s in self.steps if s.status == StepStatus.PENDING and s.item is None]
+            if not pending:
+                self.finish(SagaStatus.COMPLETED)
+                return
+            stage = self.spec(pending[0]).stage
+            for step in pending:
+                if self.spec(step).stage != stage:
+                    break
+                self.begin_step(step)
+                if self.status != SagaStatus.RUNNING:
+                    return  # a guard failed the stage: the saga compensates or is parked
 
     def begin_step(self, step: StepState) -> bool:
         """Start a pending step: check its guard, then dispatch it or start its sleep.
@@ -382,9 +519,92 @@ class _Builder:
                 return True
         if spec.sleep:
             self.begin_sleep(step, spec)
-            return True
-        self.dispatch(step, "action")
+        elif spec.child_input is not None:
+            self.begin_child(step, spec)
+        elif spec.map:
+            self.begin_map(step, spec)
+        else:
+            self.dispatch(step, "action")
         return True
+
+    def begin_child(self, step: StepState, spec: StepDefinition) -> None:
+        """Compute the child's input (kept as the step's payload), then start the child."""
+        assert spec.child_input is not None
+        try:
+            payload = spec.child_input(self.context())
+            if not isinstance(payload, dict):
+                raise TypeError(f"it returned {type(payload).__name__}, not a dict")
+            payload = json.loads(json.dumps(payload))  # it travels in a message
+        except Exception as exc:
+            self.fail_unsent(
+                step,
+                {
+                    "type": "child_input_failed",
+                    "message": f"input= failed: {type(exc).__name__}: {exc}",
+                    "retryable": False,
+                },
+            )
+            return
+        step = replace(step, payload=payload)
+        self.steps[step.index] = step
+        self.dispatch(step, "action")
+
+    def begin_map(self, step: StepState, spec: StepDefinition) -> None:
+        """Expand a map step into its items; progress_map dispatches them."""
+        assert spec.items is not None
+        try:
+            items = spec.items(self.context())
+            if not isinstance(items, list | tuple):
+                raise TypeError(f"it returned {type(items).__name__}, not a list")
+            # Items travel in commands and are stored in rows: JSON values only.
+            items = json.loads(json.dumps(list(items)))
+        except Exception as exc:
+            self.fail_unsent(
+                step,
+                {
+                    "type": "map_items_failed",
+                    "message": f"items= failed: {type(exc).__name__}: {exc}",
+                    "retryable": False,
+                },
+            )
+            return
+        if len(items) > spec.max_items:
+            self.fail_unsent(
+                step,
+                {
+                    "type": "map_items_failed",
+                    "message": f"items= returned {len(items)} items, more than max_items="
+                    f"{spec.max_items}: make each item a bigger chunk, or raise max_items",
+                    "retryable": False,
+                },
+            )
+            return
+        self.steps[step.index] = step.moved(StepStatus.RUNNING, started_at=self.now, error=None)
+        for n, item in enumerate(items):
+            self.steps.append(
+                StepState(name=f"{step.name}[{n}]", index=len(self.steps), item=n, payload=item)
+            )
+        self.record(
+            "map_started", step.name, {"items": len(items), "concurrency": spec.concurrency}
+        )
+
+    def progress_map(self, step: StepState) -> None:
+        """Dispatch a running map step's pending items up to its concurrency; succeed it
+        when every item has."""
+        items = [s for s in self.steps if s.of == step.name]
+        if all(s.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED) for s in items):
+            self.steps[step.index] = step.moved(
+                StepStatus.SUCCEEDED, result=[s.result for s in items], due_at=None
+            )
+            self.record("map_finished", step.name, {"items": len(items)})
+            return
+        room = self.spec(step).concurrency - sum(1 for s in items if s.status == StepStatus.RUNNING)
+        for item in items:
+            if room <= 0:
+                break
+            if item.status == StepStatus.PENDING:
+                self.dispatch(item, "action")
+                room -= 1
 
     def fail_unsent(self, step: StepState, error: dict[str, Any]) -> None:
         """Fail a step that was never sent (its guard or `until=` said no): nothing to wait
@@ -419,7 +639,7 @@ class _Builder:
         self.record("sleep_started", step.name, {"until": wake.isoformat()})
 
     def needs_compensation(self, step: StepState) -> bool:
-        if self.spec(step).compensation is None:
+        if self.spec(step).compensation is None or self.is_map(step):
             return False
         return step.status == StepStatus.SUCCEEDED or (
             step.status == StepStatus.FAILED and step.outcome_uncertain
@@ -521,7 +741,7 @@ class _Builder:
             self.advance()  # a cancel or deadline is compensating already; carry on with it
             return
         pivot = self.definition.pivot_index
-        if pivot is not None and step.index > pivot:
+        if pivot is not None and self.position(step) > pivot:
             # Past the pivot nothing is undone: an operator must finish this step. The type
             # says whether retrying could have helped (it ran out) or not (refused for good).
             kind = "retries_exhausted" if self.spec(step).retry.retries(error) else "step_failed"
@@ -531,6 +751,7 @@ class _Builder:
             )
             return
         self.error = {"type": "step_failed", "step": step.name, "message": _message(error)}
+        self.stop_waiting_steps()  # parallel steps waiting to retry (or sleeping) stop here
         self.begin_compensation()
         self.record("saga_compensating", step.name, {"reason": self.error["message"]})
         self.advance()
@@ -553,6 +774,15 @@ class _Builder:
             return
         # Parked: the step stays `compensating` (it is not undone) and the saga waits for a human.
         self.steps[step.index] = replace(step, command_id=None, due_at=None, error=error)
+        if self.status == SagaStatus.FAILED:
+            # A compensation of the same stage ran out after another parked the saga: it is
+            # parked beside it; the saga's park (its error, where it resumes) stays as it was.
+            self.record(
+                "compensation_parked",
+                step.name,
+                {"attempt": step.compensation_attempt, "error": error},
+            )
+            return
         self.finish(
             SagaStatus.FAILED,
             error={
@@ -584,7 +814,37 @@ class _Builder:
         self.stop_waiting_steps()
         self.begin_compensation()
         self.record("saga_cancel_accepted", detail={"reason": reason})
+        self.cancel_children(reason)
         self.advance()
+
+    def cancel_children(self, reason: str) -> None:
+        """Cancellation propagates down: a running child is cancelled, undoes itself, and
+        answers the step's action with a failure, so there is nothing left to compensate."""
+        for s in self.steps:
+            child = self.spec(s).child
+            if child is not None and s.status == StepStatus.RUNNING and s.in_flight:
+                why = (
+                    f"parent saga {self.original.name} {self.original.saga_id} cancelled: {reason}"
+                )
+                key = child_key(self.original.saga_id, s.name)
+                self.requests.append(("cancel", CancelSaga(key=key, saga=child, reason=why)))
+                self.record("child_cancel_requested", s.name, {"child_key": key})
+
+    def on_undo(self, event: UndoRequested) -> None:
+        """The parent undoes this child: answer at once if it is undone already, compensate
+        it if it completed, cancel it if it runs; it answers the parent once undone."""
+        self.parent = event.parent
+        self.record(
+            "undo_requested", detail={"reason": event.reason, "parent": str(event.parent.saga_id)}
+        )
+        if self.status in (SagaStatus.COMPENSATED, SagaStatus.CANCELLED):
+            self.answer_parent()
+        elif self.status == SagaStatus.COMPLETED:
+            self.cancel_reason = event.reason
+            self.begin_compensation()
+            self.advance()
+        elif self.status != SagaStatus.FAILED:  # a parked child answers once it is finished
+            self.on_cancel(event.reason)
 
     def stop_waiting_steps(self) -> None:
         for s in self.steps:
@@ -730,8 +990,10 @@ def operate(b: _Builder, event: OperatorEvent) -> None:
         else:
             _resume_running(b)
             for s in parked_actions(b):
-                if b.spec(s).sleep:  # a sleep whose until= raised: it sends nothing, so
-                    b.begin_sleep(s, b.spec(s))  # compute its wake-up again (a fixed until=)
+                if s.status == StepStatus.FAILED and s.attempt == 0:
+                    # Never sent (its guard, until= or items= said no): begin it afresh, so
+                    # the guard is checked again against the fixed world.
+                    b.begin_step(s)
                 else:
                     b.dispatch(s, "action", retry_base=s.attempt)
         b.advance()
@@ -756,8 +1018,13 @@ def parked_actions(b: _Builder) -> list[StepState]:
     return [
         s
         for s in b.steps
-        if (s.status == StepStatus.FAILED and pivot is not None and s.index > pivot)
-        or (s.status == StepStatus.RUNNING and not s.in_flight and s.due_at is None)
+        if (s.status == StepStatus.FAILED and pivot is not None and b.position(s) > pivot)
+        or (
+            s.status == StepStatus.RUNNING
+            and not s.in_flight
+            and s.due_at is None
+            and not b.is_map(s)  # a map step waits on its items, it is not parked itself
+        )
     ]
 
 

@@ -28,6 +28,17 @@ class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ParentRef(_Wire):
+    """The parent saga step a child saga answers: when the child ends, a reply to
+    `command_id` goes to the parent. `kind` "action": the step that started the child;
+    "compensation": the parent's undo of the child."""
+
+    saga_id: UUID
+    step: str = Field(min_length=1, max_length=200)
+    command_id: UUID
+    kind: Literal["action", "compensation"] = "action"
+
+
 class StartSaga(_Wire):
     """`sagas` exchange, routing key `start`. `key` is the caller's idempotency key."""
 
@@ -35,6 +46,8 @@ class StartSaga(_Wire):
     key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
     input: dict[str, Any]
     version: int | None = Field(None, ge=1, description="Pin a version; newest when omitted.")
+    # Set when a parent saga's child step starts this one.
+    parent: ParentRef | None = None
 
 
 class CancelSaga(_Wire):
@@ -45,6 +58,9 @@ class CancelSaga(_Wire):
     saga: str | None = Field(None, min_length=1, max_length=100)
     saga_id: UUID | None = None
     reason: str = Field("cancelled", max_length=1000)
+    # Set when a parent saga undoes its child step: a completed child is then compensated
+    # too, and the child answers the parent's compensation once it is undone.
+    parent: ParentRef | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> CancelSaga:
@@ -74,6 +90,12 @@ class Command(_Wire):
     report_start: bool = False
     # The details of the last heartbeat of an earlier attempt (a checkpoint to resume from).
     progress: Any = None
+    # A map step's item (the step is then named `<map step>[<n>]`): the piece of work this
+    # command is for. Null for other steps.
+    item: Any = None
+    # The definition version the saga runs on: a worker hosting several versions of a local
+    # step runs the one the saga started with. Optional on the wire (older senders).
+    version: int | None = Field(None, ge=1)
     # Not part of the body: the routing key. Kept on the model so the outbox holds one object.
     command: str = Field(exclude=True)
 
@@ -100,7 +122,8 @@ class Reply(_Wire):
 class OutcomeEvent(_Wire):
     """`saga.events` exchange, routing key `<saga>.<status>`."""
 
-    saga_id: UUID
+    # None only in `<saga>.rejected`: a start refused by a semantic lock created no saga.
+    saga_id: UUID | None
     saga: str
     key: str
     status: str

@@ -6,13 +6,14 @@ contract tests (tests/contract).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
+from orchestrator.locks import LockConflict, LocksView, LockWaiter
 from orchestrator.machine import HistoryEntry
 from orchestrator.state import SagaState, SagaStatus
 
@@ -52,6 +53,25 @@ class DefinitionRecord:
     version: int
     fingerprint: str
     document: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RegisteredDefinition:
+    """A row of the definitions table: what some process once registered."""
+
+    name: str
+    version: int
+    fingerprint: str
+    registered_at: datetime
+
+
+@dataclass(frozen=True)
+class VersionInUse:
+    """A saga version that unfinished instances still run on: it must stay loaded."""
+
+    name: str
+    version: int
+    unfinished: int
 
 
 @dataclass(frozen=True)
@@ -113,6 +133,60 @@ class SagaTransaction(Protocol):
 
     async def delete_outbox(self, ids: Sequence[int]) -> None: ...
 
+    async def lock_outbox(self, ids: Sequence[int]) -> list[int]:
+        """Lock these rows until the transaction ends; returns the ids locked, leaving out
+        rows gone already or held by another transaction (a relay publishing them)."""
+
+    # -- semantic locks (orchestrator/locks.py) -------------------------------------------
+    # A saga's resources are taken in the transaction that starts it and given back in the
+    # one that finishes it; waiting starts are started in that same transaction.
+
+    async def acquire_locks(
+        self,
+        resources: Sequence[str],
+        *,
+        saga_id: UUID,
+        saga: str,
+        key: str,
+        now: datetime,
+        waited_as: int | None = None,
+    ) -> LockConflict | None:
+        """Take every one of `resources` (sorted) for the saga, or none. None when taken;
+        else the first conflict: a resource another saga holds, or one that live waiters
+        queue for (a new start never overtakes them). For a start taken off the queue,
+        `waited_as` is its waiter id: only waiters older than it bar it. Waits while another
+        transaction takes or gives back one of these resources. The saga row may be inserted
+        after this, in the same transaction."""
+
+    async def release_locks(self, saga_id: UUID) -> tuple[str, ...]:
+        """Give back every resource the saga holds; returns them, sorted."""
+
+    async def enqueue_lock_waiter(self, waiter: LockWaiter) -> bool:
+        """Queue a start behind its resources; False (and nothing written) when a start with
+        that (saga, key) waits already."""
+
+    async def claim_lock_waiters(
+        self,
+        now: datetime,
+        *,
+        freed: Sequence[str] | None,
+        sagas: Collection[tuple[str, int]],
+        limit: int,
+    ) -> list[LockWaiter]:
+        """Remove from the queue, oldest first, the live waiters (not expired at `now`)
+        that may start now: each of their resources is free, and no older live waiter wants
+        any of them (nor a waiter claimed before it in this call). Only waiters of `sagas`
+        ((name, version) this process can start), and with `freed` only waiters of one of
+        those resources. The caller acquires and starts each one in this transaction.
+        A waiter another transaction is busy with is left for a later sweep."""
+
+    async def expire_lock_waiters(self, now: datetime, limit: int) -> list[LockWaiter]:
+        """Remove waiters whose `expires_at` is at or before `now`, oldest first, skipping
+        those another transaction holds; returns them."""
+
+    async def remove_lock_waiters(self, key: str, saga: str | None) -> list[LockWaiter]:
+        """Remove the waiting starts with this key (of that saga, when given): a cancel."""
+
 
 class SagaStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[SagaTransaction]: ...
@@ -121,14 +195,22 @@ class SagaStore(Protocol):
         """Record a definition; True if new. Raises DefinitionConflict when the
         (name, version) exists with another fingerprint."""
 
+    async def definitions(self) -> list[RegisteredDefinition]:
+        """Every registered definition, by name then version."""
+
+    async def versions_in_use(self) -> list[VersionInUse]:
+        """The (name, version) that unfinished instances run on, with how many, by name then
+        version. Unfinished: any status but those no saga leaves (`versioning.ENDED`), so
+        paused and parked sagas count: an operator may move them on."""
+
     async def get(self, saga_id: UUID) -> SagaState | None: ...
 
     async def find(self, query: SagaQuery) -> list[SagaState]: ...
 
     async def history(self, saga_id: UUID) -> list[HistoryRecord]: ...
 
-    async def delete_outbox(self, ids: Sequence[int]) -> None:
-        """Forget published messages (outside any saga transaction)."""
+    async def locks(self) -> LocksView:
+        """Every held semantic lock and every waiting start, oldest first (for operators)."""
 
 
 class Publisher(Protocol):

@@ -15,6 +15,7 @@ class Registry:
         self._by_version: dict[tuple[str, int], Saga] = {}
         for saga in sagas:
             self.add(saga)
+        self.check_children()
 
     def add(self, saga: Saga) -> None:
         saga.validate()
@@ -38,6 +39,9 @@ class Registry:
             raise UnknownSaga(f"saga {name!r} has no version {version} loaded in this process")
         return saga
 
+    def loads(self, name: str, version: int) -> bool:
+        return (name, version) in self._by_version
+
     def names(self) -> list[str]:
         return sorted({n for (n, _) in self._by_version})
 
@@ -49,11 +53,37 @@ class Registry:
             DefinitionRecord(s.name, s.version, s.fingerprint, s.document()) for s in self.all()
         ]
 
+    def check_children(self) -> None:
+        """Child steps name sagas this process loads, and a child that its parent may undo
+        can be undone: it has no pivot."""
+        for saga in self.all():
+            for step in saga.steps:
+                if step.child is None:
+                    continue
+                where = f"saga {saga.name!r} v{saga.version}, step {step.name!r}"
+                children = [s for s in self.all() if s.name == step.child]
+                if not children:
+                    raise DefinitionError(
+                        f"{where} starts child saga {step.child!r}, which is not loaded: add "
+                        "its module to SAGA_MODULES"
+                    )
+                pivoted = [c for c in children if c.pivot_index is not None]
+                if step.compensation is not None and pivoted:
+                    c = pivoted[0]
+                    assert c.pivot_index is not None
+                    raise DefinitionError(
+                        f"{where} is compensated, but child saga {c.name!r} v{c.version} has a "
+                        f"pivot ({c.steps[c.pivot_index].name!r}) and cannot be undone past it: "
+                        "make the child step the pivot, or put it after the pivot"
+                    )
+
     def commands(self) -> set[str]:
         """Every command name the loaded sagas may send (actions and compensations)."""
         names: set[str] = set()
         for saga in self.all():
             for step in saga.steps:
+                if step.child is not None:  # it starts a saga: no participant queue
+                    continue
                 if step.command:  # a sleep step sends nothing
                     names.add(step.command)
                 if step.compensation:
@@ -76,4 +106,5 @@ def load_modules(module_names: Iterable[str]) -> Registry:
             raise DefinitionError(f"module {module_name!r} defines no Saga at its top level")
         for saga in found:
             registry.add(saga)
+    registry.check_children()
     return registry

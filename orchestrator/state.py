@@ -9,6 +9,8 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+from orchestrator.messages import ParentRef
+
 
 class SagaStatus(StrEnum):
     RUNNING = "running"
@@ -47,7 +49,8 @@ SAGA_MOVES: dict[SagaStatus, frozenset[SagaStatus]] = {
     SagaStatus.PAUSED: frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.FAILED}),
     # An operator's retry, skip or mark-compensated resumes a parked saga.
     SagaStatus.FAILED: frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING}),
-    SagaStatus.COMPLETED: frozenset(),
+    # Only a child saga, when its parent undoes the step that started it.
+    SagaStatus.COMPLETED: frozenset({SagaStatus.COMPENSATING}),
     SagaStatus.COMPENSATED: frozenset(),
     SagaStatus.CANCELLED: frozenset(),
 }
@@ -107,6 +110,15 @@ class StepState:
     progress: Any = None
     # Attempts made before an operator's retry: the retry policy counts from here again.
     retry_base: int = 0
+    # A map step's item: its number, and the item its commands carry. Item steps are added
+    # when the map step begins, after the definition's steps, named `<map step>[<item>]`.
+    item: int | None = None
+    payload: Any = None
+
+    @property
+    def of(self) -> str | None:
+        """The map step an item belongs to."""
+        return None if self.item is None else self.name.rpartition("[")[0]
 
     @property
     def in_flight(self) -> bool:
@@ -146,6 +158,8 @@ class SagaState:
     # Where a paused saga resumes, or a parked (failed) one continues on an operator's retry:
     # RUNNING or COMPENSATING.
     resume_status: SagaStatus | None = None
+    # A child saga's parent step, answered when this saga ends.
+    parent: ParentRef | None = None
 
     @property
     def next_due_at(self) -> datetime | None:
@@ -177,10 +191,14 @@ class SagaState:
 
 
 def step_results(steps: Sequence[StepState]) -> dict[str, Any]:
-    """Results of the steps that succeeded, and of those an operator skipped with one."""
+    """Results of the steps that succeeded, and of those an operator skipped with one. A map
+    step's items are not listed: the map step's result gathers theirs."""
     return {
         s.name: s.result
         for s in steps
-        if s.status == StepStatus.SUCCEEDED
-        or (s.status == StepStatus.SKIPPED and s.result is not None)
+        if s.item is None
+        and (
+            s.status == StepStatus.SUCCEEDED
+            or (s.status == StepStatus.SKIPPED and s.result is not None)
+        )
     }

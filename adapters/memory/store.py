@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from adapters.memory.semantic_locks import MemoryLocks
 from orchestrator.errors import ConcurrentUpdate, DefinitionConflict, SagaNotFound
+from orchestrator.locks import LockConflict, LocksView, LockWaiter
 from orchestrator.machine import HistoryEntry
-from orchestrator.ports import Clock, DefinitionRecord, HistoryRecord, OutboxMessage, SagaQuery
-from orchestrator.state import SagaState, StepState
+from orchestrator.ports import (
+    Clock,
+    DefinitionRecord,
+    HistoryRecord,
+    OutboxMessage,
+    RegisteredDefinition,
+    SagaQuery,
+    VersionInUse,
+)
+from orchestrator.state import SagaState, SagaStatus, StepState
+from orchestrator.versioning import UNFINISHED
 
 
 def _utcnow() -> datetime:
@@ -41,11 +52,16 @@ class _Data:
     outbox: dict[int, tuple[OutboxMessage, datetime]] = field(default_factory=dict)
     held: tuple[_Held, ...] = ()
     last_id: int = 0  # shared by outbox and inbox rows: only uniqueness and order matter
+    semantic: MemoryLocks = field(default_factory=MemoryLocks)
 
     def copy(self) -> _Data:
         # Shallow is enough: every value inside is immutable.
         return replace(
-            self, sagas=dict(self.sagas), history=dict(self.history), outbox=dict(self.outbox)
+            self,
+            sagas=dict(self.sagas),
+            history=dict(self.history),
+            outbox=dict(self.outbox),
+            semantic=self.semantic.copy(),
         )
 
     def next_id(self) -> int:
@@ -104,6 +120,7 @@ class MemoryTransaction:
                 deadline_at=after.deadline_at,
                 compensation_deadline_at=after.compensation_deadline_at,
                 resume_status=after.resume_status,
+                parent=after.parent,
             )
         )
 
@@ -154,12 +171,54 @@ class MemoryTransaction:
         for i in ids:
             self.data.outbox.pop(i, None)
 
+    async def lock_outbox(self, ids: Sequence[int]) -> list[int]:
+        return [i for i in ids if i in self.data.outbox]
+
+    # -- semantic locks: adapters/memory/semantic_locks.py --------------------------------
+
+    async def acquire_locks(
+        self,
+        resources: Sequence[str],
+        *,
+        saga_id: UUID,
+        saga: str,
+        key: str,
+        now: datetime,
+        waited_as: int | None = None,
+    ) -> LockConflict | None:
+        return self.data.semantic.acquire(
+            resources, saga_id=saga_id, saga=saga, key=key, now=now, waited_as=waited_as
+        )
+
+    async def release_locks(self, saga_id: UUID) -> tuple[str, ...]:
+        return self.data.semantic.release(saga_id)
+
+    async def enqueue_lock_waiter(self, waiter: LockWaiter) -> bool:
+        return self.data.semantic.enqueue(waiter)
+
+    async def claim_lock_waiters(
+        self,
+        now: datetime,
+        *,
+        freed: Sequence[str] | None,
+        sagas: Collection[tuple[str, int]],
+        limit: int,
+    ) -> list[LockWaiter]:
+        return self.data.semantic.claim(now, freed=freed, sagas=sagas, limit=limit)
+
+    async def expire_lock_waiters(self, now: datetime, limit: int) -> list[LockWaiter]:
+        return self.data.semantic.expire(now, limit)
+
+    async def remove_lock_waiters(self, key: str, saga: str | None) -> list[LockWaiter]:
+        return self.data.semantic.remove(key, saga)
+
 
 class MemoryStore:
     def __init__(self, clock: Clock = _utcnow) -> None:
         self._clock = clock
         self._data = _Data()
         self._definitions: dict[tuple[str, int], DefinitionRecord] = {}
+        self._registered_at: dict[tuple[str, int], datetime] = {}
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
@@ -175,6 +234,7 @@ class MemoryStore:
             self._definitions[(record.name, record.version)] = replace(
                 record, document=_json(record.document)
             )
+            self._registered_at[(record.name, record.version)] = _utc(self._clock())
             return True
         if registered.fingerprint == record.fingerprint:
             return False
@@ -183,6 +243,27 @@ class MemoryStore:
             f"different steps (fingerprint {registered.fingerprint} there, {record.fingerprint} "
             f"here): bump the version in the definition; running instances keep the old one"
         )
+
+    async def definitions(self) -> list[RegisteredDefinition]:
+        return [
+            RegisteredDefinition(r.name, r.version, r.fingerprint, self._registered_at[key])
+            for key, r in sorted(self._definitions.items())
+        ]
+
+    async def versions_in_use(self) -> list[VersionInUse]:
+        counts: dict[tuple[str, int], int] = {}
+        sagas = self._data.sagas
+        for s in sagas.values():
+            # A completed child saga whose parent may still undo it needs its version too.
+            parent = sagas.get(s.parent.saga_id) if s.parent is not None else None
+            undoable = (
+                s.status == SagaStatus.COMPLETED
+                and parent is not None
+                and parent.status in UNFINISHED
+            )
+            if s.status in UNFINISHED or undoable:
+                counts[(s.name, s.version)] = counts.get((s.name, s.version), 0) + 1
+        return [VersionInUse(n, v, count) for (n, v), count in sorted(counts.items())]
 
     async def get(self, saga_id: UUID) -> SagaState | None:
         return self._data.sagas.get(saga_id)
@@ -201,9 +282,8 @@ class MemoryStore:
     async def history(self, saga_id: UUID) -> list[HistoryRecord]:
         return list(self._data.history.get(saga_id, ()))
 
-    async def delete_outbox(self, ids: Sequence[int]) -> None:
-        async with self.transaction() as tx:
-            await tx.delete_outbox(ids)
+    async def locks(self) -> LocksView:
+        return self._data.semantic.view({i: s.status for i, s in self._data.sagas.items()})
 
 
 def _check_transition(before: SagaState, after: SagaState) -> None:
@@ -213,8 +293,8 @@ def _check_transition(before: SagaState, after: SagaState) -> None:
         raise ValueError(
             f"save: after.revision must be {before.revision + 1}, not {after.revision}"
         )
-    if len(after.steps) != len(before.steps):
-        raise ValueError("save: a transition cannot add or remove steps")
+    if len(after.steps) < len(before.steps):
+        raise ValueError("save: a transition cannot remove steps")
 
 
 def _stored(state: SagaState) -> SagaState:
@@ -237,6 +317,7 @@ def _stored_step(step: StepState) -> StepState:
         result=_json(step.result),
         error=_json(step.error),
         progress=_json(step.progress),
+        payload=_json(step.payload),
         due_at=_utc_or_none(step.due_at),
         started_at=_utc_or_none(step.started_at),
     )

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.postgres.tables import saga_steps
+from orchestrator.messages import ParentRef
 from orchestrator.ports import OutboxMessage
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 
@@ -40,6 +41,8 @@ def progress_values(state: SagaState) -> dict[str, Any]:
         "deadline_at": state.deadline_at,
         "compensation_deadline_at": state.compensation_deadline_at,
         "resume_status": None if state.resume_status is None else state.resume_status.value,
+        "parent_id": None if state.parent is None else state.parent.saga_id,
+        "parent": None if state.parent is None else state.parent.model_dump(mode="json"),
     }
 
 
@@ -57,6 +60,8 @@ def step_values(step: StepState) -> dict[str, Any]:
         "started_at": step.started_at,
         "progress": step.progress,
         "retry_base": step.retry_base,
+        "item": step.item,
+        "payload": step.payload,
     }
 
 
@@ -116,6 +121,7 @@ def _state(row: sa.Row[Any], steps: tuple[StepState, ...]) -> SagaState:
         deadline_at=row.deadline_at,
         compensation_deadline_at=row.compensation_deadline_at,
         resume_status=None if row.resume_status is None else SagaStatus(row.resume_status),
+        parent=None if row.parent is None else ParentRef.model_validate(row.parent),
     )
 
 
@@ -133,4 +139,6 @@ def _step(row: sa.Row[Any]) -> StepState:
         started_at=row.started_at,
         progress=row.progress,
         retry_base=row.retry_base,
+        item=row.item,
+        payload=row.payload,
     )

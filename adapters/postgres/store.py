@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
 
@@ -10,13 +10,22 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters.postgres import semantic_locks
 from adapters.postgres.errors import translated
-from adapters.postgres.rows import any_of, load_states
-from adapters.postgres.tables import outbox, saga_definitions, saga_history, saga_instances
+from adapters.postgres.rows import load_states
+from adapters.postgres.tables import saga_definitions, saga_history, saga_instances
 from adapters.postgres.transaction import PostgresTransaction
 from orchestrator.errors import DefinitionConflict
-from orchestrator.ports import DefinitionRecord, HistoryRecord, SagaQuery
-from orchestrator.state import SagaState
+from orchestrator.locks import LocksView
+from orchestrator.ports import (
+    DefinitionRecord,
+    HistoryRecord,
+    RegisteredDefinition,
+    SagaQuery,
+    VersionInUse,
+)
+from orchestrator.state import SagaState, SagaStatus
+from orchestrator.versioning import UNFINISHED
 
 
 class PostgresStore:
@@ -63,6 +72,39 @@ class PostgresStore:
             f"bump the version in the definition; running instances keep the old one"
         )
 
+    async def definitions(self) -> list[RegisteredDefinition]:
+        d = saga_definitions.c
+        with translated():
+            async with self._engine.connect() as conn:
+                found = await conn.execute(
+                    sa.select(d.name, d.version, d.fingerprint, d.registered_at).order_by(
+                        d.name, d.version
+                    )
+                )
+                return [RegisteredDefinition(*row) for row in found.all()]
+
+    async def versions_in_use(self) -> list[VersionInUse]:
+        i = saga_instances.c
+        # IN the unfinished statuses rather than NOT IN the ended ones: the (status,
+        # updated_at) index then reads only the few unfinished rows, not every finished saga.
+        unfinished = sorted(s.value for s in UNFINISHED)
+        parents = saga_instances.alias("parents")
+        # A completed child saga whose parent may still undo it needs its version too.
+        undoable_child = sa.and_(
+            i.status == SagaStatus.COMPLETED.value,
+            i.parent_id.in_(sa.select(parents.c.id).where(parents.c.status.in_(unfinished))),
+        )
+        statement = (
+            sa.select(i.name, i.version, sa.func.count().label("unfinished"))
+            .where(sa.or_(i.status.in_(unfinished), undoable_child))
+            .group_by(i.name, i.version)
+            .order_by(i.name, i.version)
+        )
+        with translated():
+            async with self._engine.connect() as conn:
+                found = await conn.execute(statement)
+                return [VersionInUse(*row) for row in found.all()]
+
     async def get(self, saga_id: UUID) -> SagaState | None:
         found = await self._read(sa.select(saga_instances).where(saga_instances.c.id == saga_id))
         return found[0] if found else None
@@ -105,12 +147,10 @@ class PostgresStore:
             for row in found
         ]
 
-    async def delete_outbox(self, ids: Sequence[int]) -> None:
-        if not ids:
-            return
-        with translated():
-            async with self._engine.begin() as conn:
-                await conn.execute(sa.delete(outbox).where(any_of(outbox.c.id, ids)))
+    async def locks(self) -> LocksView:
+        # One snapshot for both lists: a waiter granted meanwhile shows up once, not twice.
+        async with self._reader.connect() as conn:
+            return await semantic_locks.view(conn)
 
     async def _read(self, statement: sa.Select[tuple[object, ...]]) -> list[SagaState]:
         with translated():

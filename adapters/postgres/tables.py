@@ -4,7 +4,7 @@ production; `alembic check` (tests/integration/test_migrations.py) proves the tw
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from orchestrator.state import SagaStatus, StepStatus
 
@@ -57,6 +57,9 @@ saga_instances = sa.Table(
     sa.Column("compensation_deadline_at", _Timestamp),
     # Where a paused saga resumes, or a parked one continues on an operator's retry.
     sa.Column("resume_status", sa.Text),
+    # A child saga's parent step (orchestrator.messages.ParentRef), answered when it ends.
+    sa.Column("parent_id", sa.Uuid),
+    sa.Column("parent", _Json),
     sa.UniqueConstraint("name", "key"),
     _one_of("status", [s.value for s in SagaStatus]),
     sa.CheckConstraint(
@@ -70,6 +73,11 @@ sa.Index(
     "ix_saga_instances_next_due_at",
     saga_instances.c.next_due_at,
     postgresql_where=saga_instances.c.next_due_at.is_not(None),
+)
+sa.Index(
+    "ix_saga_instances_parent_id",
+    saga_instances.c.parent_id,
+    postgresql_where=saga_instances.c.parent_id.is_not(None),
 )
 sa.Index(
     "ix_saga_instances_status_updated_at", saga_instances.c.status, saga_instances.c.updated_at
@@ -146,4 +154,53 @@ inbox = sa.Table(
     sa.Column("received_at", _Timestamp, nullable=False, server_default=sa.func.now()),
     _one_of("kind", ["cancel"]),
     sa.Index("ix_inbox_key", "key"),
+)
+
+# Semantic locks (orchestrator/locks.py): one row per resource a saga holds. The saga's row
+# may come later in the same transaction (a start takes its resources before it inserts
+# itself), hence the deferred foreign key.
+saga_locks = sa.Table(
+    "saga_locks",
+    metadata,
+    sa.Column("resource", sa.Text, primary_key=True),
+    sa.Column(
+        "saga_id",
+        sa.Uuid,
+        sa.ForeignKey(
+            saga_instances.c.id, ondelete="CASCADE", deferrable=True, initially="DEFERRED"
+        ),
+        nullable=False,
+    ),
+    sa.Column("saga", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("acquired_at", _Timestamp, nullable=False),
+    sa.Index("ix_saga_locks_saga_id", "saga_id"),
+)
+
+# Starts waiting for held resources, served in `id` order (FIFO). A start that is rejected
+# when its wait runs out has `expires_at`; one that waits as long as it takes has none.
+saga_lock_waiters = sa.Table(
+    "saga_lock_waiters",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+    sa.Column("saga", sa.Text, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("input", _Json, nullable=False),
+    sa.Column("resources", ARRAY(sa.Text), nullable=False),
+    sa.Column("enqueued_at", _Timestamp, nullable=False),
+    sa.Column("expires_at", _Timestamp),
+    # A child saga's parent step (orchestrator.messages.ParentRef).
+    sa.Column("parent", _Json),
+    # One waiting start per (saga, key): a duplicate start finds it instead of queueing twice.
+    sa.UniqueConstraint("saga", "key"),
+    sa.CheckConstraint("cardinality(resources) > 0", name="resources"),
+    # "Who waits for this resource" is an array overlap: a GIN index serves it.
+    sa.Index("ix_saga_lock_waiters_resources", "resources", postgresql_using="gin"),
+    sa.Index(
+        "ix_saga_lock_waiters_expires_at",
+        "expires_at",
+        postgresql_where=sa.text("expires_at IS NOT NULL"),
+    ),
+    sa.Index("ix_saga_lock_waiters_key", "key"),
 )

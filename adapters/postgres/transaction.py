@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from adapters.postgres import semantic_locks
 from adapters.postgres.errors import translated
 from adapters.postgres.rows import (
     any_of,
@@ -23,6 +24,7 @@ from adapters.postgres.rows import (
 )
 from adapters.postgres.tables import inbox, outbox, saga_history, saga_instances, saga_steps
 from orchestrator.errors import ConcurrentUpdate
+from orchestrator.locks import LockConflict, LockWaiter
 from orchestrator.machine import HistoryEntry
 from orchestrator.ports import OutboxMessage
 from orchestrator.state import SagaState, StepState
@@ -110,11 +112,17 @@ class PostgresTransaction:
             )
         changed = [
             _step_params(after.saga_id, new)
-            for old, new in zip(before.steps, after.steps, strict=True)
+            for old, new in zip(before.steps, after.steps[: len(before.steps)], strict=True)
             if old != new
         ]
         if changed:
             await self._execute(_UPDATE_STEP, changed)
+        added = after.steps[len(before.steps) :]  # a map step's items, as it begins
+        if added:
+            await self._execute(
+                sa.insert(saga_steps),
+                [{"saga_id": after.saga_id, **step_values(s)} for s in added],
+            )
 
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
@@ -196,6 +204,57 @@ class PostgresTransaction:
         if ids:
             await self._execute(sa.delete(outbox).where(any_of(outbox.c.id, ids)))
 
+    async def lock_outbox(self, ids: Sequence[int]) -> list[int]:
+        if not ids:
+            return []
+        found = await self._execute(
+            sa.select(outbox.c.id).where(any_of(outbox.c.id, ids)).with_for_update(skip_locked=True)
+        )
+        return list(found.scalars())
+
+    # -- semantic locks: adapters/postgres/semantic_locks.py ------------------------------
+
+    async def acquire_locks(
+        self,
+        resources: Sequence[str],
+        *,
+        saga_id: UUID,
+        saga: str,
+        key: str,
+        now: datetime,
+        waited_as: int | None = None,
+    ) -> LockConflict | None:
+        return await semantic_locks.acquire(
+            self._conn, resources, saga_id=saga_id, saga=saga, key=key, now=now, waited_as=waited_as
+        )
+
+    async def release_locks(self, saga_id: UUID) -> tuple[str, ...]:
+        return await semantic_locks.release(self._conn, saga_id)
+
+    async def enqueue_lock_waiter(self, waiter: LockWaiter) -> bool:
+        return await semantic_locks.enqueue(self._conn, waiter)
+
+    async def claim_lock_waiters(
+        self,
+        now: datetime,
+        *,
+        freed: Sequence[str] | None,
+        sagas: Collection[tuple[str, int]],
+        limit: int,
+    ) -> list[LockWaiter]:
+        # A claimed waiter is started in this transaction, which must then hold its start
+        # key like a start does (a cancel by that key waits for it): the claim tries that
+        # lock too, and leaves a waiter whose key is busy to a later sweep.
+        return await semantic_locks.claim(
+            self._conn, now, freed=freed, sagas=sagas, limit=limit, start_key_space=_START_KEY_LOCK
+        )
+
+    async def expire_lock_waiters(self, now: datetime, limit: int) -> list[LockWaiter]:
+        return await semantic_locks.expire(self._conn, now, limit)
+
+    async def remove_lock_waiters(self, key: str, saga: str | None) -> list[LockWaiter]:
+        return await semantic_locks.remove(self._conn, key, saga)
+
     # -- helpers ----------------------------------------------------------------------------
 
     async def _execute(
@@ -232,8 +291,8 @@ def _check_transition(before: SagaState, after: SagaState) -> None:
         raise ValueError(
             f"save: after.revision must be {before.revision + 1}, not {after.revision}"
         )
-    if len(after.steps) != len(before.steps):
-        raise ValueError("save: a transition cannot add or remove steps")
+    if len(after.steps) < len(before.steps):
+        raise ValueError("save: a transition cannot remove steps")
 
 
 def _step_params(saga_id: UUID, step: StepState) -> dict[str, Any]:

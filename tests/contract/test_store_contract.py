@@ -18,9 +18,16 @@ from adapters.postgres.database import make_engine
 from adapters.postgres.store import PostgresStore
 from orchestrator import machine
 from orchestrator.errors import ConcurrentUpdate, DefinitionConflict, SagaNotFound
+from orchestrator.locks import HeldLock, LockConflict, LocksView, LockWaiter
 from orchestrator.machine import HistoryEntry, ReplyReceived
-from orchestrator.messages import Reply
-from orchestrator.ports import DefinitionRecord, OutboxMessage, SagaQuery, SagaStore
+from orchestrator.messages import ParentRef, Reply
+from orchestrator.ports import (
+    DefinitionRecord,
+    OutboxMessage,
+    SagaQuery,
+    SagaStore,
+    VersionInUse,
+)
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 from sagas import order
 from tests.fixtures.polling import eventually
@@ -63,6 +70,29 @@ def timers_moved(state: SagaState, to: datetime) -> SagaState:
     """The next revision with every timer moved to `to`, as handling a timeout would."""
     steps = tuple(replace(s, due_at=to) if s.due_at is not None else s for s in state.steps)
     return replace(state, steps=steps, revision=state.revision + 1)
+
+
+def lock_owner(state: SagaState) -> dict[str, Any]:
+    """acquire_locks' keyword arguments for `state`."""
+    return {"saga_id": state.saga_id, "saga": state.name, "key": state.key, "now": NOW}
+
+
+def waiter(
+    key: str,
+    *resources: str,
+    saga: str = "order",
+    version: int = 1,
+    expires_at: datetime | None = None,
+) -> LockWaiter:
+    return LockWaiter(
+        saga=saga,
+        version=version,
+        key=key,
+        input={"order_id": key, "lines": [1, 2.5]},
+        resources=resources,
+        enqueued_at=NOW,
+        expires_at=expires_at,
+    )
 
 
 def message(n: int) -> OutboxMessage:
@@ -390,10 +420,40 @@ class StoreContract:
             await tx.delete_outbox([m.id for m in claimed if m.id is not None])
         async with store.transaction() as tx:
             assert await tx.claim_outbox(future, 10) == added[2:]
-        await store.delete_outbox(ids)
-        await store.delete_outbox([])
+        async with store.transaction() as tx:
+            await tx.delete_outbox(ids)
+            await tx.delete_outbox([])
         async with store.transaction() as tx:
             assert await tx.claim_outbox(future, 10) == []
+
+    async def test_publishing_locks_its_rows_so_a_relay_skips_them(self, store: SagaStore) -> None:
+        async with store.transaction() as tx:
+            added = await tx.add_outbox([message(n) for n in range(3)])
+        ids = [m.id for m in added if m.id is not None]
+        future = timedelta(hours=-1)
+        locked, relay_done = asyncio.Event(), asyncio.Event()
+
+        async def publisher() -> list[int]:
+            async with store.transaction() as tx:
+                mine = await tx.lock_outbox([*ids[:2], 10**9])  # one id that is not there
+                locked.set()
+                if self.overlapping:
+                    await asyncio.wait_for(relay_done.wait(), PATIENCE)
+                await tx.delete_outbox(mine)
+                return mine
+
+        async def relay() -> list[OutboxMessage]:
+            await locked.wait()
+            async with store.transaction() as tx:
+                claimed = await tx.claim_outbox(future, 10)
+            relay_done.set()
+            return claimed
+
+        mine, relayed = await asyncio.wait_for(asyncio.gather(publisher(), relay()), PATIENCE)
+        assert mine == ids[:2]
+        assert relayed == added[2:]
+        async with store.transaction() as tx:
+            assert await tx.lock_outbox(ids) == ids[2:]  # the published rows are gone
 
     async def test_concurrent_outbox_claims_never_share_a_message(self, store: SagaStore) -> None:
         async with store.transaction() as tx:
@@ -438,6 +498,240 @@ class StoreContract:
             assert await tx.take_held_cancel("invoice", "k") == "for another saga"
             assert await tx.take_held_cancel("invoice", "k") is None
 
+    # -- semantic locks ---------------------------------------------------------------------
+
+    async def holding(self, store: SagaStore, key: str, *resources: str) -> SagaState:
+        """A saga (inserted after its locks, as a start does) holding `resources`."""
+        state = started(key)
+        async with store.transaction() as tx:
+            assert await tx.acquire_locks(resources, **lock_owner(state)) is None
+            assert await tx.insert(state)
+        return state
+
+    async def enqueue(self, store: SagaStore, *waiters: LockWaiter) -> None:
+        async with store.transaction() as tx:
+            for w in waiters:
+                assert await tx.enqueue_lock_waiter(w)
+
+    async def claim(
+        self,
+        store: SagaStore,
+        *,
+        freed: list[str] | None = None,
+        at: datetime = NOW,
+        sagas: frozenset[tuple[str, int]] = frozenset({("order", 1)}),
+        limit: int = 10,
+    ) -> list[str]:
+        async with store.transaction() as tx:
+            claimed = await tx.claim_lock_waiters(at, freed=freed, sagas=sagas, limit=limit)
+        return [w.key for w in claimed]
+
+    async def test_locks_are_taken_all_or_none(self, store: SagaStore) -> None:
+        first = await self.holding(store, "first", "order:2", "order:1")
+        second = started("second")
+        async with store.transaction() as tx:
+            conflict = await tx.acquire_locks(["order:3", "order:2"], **lock_owner(second))
+        assert conflict == LockConflict("order:2", held_by=first.saga_id, held_by_key="first")
+        assert "order:2 is held by saga" in conflict.describe()
+        # order:3 was not taken by the refused attempt: another saga gets it.
+        await self.holding(store, "third", "order:3")
+        view = await store.locks()
+        assert [(h.resource, h.key) for h in view.held] == [
+            ("order:1", "first"),
+            ("order:2", "first"),
+            ("order:3", "third"),
+        ]
+        assert view.held[0] == HeldLock(
+            "order:1", first.saga_id, "order", "first", NOW, status=SagaStatus.RUNNING
+        )
+
+    async def test_release_gives_back_every_resource_of_the_saga(self, store: SagaStore) -> None:
+        holder = await self.holding(store, "holder", "b", "a")
+        other = await self.holding(store, "other", "c")
+        async with store.transaction() as tx:
+            assert await tx.release_locks(holder.saga_id) == ("a", "b")
+            assert await tx.release_locks(holder.saga_id) == ()
+        assert [h.resource for h in (await store.locks()).held] == ["c"]
+        await self.holding(store, "next", "a", "b")
+        async with store.transaction() as tx:
+            assert await tx.release_locks(other.saga_id) == ("c",)
+
+    async def test_a_transaction_that_raises_takes_and_queues_nothing(
+        self, store: SagaStore
+    ) -> None:
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                state = started("k")
+                assert await tx.acquire_locks(["a"], **lock_owner(state)) is None
+                assert await tx.insert(state)
+                assert await tx.enqueue_lock_waiter(waiter("w", "b"))
+                raise RuntimeError("boom")
+        assert await store.locks() == LocksView(held=(), waiting=())
+
+    async def test_a_start_key_waits_once_and_the_queue_keeps_its_order(
+        self, store: SagaStore
+    ) -> None:
+        await self.enqueue(store, waiter("w1", "a", "b"), waiter("w2", "a"))
+        async with store.transaction() as tx:
+            assert not await tx.enqueue_lock_waiter(waiter("w1", "c"))
+            assert await tx.enqueue_lock_waiter(waiter("w1", "c", saga="invoice"))
+        waiting = (await store.locks()).waiting
+        assert [(w.saga, w.key, w.resources) for w in waiting] == [
+            ("order", "w1", ("a", "b")),
+            ("order", "w2", ("a",)),
+            ("invoice", "w1", ("c",)),
+        ]
+        ids = [w.id for w in waiting]
+        assert None not in ids and ids == sorted(ids)
+        assert waiting[0] == replace(waiter("w1", "a", "b"), id=waiting[0].id)
+
+    async def test_a_new_start_never_overtakes_live_waiters(self, store: SagaStore) -> None:
+        await self.enqueue(
+            store,
+            waiter("queued", "a"),
+            waiter("expired", "b", expires_at=NOW - timedelta(seconds=1)),
+        )
+        async with store.transaction() as tx:
+            conflict = await tx.acquire_locks(["b", "a"], **lock_owner(started("new")))
+            assert conflict == LockConflict("a", held_by=None)
+            assert "queued" in conflict.describe()
+            # A waiter whose wait ran out bars nobody, even before the sweep removes it.
+            free = started("free")
+            assert await tx.acquire_locks(["b"], **lock_owner(free)) is None
+            assert await tx.insert(free)
+
+    async def test_claim_serves_each_resource_oldest_waiter_first(self, store: SagaStore) -> None:
+        holder = await self.holding(store, "holder", "a")
+        await self.enqueue(
+            store,
+            waiter("w1", "a"),
+            waiter("w2", "a"),
+            waiter("w3", "b"),
+            waiter("w4", "a", "c"),
+            waiter("w5", "c"),
+        )
+        # a is held: only w3 may start; w5 waits behind w4, which waits for a.
+        assert await self.claim(store) == ["w3"]
+        assert await self.claim(store) == []
+        async with store.transaction() as tx:
+            freed = await tx.release_locks(holder.saga_id)
+        assert await self.claim(store, freed=list(freed)) == ["w1"]
+        assert [w.key for w in (await store.locks()).waiting] == ["w2", "w4", "w5"]
+
+    async def test_a_claimed_start_is_barred_only_by_older_waiters(self, store: SagaStore) -> None:
+        await self.enqueue(store, waiter("w1", "a"), waiter("w2", "a"))
+        async with store.transaction() as tx:
+            [claimed] = await tx.claim_lock_waiters(NOW, freed=None, sagas={("order", 1)}, limit=10)
+            state = started(claimed.key)
+            assert await tx.acquire_locks(["a"], **lock_owner(state)) == LockConflict(
+                "a", held_by=None
+            )
+            assert await tx.acquire_locks(["a"], **lock_owner(state), waited_as=claimed.id) is None
+            assert await tx.insert(state)
+        assert [h.key for h in (await store.locks()).held] == ["w1"]
+        assert [w.key for w in (await store.locks()).waiting] == ["w2"]
+
+    async def test_claim_takes_only_what_is_asked_for(self, store: SagaStore) -> None:
+        await self.enqueue(
+            store,
+            waiter("other_version", "a", version=2),
+            waiter("w1", "a"),
+            waiter("w2", "b"),
+            waiter("w3", "c"),
+            waiter("late", "d", expires_at=NOW),
+        )
+        # A version this process cannot start is not claimed, yet bars younger waiters of a.
+        assert await self.claim(store, freed=["a"]) == []
+        assert await self.claim(store, freed=["b", "d"]) == ["w2"]
+        assert await self.claim(store, freed=[]) == []
+        assert await self.claim(store, limit=0) == []
+        assert await self.claim(store, sagas=frozenset()) == []
+        assert await self.claim(store, sagas=frozenset({("order", 2)})) == ["other_version"]
+        assert await self.claim(store, limit=1) == ["w1"]
+        # `late` expired at NOW: never started, whatever is freed.
+        assert await self.claim(store) == ["w3"]
+        assert [w.key for w in (await store.locks()).waiting] == ["late"]
+
+    async def test_expire_removes_waiters_whose_wait_ran_out(self, store: SagaStore) -> None:
+        soon, later = NOW + timedelta(seconds=5), NOW + timedelta(seconds=10)
+        await self.enqueue(
+            store,
+            waiter("later", "a", expires_at=later),
+            waiter("forever", "a"),
+            waiter("soon", "b", expires_at=soon),
+        )
+
+        async def expire(at: datetime, limit: int = 10) -> list[str]:
+            async with store.transaction() as tx:
+                return [w.key for w in await tx.expire_lock_waiters(at, limit)]
+
+        assert await expire(soon - timedelta(seconds=1)) == []
+        assert await expire(later, limit=1) == ["later"]
+        assert await expire(later) == ["soon"]
+        assert [w.key for w in (await store.locks()).waiting] == ["forever"]
+
+    async def test_remove_takes_the_waiters_of_a_cancelled_key(self, store: SagaStore) -> None:
+        await self.enqueue(
+            store, waiter("k", "a"), waiter("k", "b", saga="invoice"), waiter("other", "a")
+        )
+        async with store.transaction() as tx:
+            assert [w.saga for w in await tx.remove_lock_waiters("k", "invoice")] == ["invoice"]
+            assert await tx.remove_lock_waiters("k", "invoice") == []
+            removed = await tx.remove_lock_waiters("k", None)
+        assert [(w.saga, w.resources) for w in removed] == [("order", ("a",))]
+        assert [w.key for w in (await store.locks()).waiting] == ["other"]
+
+    async def test_a_taker_waits_for_a_release_and_sees_it(
+        self, store: SagaStore, until_blocked: Blocked
+    ) -> None:
+        """The release and the take of one resource are serialised: the taker never finds
+        the resource held by a saga whose release is about to commit."""
+        holder = await self.holding(store, "holder", "order:1")
+        released = asyncio.Event()
+
+        async def release() -> None:
+            async with store.transaction() as tx:
+                await tx.release_locks(holder.saga_id)
+                released.set()
+                await until_blocked()  # the taker must wait for this commit
+
+        async def take() -> LockConflict | None:
+            await released.wait()
+            taker = started("taker")
+            async with store.transaction() as tx:
+                conflict = await tx.acquire_locks(["order:1"], **lock_owner(taker))
+                await tx.insert(taker)
+            return conflict
+
+        _, conflict = await asyncio.wait_for(asyncio.gather(release(), take()), PATIENCE)
+        assert conflict is None
+        assert [h.key for h in (await store.locks()).held] == ["taker"]
+
+    async def test_concurrent_claims_never_share_a_waiter(self, store: SagaStore) -> None:
+        await self.enqueue(store, *(waiter(f"w{i}", f"r{i}") for i in range(4)))
+        first_claimed, second_done = asyncio.Event(), asyncio.Event()
+        sagas = frozenset({("order", 1)})
+
+        async def first() -> list[str]:
+            async with store.transaction() as tx:
+                claimed = await tx.claim_lock_waiters(NOW, freed=None, sagas=sagas, limit=2)
+                first_claimed.set()
+                if self.overlapping:  # the second claim must not wait for us
+                    await asyncio.wait_for(second_done.wait(), PATIENCE)
+                return [w.key for w in claimed]
+
+        async def second() -> list[str]:
+            await first_claimed.wait()
+            async with store.transaction() as tx:
+                claimed = await tx.claim_lock_waiters(NOW, freed=None, sagas=sagas, limit=10)
+            second_done.set()
+            return [w.key for w in claimed]
+
+        a, b = await asyncio.wait_for(asyncio.gather(first(), second()), PATIENCE)
+        assert a == ["w0", "w1"]
+        assert b == ["w2", "w3"]
+        assert (await store.locks()).waiting == ()
+
     # -- definitions ------------------------------------------------------------------------
 
     async def test_register_is_idempotent_and_refuses_changed_steps(self, store: SagaStore) -> None:
@@ -451,6 +745,63 @@ class StoreContract:
         assert "'order'" in text_
         assert "version 1" in text_
         assert "bump the version" in text_
+
+    async def test_definitions_lists_every_registration_by_name_then_version(
+        self, store: SagaStore
+    ) -> None:
+        assert await store.definitions() == []
+        for name, version in (("order", 2), ("invoice", 1), ("order", 1)):
+            await store.register(DefinitionRecord(name, version, f"fp-{name}-{version}", {}))
+        listed = await store.definitions()
+        assert [(d.name, d.version, d.fingerprint) for d in listed] == [
+            ("invoice", 1, "fp-invoice-1"),
+            ("order", 1, "fp-order-1"),
+            ("order", 2, "fp-order-2"),
+        ]
+        assert all(d.registered_at.utcoffset() == timedelta(0) for d in listed)
+
+    async def test_versions_in_use_counts_every_instance_that_can_still_move(
+        self, store: SagaStore
+    ) -> None:
+        assert await store.versions_in_use() == []
+        # One order v1 instance in each status; only completed, compensated and cancelled
+        # ones are over. Paused and parked (failed) ones still count: an operator moves them on.
+        v1 = [
+            replace(
+                started(f"v1-{status}"),
+                version=1,
+                status=status,
+                resume_status=SagaStatus.RUNNING if status == SagaStatus.PAUSED else None,
+            )
+            for status in SagaStatus
+        ]
+        v2 = [replace(started(f"v2-{n}"), version=2) for n in range(3)]
+        over = replace(started("i", name="invoice"), version=1, status=SagaStatus.CANCELLED)
+        await self.insert(store, *v1, *v2, over)
+        assert await store.versions_in_use() == [
+            VersionInUse("order", 1, 4),
+            VersionInUse("order", 2, 3),
+        ]
+        done = replace(v2[0], status=SagaStatus.COMPLETED, revision=v2[0].revision + 1)
+        await self.save(store, v2[0], done)
+        assert await store.versions_in_use() == [
+            VersionInUse("order", 1, 4),
+            VersionInUse("order", 2, 2),
+        ]
+
+    async def test_a_completed_child_counts_while_its_parent_may_undo_it(
+        self, store: SagaStore
+    ) -> None:
+        parent = started("p")
+        ref = ParentRef(saga_id=parent.saga_id, step="ship", command_id=uuid4())
+        child = replace(started("c", name="shipment"), status=SagaStatus.COMPLETED, parent=ref)
+        await self.insert(store, parent, child)
+        assert VersionInUse("shipment", child.version, 1) in await store.versions_in_use()
+        loaded = await store.get(child.saga_id)
+        assert loaded is not None and loaded.parent == ref
+        done = replace(parent, status=SagaStatus.COMPLETED, revision=parent.revision + 1)
+        await self.save(store, parent, done)
+        assert await store.versions_in_use() == []
 
     # -- operator queries -------------------------------------------------------------------
 

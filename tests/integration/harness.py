@@ -70,11 +70,14 @@ class System:
                 await worker.start()
                 self.workers[participant.service] = worker
 
-    async def restart_orchestrator(self) -> None:
-        """Stop the orchestrator and start a fresh one on the same database, broker and sagas:
-        whatever it knew in memory is gone; only PostgreSQL and the queues remain."""
+    async def restart_orchestrator(self, registry: Registry | None = None) -> None:
+        """Stop the orchestrator and start a fresh one on the same database, broker and sagas
+        (or those of `registry`: a deploy): whatever it knew in memory is gone; only
+        PostgreSQL and the queues remain."""
         await self.orchestrator.stop()
-        self.orchestrator = Orchestrator(self.settings, registry=self.orchestrator.registry)
+        self.orchestrator = Orchestrator(
+            self.settings, registry=registry or self.orchestrator.registry
+        )
         await self.orchestrator.start()
 
     async def send(self, routing_key: str, body: BaseModel) -> None:

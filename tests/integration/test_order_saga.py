@@ -14,7 +14,7 @@ from orchestrator import Retry, Saga
 from orchestrator.messages import CancelSaga, Reply, StartSaga
 from orchestrator.ports import REPLY_QUEUE, Exchange, SagaQuery
 from sagas.order import OrderPlaced
-from sagas.order import saga as order_saga
+from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, drain, order_input, running_system
 

@@ -20,7 +20,7 @@ from examples.demo import CUSTOMERS, STOCK
 from examples.shop.schema import customers, notifications, payments, stock
 from orchestrator.messages import CancelSaga
 from orchestrator.ports import Exchange
-from sagas.order import saga as order_saga
+from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, drain, order_input, running_system
 from tests.integration.hosted import events

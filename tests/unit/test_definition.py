@@ -21,7 +21,7 @@ from orchestrator.errors import DefinitionError, UnknownSaga
 from orchestrator.registry import Registry, load_modules
 from orchestrator.retry import Retry
 from sagas.order import OrderPlaced
-from sagas.order import saga as order_saga
+from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 
 
 class Input(BaseModel):

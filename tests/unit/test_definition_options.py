@@ -13,7 +13,7 @@ from orchestrator.definition import GuardContext, Saga
 from orchestrator.errors import DefinitionError
 from orchestrator.registry import Registry
 from orchestrator.retry import Retry
-from sagas.order import saga as order_saga
+from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 from tests.unit.builders import Input, shop
 
 

@@ -15,7 +15,7 @@ from orchestrator.engine import Engine
 from orchestrator.errors import InvalidInput, SagaNotFound, UnknownSaga
 from orchestrator.messages import CancelSaga, Command, Reply, StartSaga
 from orchestrator.registry import Registry
-from sagas.order import saga as order_saga
+from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 
 ORDER = {
     "order_id": "o1",

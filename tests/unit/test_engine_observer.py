@@ -19,7 +19,7 @@ from orchestrator.engine import Engine
 from orchestrator.messages import Command, Reply, StartSaga
 from orchestrator.ports import OutboxMessage, SagaTransaction
 from orchestrator.registry import Registry
-from sagas.order import saga as order_saga
+from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 
 ORDER = {
     "order_id": "o1",

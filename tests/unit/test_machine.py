@@ -19,7 +19,7 @@ from orchestrator.machine import (
 )
 from orchestrator.messages import Reply, ReplyError
 from orchestrator.state import SagaState, SagaStatus, StepStatus
-from sagas.order import saga as order_saga
+from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 from tests.unit import builders
 from tests.unit.builders import SAGA_ID, T0, reply
 
