@@ -407,13 +407,6 @@ class Engine:
             for r in decision.replies
         ]
         for entry in history:
-            log.info(
-                entry.event,
-                saga_id=str(state.saga_id),
-                saga=state.name,
-                step=entry.step,
-                **_log_detail(entry.detail),
-            )
             written.observed.append(
                 (
                     entry.event,
@@ -481,8 +474,7 @@ class Engine:
             event = "saga_start_duplicate"  # this key waits already: nothing more to do
         held_by = None if conflict.held_by is None else str(conflict.held_by)
         fields = {"saga": state.name, "key": state.key, "resource": conflict.resource}
-        log.info(event, held_by=held_by, queued=True, **fields)
-        written.observed.append((event, {**fields, "held_by": held_by}))
+        written.observed.append((event, {**fields, "held_by": held_by, "queued": True}))
         return StartOutcome(None, created=False, status=None, queued=True)
 
     async def _reject(
@@ -527,7 +519,6 @@ class Engine:
             )
         written.outbox += await tx.add_outbox(messages)
         detail = {"saga": saga, "key": key, **{k: v for k, v in error.items() if k != "type"}}
-        log.info(event, **detail)
         written.observed.append((event, detail))
 
     def _gives_back_locks(self, before: SagaState | None, state: SagaState) -> bool:
@@ -570,9 +561,8 @@ class Engine:
         definition = self.registry.get(waiter.saga, waiter.version)
         now = self.clock()
         if await tx.lock_by_key(waiter.key, waiter.saga):
-            log.info("saga_start_duplicate", saga=waiter.saga, key=waiter.key, queued=True)
             written.observed.append(
-                ("saga_start_duplicate", {"saga": waiter.saga, "key": waiter.key})
+                ("saga_start_duplicate", {"saga": waiter.saga, "key": waiter.key, "queued": True})
             )
             return None
         decision = machine.start(
@@ -602,6 +592,10 @@ class Engine:
         return await self._write(tx, decision, actor, written)
 
     async def _after_commit(self, written: _Written) -> None:
+        # Logged only now: a transaction rolled back (a lost race, a crash) and decided again
+        # must not leave log lines for transitions that never happened.
+        for event, detail in written.observed:
+            log.info(event, **_log_detail(detail))
         self._notify(written.observed)
         await self._publish_after_commit(written.outbox)
 
@@ -633,9 +627,6 @@ class Engine:
             log.warning("outbox_publish_deferred", count=len(outbox), error=str(exc))
 
 
-_BOUND = frozenset({"event", "saga_id", "saga", "step"})
-
-
 def _holding(
     decision: Decision, resources: Sequence[str], queued_at: datetime | None = None
 ) -> Decision:
@@ -647,9 +638,7 @@ def _holding(
     return replace(decision, history=(entry, *decision.history))
 
 
-def _log_detail(detail: dict[str, object] | None) -> dict[str, object]:
-    """History detail as log fields; `attempt` etc. become filterable fields of their own.
-    Keys bound by the caller (saga_id, saga, step) are already on the line."""
-    if not detail:
-        return {}
-    return {k: v for k, v in detail.items() if k not in _BOUND}
+def _log_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """Observed detail as log fields; `attempt` etc. become filterable fields of their own.
+    `event` is structlog's own: the line's name."""
+    return {k: v for k, v in detail.items() if k != "event"}
