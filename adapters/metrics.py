@@ -47,13 +47,30 @@ STARTS_DEDUPLICATED = Counter(
     registry=REGISTRY,
 )
 
+LOCKED_STARTS = Counter(
+    "saga_starts_locked",
+    "Starts a held semantic lock kept from starting at once, by saga and outcome: rejected, "
+    "queued, or lock_wait_expired (a queued start whose wait ran out).",
+    ["saga", "outcome"],
+    registry=REGISTRY,
+)
+
 _NO_HISTORY = "saga_start_duplicate"
+# Starts that found a resource held: no saga (yet), so no history either.
+_LOCKED = {
+    "saga_start_rejected": "rejected",
+    "saga_start_queued": "queued",
+    "lock_wait_expired": "lock_wait_expired",
+}
 
 
 def observe(event: str, detail: Mapping[str, Any]) -> None:
     """The engine's observer (orchestrator.engine.Observer)."""
     if event == _NO_HISTORY:
         STARTS_DEDUPLICATED.labels(saga=str(detail.get("saga", ""))).inc()
+        return
+    if event in _LOCKED:
+        LOCKED_STARTS.labels(saga=str(detail.get("saga", "")), outcome=_LOCKED[event]).inc()
         return
     TRANSITIONS.labels(event=event).inc()
     if event == "reply_ignored":

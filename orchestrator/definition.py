@@ -315,12 +315,7 @@ class Saga:
                 command=command,
                 compensation=compensation,
                 pivot=False,
-                timeout=self.timeout if timeout is None else timeout,
-                retry=retry or self.retry,
-                compensation_timeout=(
-                    self.timeout if compensation_timeout is None else compensation_timeout
-                ),
-                compensation_retry=compensation_retry or self.compensation_retry,
+                **self._policies(timeout, retry, compensation_timeout, compensation_retry),
                 schedule_to_start=schedule_to_start,
                 guard=guard,
                 on_guard_false=on_guard_false,
@@ -357,12 +352,7 @@ class Saga:
                 command=command,
                 compensation=compensation,
                 pivot=pivot,
-                timeout=self.timeout if timeout is None else timeout,
-                retry=retry or self.retry,
-                compensation_timeout=(
-                    self.timeout if compensation_timeout is None else compensation_timeout
-                ),
-                compensation_retry=compensation_retry or self.compensation_retry,
+                **self._policies(timeout, retry, compensation_timeout, compensation_retry),
                 schedule_to_start=schedule_to_start,
                 guard=guard,
                 on_guard_false=on_guard_false,
@@ -442,12 +432,7 @@ class Saga:
                     command=command,
                     compensation=f"{command}.compensate" if compensate else None,
                     pivot=pivot,
-                    timeout=self.timeout if timeout is None else timeout,
-                    retry=retry or self.retry,
-                    compensation_timeout=(
-                        self.timeout if compensation_timeout is None else compensation_timeout
-                    ),
-                    compensation_retry=compensation_retry or self.compensation_retry,
+                    **self._policies(timeout, retry, compensation_timeout, compensation_retry),
                     local=True,
                     schedule_to_start=schedule_to_start,
                     guard=guard,
@@ -507,6 +492,23 @@ class Saga:
             )
         )
         return self
+
+    def _policies(
+        self,
+        timeout: float | None,
+        retry: Retry | None,
+        compensation_timeout: float | None,
+        compensation_retry: Retry | None,
+    ) -> dict[str, Any]:
+        """A step's time limits and retry policies, the saga's defaults where not given."""
+        return {
+            "timeout": self.timeout if timeout is None else timeout,
+            "retry": retry or self.retry,
+            "compensation_timeout": (
+                self.timeout if compensation_timeout is None else compensation_timeout
+            ),
+            "compensation_retry": compensation_retry or self.compensation_retry,
+        }
 
     def _add(self, step: StepDefinition) -> None:
         where = f"saga {self.name!r} v{self.version}, step {step.name!r}"

@@ -186,3 +186,24 @@ def test_metrics_count_transitions_ignored_replies_and_duplicate_starts() -> Non
     assert metrics.value("saga_transitions_total", event="saga_start_duplicate") == 0
     text = metrics.render().decode()
     assert 'saga_replies_ignored_total{reason="stale attempt"}' in text
+
+
+def test_metrics_count_starts_a_semantic_lock_held_back() -> None:
+    def counts() -> dict[str, float]:
+        return {
+            outcome: metrics.value("saga_starts_locked_total", saga="edit", outcome=outcome)
+            for outcome in ("rejected", "queued", "lock_wait_expired")
+        }
+
+    before = counts()
+    metrics.observe("saga_start_rejected", {"saga": "edit", "resource": "order:1"})
+    metrics.observe("saga_start_queued", {"saga": "edit", "resource": "order:1"})
+    metrics.observe("saga_start_queued", {"saga": "edit", "resource": "order:1"})
+    metrics.observe("lock_wait_expired", {"saga": "edit", "resource": "order:1"})
+    after = counts()
+    assert {k: after[k] - before[k] for k in before} == {
+        "rejected": 1,
+        "queued": 2,
+        "lock_wait_expired": 1,
+    }
+    assert metrics.value("saga_transitions_total", event="saga_start_queued") == 0
