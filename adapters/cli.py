@@ -106,6 +106,8 @@ def status(
     typer.echo(
         f"{state.name} v{state.version}  {state.saga_id}  key={state.key}  status={state.status}"
     )
+    if state.parent is not None:
+        typer.echo(f"child of saga {state.parent.saga_id}, step {state.parent.step}")
     if state.error:
         typer.echo(f"error: {state.error.get('message', state.error)}")
     rows = [
@@ -189,6 +191,7 @@ def _state_json(state: SagaState) -> dict[str, Any]:
         "input": state.input,
         "error": state.error,
         "cancel_reason": state.cancel_reason,
+        "parent": None if state.parent is None else state.parent.model_dump(mode="json"),
         "created_at": state.created_at.isoformat(),
         "updated_at": state.updated_at.isoformat(),
         "steps": [
@@ -199,6 +202,7 @@ def _state_json(state: SagaState) -> dict[str, Any]:
                 "compensation_attempt": s.compensation_attempt,
                 "result": s.result,
                 "error": s.error,
+                **({} if s.item is None else {"item": s.payload}),
             }
             for s in state.steps
         ],

@@ -1,0 +1,26 @@
+"""`saga status --json` shows whose child a saga is, and the item each map item step ran on."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+from adapters.cli import _state_json
+from orchestrator.messages import ParentRef
+from tests.unit.builders import Run, shop
+from tests.unit.test_machine_map import chunks
+
+
+def test_status_json_names_the_parent_and_the_items() -> None:
+    s = shop()
+    s.map("summarise", command="reports.summarise", items=chunks, concurrency=1)
+    run = Run(s, input={"n": 2})
+    parent = ParentRef(saga_id=uuid.uuid4(), step="report", command_id=uuid.uuid4())
+    shown = _state_json(replace(run.state, parent=parent))
+    assert shown["parent"] == parent.model_dump(mode="json")
+    items = {step["name"]: step.get("item") for step in shown["steps"]}
+    assert items == {
+        "summarise": None,
+        "summarise[0]": {"from": 0, "to": 10},
+        "summarise[1]": {"from": 10, "to": 20},
+    }
