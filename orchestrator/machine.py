@@ -81,6 +81,7 @@ def start(
         updated_at=now,
         deadline_at=after(now, definition.deadline),
         parent=parent,
+        status_since=now,
     )
     b = Transition(definition, state, now)
     b.record("saga_started", detail={"version": definition.version})

@@ -110,6 +110,8 @@ class StepState:
     progress: Any = None
     # Attempts made before an operator's retry: the retry policy counts from here again.
     retry_base: int = 0
+    # When the in-flight (or last) command was sent: step latency is measured from here.
+    dispatched_at: datetime | None = None
     # A map step's item: its number, and the item its commands carry. Item steps are added
     # when the map step begins, after the definition's steps, named `<map step>[<item>]`.
     item: int | None = None
@@ -160,6 +162,8 @@ class SagaState:
     resume_status: SagaStatus | None = None
     # A child saga's parent step, answered when this saga ends.
     parent: ParentRef | None = None
+    # When the saga entered its current status (operators ask "compensating for how long?").
+    status_since: datetime | None = None
 
     @property
     def next_due_at(self) -> datetime | None:

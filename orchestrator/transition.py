@@ -118,6 +118,9 @@ class Transition:
             resume_status=self.resume_status,
             parent=self.parent,
             updated_at=self.now if changed else self.original.updated_at,
+            status_since=(
+                self.now if self.status != self.original.status else self.original.status_since
+            ),
         )
         return Decision(
             state=state,
@@ -246,7 +249,12 @@ class Transition:
         if retry_base is not None:
             counters["retry_base"] = retry_base
         self.steps[step.index] = step.moved(
-            status, command_id=cid, due_at=expires, started_at=None, **counters
+            status,
+            command_id=cid,
+            due_at=expires,
+            started_at=None,
+            dispatched_at=self.now,
+            **counters,
         )
         self.record(
             "step_dispatched" if kind == "action" else "compensation_dispatched",
@@ -526,7 +534,9 @@ class Transition:
                 self.steps[step.index] = step.moved(
                     StepStatus.SUCCEEDED, result=reply.result, error=None, due_at=None
                 )
-                self.record("step_succeeded", step.name, {"attempt": step.attempt})
+                self.record(
+                    "step_succeeded", step.name, {"attempt": step.attempt, **self.took(step)}
+                )
                 self.advance()
             else:
                 err = (
@@ -537,7 +547,11 @@ class Transition:
                 self.action_failed(step, err)
         elif reply.outcome == "success":
             self.steps[step.index] = step.moved(StepStatus.COMPENSATED, due_at=None)
-            self.record("step_compensated", step.name, {"attempt": step.compensation_attempt})
+            self.record(
+                "step_compensated",
+                step.name,
+                {"attempt": step.compensation_attempt, **self.took(step)},
+            )
             self.advance()
         else:
             err = (
@@ -546,6 +560,12 @@ class Transition:
                 else {"type": "error", "message": "", "retryable": True}
             )
             self.compensation_failed(step, err)
+
+    def took(self, step: StepState) -> dict[str, float]:
+        """How long the command took, dispatch to reply (the step latency operators watch)."""
+        if step.dispatched_at is None:
+            return {}
+        return {"seconds": round((self.now - step.dispatched_at).total_seconds(), 3)}
 
     def ignore(self, step: StepState, reply: Reply) -> None:
         if step.command_id == reply.command_id:

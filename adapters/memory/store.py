@@ -121,6 +121,7 @@ class MemoryTransaction:
                 compensation_deadline_at=after.compensation_deadline_at,
                 resume_status=after.resume_status,
                 parent=after.parent,
+                status_since=after.status_since,
             )
         )
 
@@ -307,6 +308,7 @@ def _stored(state: SagaState) -> SagaState:
         updated_at=_utc(state.updated_at),
         deadline_at=_utc_or_none(state.deadline_at),
         compensation_deadline_at=_utc_or_none(state.compensation_deadline_at),
+        status_since=_utc_or_none(state.status_since),
         steps=tuple(_stored_step(s) for s in state.steps),
     )
 
@@ -320,6 +322,7 @@ def _stored_step(step: StepState) -> StepState:
         payload=_json(step.payload),
         due_at=_utc_or_none(step.due_at),
         started_at=_utc_or_none(step.started_at),
+        dispatched_at=_utc_or_none(step.dispatched_at),
     )
 
 

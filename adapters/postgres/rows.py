@@ -43,6 +43,7 @@ def progress_values(state: SagaState) -> dict[str, Any]:
         "resume_status": None if state.resume_status is None else state.resume_status.value,
         "parent_id": None if state.parent is None else state.parent.saga_id,
         "parent": None if state.parent is None else state.parent.model_dump(mode="json"),
+        "status_since": state.status_since,
     }
 
 
@@ -58,6 +59,7 @@ def step_values(step: StepState) -> dict[str, Any]:
         "result": step.result,
         "error": step.error,
         "started_at": step.started_at,
+        "dispatched_at": step.dispatched_at,
         "progress": step.progress,
         "retry_base": step.retry_base,
         "item": step.item,
@@ -122,6 +124,7 @@ def _state(row: sa.Row[Any], steps: tuple[StepState, ...]) -> SagaState:
         compensation_deadline_at=row.compensation_deadline_at,
         resume_status=None if row.resume_status is None else SagaStatus(row.resume_status),
         parent=None if row.parent is None else ParentRef.model_validate(row.parent),
+        status_since=row.status_since,
     )
 
 
@@ -137,6 +140,7 @@ def _step(row: sa.Row[Any]) -> StepState:
         result=row.result,
         error=row.error,
         started_at=row.started_at,
+        dispatched_at=row.dispatched_at,
         progress=row.progress,
         retry_base=row.retry_base,
         item=row.item,

@@ -60,6 +60,8 @@ saga_instances = sa.Table(
     # A child saga's parent step (orchestrator.messages.ParentRef), answered when it ends.
     sa.Column("parent_id", sa.Uuid),
     sa.Column("parent", _Json),
+    # When the saga entered its current status.
+    sa.Column("status_since", _Timestamp),
     sa.UniqueConstraint("name", "key"),
     _one_of("status", [s.value for s in SagaStatus]),
     sa.CheckConstraint(
@@ -73,6 +75,11 @@ sa.Index(
     "ix_saga_instances_next_due_at",
     saga_instances.c.next_due_at,
     postgresql_where=saga_instances.c.next_due_at.is_not(None),
+)
+sa.Index(
+    "ix_saga_instances_status_status_since",
+    saga_instances.c.status,
+    saga_instances.c.status_since,
 )
 sa.Index(
     "ix_saga_instances_parent_id",
@@ -99,6 +106,7 @@ saga_steps = sa.Table(
     sa.Column("result", _Json),
     sa.Column("error", _Json),
     sa.Column("started_at", _Timestamp),
+    sa.Column("dispatched_at", _Timestamp),
     sa.Column("progress", _Json),
     sa.Column("retry_base", sa.Integer, nullable=False, server_default="0"),
     # A map step's item rows: the item's number, and the item its command carries.

@@ -41,6 +41,7 @@ _CHANGING_STEP_COLUMNS = (
     "result",
     "error",
     "started_at",
+    "dispatched_at",
     "progress",
     "retry_base",
 )
