@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,8 @@ import typer
 
 from adapters import cli_definitions, cli_locks, cli_operators
 from adapters import cli_support as cs
-from adapters.cli_support import JsonOpt
+from adapters.cli_api import ApiClient
+from adapters.cli_support import JsonOpt, TokenOpt, UrlOpt
 from adapters.text_table import render_table
 from orchestrator.state import SagaState, SagaStatus
 
@@ -36,10 +38,31 @@ def migrate() -> None:
 @app.command()
 def run() -> None:
     """Run the orchestrator: consume starts, cancels and replies; fire timers; relay the outbox."""
+    from adapters.http.serve import HttpSetupError
     from adapters.runtime import Orchestrator, run_until_signalled
 
     config = cs.settings()
-    cs.run(run_until_signalled(Orchestrator(config)))
+    try:
+        cs.run(run_until_signalled(Orchestrator(config)))
+    except HttpSetupError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def openapi(
+    output: Annotated[
+        Path | None, typer.Option(help="Write to this file instead of standard output.")
+    ] = None,
+) -> None:
+    """Print the HTTP API's OpenAPI document (committed as docs/openapi.json)."""
+    from adapters.http.app import openapi_document
+
+    text = json.dumps(openapi_document(), indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
 
 
 @app.command()
@@ -96,10 +119,15 @@ def start(
 def status(
     saga: Annotated[str, typer.Argument(help="Saga id or start key.")],
     as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Show a saga and its steps."""
-    config = cs.settings()
-    state = cs.run(cs.find_one(config, saga))
+    if url:
+        with ApiClient(url, token) as api:
+            state = api.saga(saga)
+    else:
+        state = cs.run(cs.find_one(cs.settings(), saga))
     if as_json:
         typer.echo(json.dumps(_state_json(state), indent=2))
         return
@@ -121,35 +149,97 @@ def status(
 
 @app.command("list")
 def list_(
+    *,
     status_: Annotated[
         SagaStatus | None, typer.Option("--status", help="Only sagas in this status.")
     ] = None,
     saga: Annotated[str | None, typer.Option(help="Only this saga name.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     as_json: JsonOpt = False,
+    version: Annotated[int | None, typer.Option(min=1, help="Only this saga version.")] = None,
+    key: Annotated[str | None, typer.Option(help="Only sagas with this start key.")] = None,
+    step: Annotated[
+        str | None,
+        typer.Option(help="Only sagas where this step runs, compensates, or failed and parks."),
+    ] = None,
+    created_after: Annotated[
+        str | None, typer.Option(help="Created at or after (ISO 8601; UTC without offset).")
+    ] = None,
+    created_before: Annotated[str | None, typer.Option(help="Created before.")] = None,
+    in_status_for: Annotated[
+        int | None,
+        typer.Option(min=0, help="In their current status for at least this many minutes."),
+    ] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """List sagas, newest first."""
+    """List sagas, newest activity first."""
     from orchestrator.ports import SagaQuery
 
-    config = cs.settings()
-    states = cs.run(
-        cs.with_store(config, lambda st: st.find(SagaQuery(status=status_, saga=saga, limit=limit)))
-    )
-    if as_json:
-        typer.echo(json.dumps([_state_json(s) for s in states], indent=2))
-        return
-    rows = [
-        [
-            str(s.saga_id),
-            s.name,
-            s.key,
-            s.status,
-            _current_step(s),
-            s.updated_at.strftime("%H:%M:%S"),
+    after = cs.parse_time("--created-after", created_after)
+    before = cs.parse_time("--created-before", created_before)
+    if url:
+        params = {
+            "status": status_,
+            "saga": saga,
+            "version": version,
+            "key": key,
+            "step": step,
+            "created_after": None if after is None else after.isoformat(),
+            "created_before": None if before is None else before.isoformat(),
+            "in_status_for_minutes": in_status_for,
+        }
+        with ApiClient(url, token) as api:
+            found = list(api.sagas(params, limit))
+            if as_json:  # the whole saga, as from the database: one request each
+                states = [api.saga(s["saga_id"]) for s in found]
+                typer.echo(json.dumps([_state_json(s) for s in states], indent=2))
+                return
+        rows = [
+            _list_row(
+                s["saga_id"],
+                s["saga"],
+                s["key"],
+                s["status"],
+                current=s["current_steps"],
+                updated_at=datetime.fromisoformat(s["updated_at"]),
+            )
+            for s in found
         ]
-        for s in states
-    ]
+    else:
+        query = SagaQuery(
+            status=status_,
+            saga=saga,
+            limit=limit,
+            version=version,
+            key=key,
+            step=step,
+            created_after=after,
+            created_before=before,
+            in_status_for=None if in_status_for is None else timedelta(minutes=in_status_for),
+        )
+        states = cs.run(cs.with_store(cs.settings(), lambda st: st.find(query)))
+        if as_json:
+            typer.echo(json.dumps([_state_json(s) for s in states], indent=2))
+            return
+        rows = [
+            _list_row(
+                str(s.saga_id),
+                s.name,
+                s.key,
+                s.status,
+                current=_current_steps(s),
+                updated_at=s.updated_at,
+            )
+            for s in states
+        ]
     typer.echo(render_table(["id", "saga", "key", "status", "step", "updated"], rows))
+
+
+def _list_row(
+    saga_id: str, name: str, key: str, status: str, *, current: list[str], updated_at: datetime
+) -> list[str]:
+    return [saga_id, name, key, status, ",".join(current) or "-", updated_at.strftime("%H:%M:%S")]
 
 
 @app.command()
@@ -159,10 +249,20 @@ def cancel(
         str, typer.Option(help="Why; recorded in the saga's history.")
     ] = "cancelled by operator",
     who: Annotated[str, typer.Option(help="Who asks; recorded in history.")] = "cli",
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Cancel a saga before its pivot; compensations run in reverse. Exit 1 when refused."""
+    """Cancel a saga before its pivot; compensations run in reverse. Exit 1 when refused.
+    On the database, a cancel for a key no saga has yet waits for its start; over --url the
+    saga must exist."""
     from orchestrator.messages import CancelSaga
 
+    if url:
+        with ApiClient(url, token) as api:
+            target = api.saga(saga)
+            done = api.cancel(target.saga_id, reason, who)
+        typer.echo(f"{done.saga_id}: {done.status}")
+        return
     config = cs.settings()
     try:
         request = CancelSaga(saga_id=uuid.UUID(saga), reason=reason)
@@ -209,9 +309,8 @@ def _state_json(state: SagaState) -> dict[str, Any]:
     }
 
 
-def _current_step(state: SagaState) -> str:
-    active = [s.name for s in state.steps if s.status in ("running", "compensating")]
-    return ",".join(active) or "-"
+def _current_steps(state: SagaState) -> list[str]:
+    return [s.name for s in state.steps if s.status in ("running", "compensating")]
 
 
 def _short(value: Any, width: int = 60) -> str:

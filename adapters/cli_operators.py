@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from adapters import cli_support as cs
-from adapters.cli_support import JsonOpt
+from adapters.cli_api import ApiClient
+from adapters.cli_support import JsonOpt, TokenOpt, UrlOpt
 from adapters.text_table import render_table
 from orchestrator.machine import (
     MarkCompensated,
@@ -44,52 +44,88 @@ def register(app: typer.Typer) -> None:
     app.command()(history)
 
 
-def retry(saga: SagaArg, reason: ReasonOpt, who: WhoOpt = None) -> None:
+def retry(
+    saga: SagaArg,
+    *,
+    reason: ReasonOpt,
+    who: WhoOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
     """Continue a parked (failed) saga from where it stopped, with a fresh retry budget."""
-    _act(saga, who, lambda: RetryRequested(reason))
+    _act(saga, RetryRequested(reason), who, url, token)
 
 
 def skip(
     saga: SagaArg,
     step: Annotated[str, typer.Argument(help="The step to treat as done.")],
+    *,
     reason: ReasonOpt,
     result: Annotated[
         str, typer.Option(help="The step's result as JSON (later steps may use it).")
     ] = "null",
     who: WhoOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Treat a step as done with a supplied result: a step parked past the pivot (the saga
     then continues), or a pending step of a paused saga."""
     value = cs.parse_json("--result", result)
-    _act(saga, who, lambda: SkipRequested(step=step, result=value, reason=reason))
+    _act(saga, SkipRequested(step=step, result=value, reason=reason), who, url, token)
 
 
-def mark_compensated(saga: SagaArg, reason: ReasonOpt, who: WhoOpt = None) -> None:
+def mark_compensated(
+    saga: SagaArg,
+    *,
+    reason: ReasonOpt,
+    who: WhoOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
     """Record that the parked compensation was done by hand (--reason is the note); the saga
     then undoes the remaining steps."""
-    _act(saga, who, lambda: MarkCompensated(reason))
+    _act(saga, MarkCompensated(reason), who, url, token)
 
 
-def pause(saga: SagaArg, reason: ReasonOpt, who: WhoOpt = None) -> None:
+def pause(
+    saga: SagaArg,
+    *,
+    reason: ReasonOpt,
+    who: WhoOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
     """Dispatch nothing new and hold the saga's timers until `resume` (replies of commands
     already sent are still recorded)."""
-    _act(saga, who, lambda: PauseRequested(reason))
+    _act(saga, PauseRequested(reason), who, url, token)
 
 
-def resume(saga: SagaArg, reason: ReasonOpt, who: WhoOpt = None) -> None:
+def resume(
+    saga: SagaArg,
+    *,
+    reason: ReasonOpt,
+    who: WhoOpt = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
     """Resume a paused saga: timers that came due meanwhile fire, dispatch continues."""
-    _act(saga, who, lambda: ResumeRequested(reason))
+    _act(saga, ResumeRequested(reason), who, url, token)
 
 
-def history(saga: SagaArg, as_json: JsonOpt = False) -> None:
+def history(
+    saga: SagaArg, as_json: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None
+) -> None:
     """A saga's history: every transition and operator action, with who and why."""
-    config = cs.settings()
+    if url:
+        with ApiClient(url, token) as api:
+            records = api.history(api.saga(saga).saga_id)
+    else:
 
-    async def read(store: Any) -> list[Any]:
-        state = await cs.find_in(store, saga)
-        return list(await store.history(state.saga_id))
+        async def read(store: Any) -> list[Any]:
+            state = await cs.find_in(store, saga)
+            return list(await store.history(state.saga_id))
 
-    records = cs.run(cs.with_store(config, read))
+        records = cs.run(cs.with_store(cs.settings(), read))
     if as_json:
         rows = [
             {
@@ -118,16 +154,24 @@ def history(saga: SagaArg, as_json: JsonOpt = False) -> None:
     typer.echo(render_table(["seq", "at", "event", "step", "actor", "detail"], table))
 
 
-def _act(saga: str, who: str | None, action: Callable[[], OperatorEvent]) -> None:
-    config = cs.settings()
-    actor = f"operator:{who or getpass.getuser()}"
+def _act(
+    saga: str, action: OperatorEvent, who: str | None, url: str | None, token: str | None
+) -> None:
+    """On the HTTP API at `url`, or (None) on the database."""
+    who = who or getpass.getuser()
+    if url:
+        with ApiClient(url, token) as client:
+            state = client.operate(client.saga(saga).saga_id, action, who)
+        typer.echo(f"{state.saga_id}: {state.status}")
+        return
+    actor = f"operator:{who}"
 
     async def act(engine: Any) -> SagaState:
-        state = await cs.find_in(engine.store, saga)
-        done: SagaState = await engine.operate(state.saga_id, action(), actor)
+        target = await cs.find_in(engine.store, saga)
+        done: SagaState = await engine.operate(target.saga_id, action, actor)
         return done
 
-    state = cs.run(cs.with_engine(config, act))
+    state = cs.run(cs.with_engine(cs.settings(), act))
     typer.echo(f"{state.saga_id}: {state.status}")
 
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -25,6 +26,27 @@ from orchestrator.state import SagaState
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+# The read and act commands talk to the HTTP API instead of the database when given a URL
+# (adapters/cli_api.py).
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="SAGA_API_URL",
+        help="The HTTP API of `saga run`, e.g. http://127.0.0.1:8080: use it instead of the "
+        "database. Exit codes: 1 refused, 2 bad input or not allowed, 3 not found, "
+        "4 unreachable.",
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="SAGA_API_TOKEN",
+        help="Bearer token for --url; prefer the variable (a command line is visible to "
+        "other users).",
+    ),
+]
 
 
 def settings() -> Settings:
@@ -98,6 +120,22 @@ async def find_in(store: Any, ident: str) -> SagaState:
 async def find_one(config: Settings, ident: str) -> SagaState:
     """`find_in` on a store of its own, for a command that needs nothing else."""
     return await with_store(config, lambda store: find_in(store, ident))
+
+
+def parse_time(label: str, raw: str | None) -> datetime | None:
+    """An ISO 8601 moment; UTC when it has no offset."""
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        typer.secho(
+            f"error: {label} is not an ISO 8601 time (e.g. 2030-01-31T12:00:00Z): {raw!r}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2) from exc
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def parse_json(label: str, raw: str) -> Any:

@@ -5,16 +5,32 @@ the process, platform and GC collectors (or another library's metrics) in the wa
 HTTP `/metrics` endpoint renders exactly this with `render()`.
 
 The engine knows nothing of Prometheus: it reports what happened through its `observe`
-callback (orchestrator.engine.Observer) and `observe` below turns that into counts. The
-consumers report dead-lettered messages through `dead_lettered`.
+callback (orchestrator.engine.Observer) and `observe` below turns that into counts and step
+latencies. The consumers report dead-lettered messages through `dead_lettered`.
+
+What only the database knows (sagas by status, outbox lag, due timers, ...) is read at scrape
+time: `await refresh_gauges(engine)` and then `render()` (adapters/http/observability.py).
+Every process counts its own events; sum them across processes. The database gauges are the
+same whichever process reports them: aggregate those with max, not sum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import re
+import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.postgres import gauges
+from adapters.postgres.gauges import LIVE_STATUSES, DatabaseGauges
+
+log = structlog.get_logger(__name__)
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -55,6 +71,43 @@ LOCKED_STARTS = Counter(
     registry=REGISTRY,
 )
 
+STEP_SECONDS = Histogram(
+    "saga_step_seconds",
+    "How long a step's command took, from sending it to the reply that settled it, by saga, "
+    "step (a map step's items under the map step's name) and kind: action or compensation. "
+    "Successes only: a failure or timeout is counted by saga_transitions_total.",
+    ["saga", "step", "kind"],
+    # From a fast local step to a participant that works for an hour.
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "saga_retries_scheduled",
+    "Failed attempts that will be tried again after a backoff, by saga and kind: action "
+    "(step_retry_scheduled) or compensation (compensation_retry_scheduled).",
+    ["saga", "kind"],
+    registry=REGISTRY,
+)
+COMPENSATIONS = Counter(
+    "saga_steps_compensated",
+    "Steps undone by their compensation, by saga.",
+    ["saga"],
+    registry=REGISTRY,
+)
+STARTED = Counter(
+    "saga_instances_started",
+    "Sagas started, by saga.",
+    ["saga"],
+    registry=REGISTRY,
+)
+FINISHED = Counter(
+    "saga_instances_finished",
+    "Sagas that ended, by saga and status: completed, compensated, cancelled, or failed "
+    "(parked for an operator; one that is moved on and ends later is counted again).",
+    ["saga", "status"],
+    registry=REGISTRY,
+)
+
 _NO_HISTORY = "saga_start_duplicate"
 # Starts that found a resource held: no saga (yet), so no history either.
 _LOCKED = {
@@ -62,6 +115,12 @@ _LOCKED = {
     "saga_start_queued": "queued",
     "lock_wait_expired": "lock_wait_expired",
 }
+_LATENCY = {"step_succeeded": "action", "step_compensated": "compensation"}
+_RETRIES = {"step_retry_scheduled": "action", "compensation_retry_scheduled": "compensation"}
+_FINISHED = {
+    f"saga_{status}": status for status in ("completed", "compensated", "cancelled", "failed")
+}
+_ITEM = re.compile(r"\[\d+\]$")
 
 
 def observe(event: str, detail: Mapping[str, Any]) -> None:
@@ -73,8 +132,30 @@ def observe(event: str, detail: Mapping[str, Any]) -> None:
         LOCKED_STARTS.labels(saga=str(detail.get("saga", "")), outcome=_LOCKED[event]).inc()
         return
     TRANSITIONS.labels(event=event).inc()
+    saga = str(detail.get("saga", ""))
     if event == "reply_ignored":
         REPLIES_IGNORED.labels(reason=str(detail.get("reason", ""))).inc()
+    elif event in _LATENCY:
+        seconds = detail.get("seconds")
+        # None when the step was sent by a version that did not record when.
+        if isinstance(seconds, int | float):
+            STEP_SECONDS.labels(
+                saga=saga, step=step_label(detail.get("step")), kind=_LATENCY[event]
+            ).observe(max(0.0, float(seconds)))
+        if event == "step_compensated":
+            COMPENSATIONS.labels(saga=saga).inc()
+    elif event in _RETRIES:
+        RETRIES.labels(saga=saga, kind=_RETRIES[event]).inc()
+    elif event == "saga_started":
+        STARTED.labels(saga=saga).inc()
+    elif event in _FINISHED:
+        FINISHED.labels(saga=saga, status=_FINISHED[event]).inc()
+
+
+def step_label(step: object) -> str:
+    """A step's name as a label: a map step's items (`ship[3]`) count as the map step, so
+    the number of series stays the number of steps however many items a map has."""
+    return _ITEM.sub("", str(step or ""))
 
 
 def dead_lettered(queue: str) -> None:
@@ -89,3 +170,103 @@ def value(name: str, **labels: str) -> float:
 def render() -> bytes:
     """The text exposition format, for a `/metrics` endpoint."""
     return generate_latest(REGISTRY)
+
+
+# -- read from the database at scrape time ------------------------------------------------
+
+
+class DatabaseCollector:
+    """Reports the latest database reading (adapters/postgres/gauges.py) as gauges.
+
+    A collector, not Gauge objects: a reading replaces the last one whole, so a saga whose
+    sagas all finished shows 0 instead of keeping its old count. Collecting is synchronous
+    and the engine is async, so the scrape handler reads first (`refresh_gauges`) and this
+    only reports. Until a first reading, and after a failed one, it reports only
+    `saga_database_up` (0 after a failure): stale values would mislead.
+    """
+
+    def __init__(self) -> None:
+        self._reading: DatabaseGauges | None = None
+        self._read_seconds = 0.0
+        self._up: float | None = None
+        # Every saga seen: reported with 0 in each status it has no instance in.
+        self._sagas: set[str] = set()
+
+    def update(self, reading: DatabaseGauges, read_seconds: float) -> None:
+        self._sagas.update(saga for saga, _status in reading.sagas)
+        self._reading, self._read_seconds, self._up = reading, read_seconds, 1.0
+
+    def failed(self) -> None:
+        self._reading, self._up = None, 0.0
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self._reading))
+
+    def _families(self, reading: DatabaseGauges | None) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "saga_database_up",
+            "1 when this scrape read the gauges below from the database, 0 when it could not.",
+        )
+        if self._up is not None:
+            up.add_metric([], self._up)
+        yield up
+        sagas = GaugeMetricFamily(
+            "saga_instances",
+            "Sagas by saga and status, of the statuses a saga is still in: running, "
+            "compensating, paused, failed (parked). Finished ones: saga_instances_finished_total.",
+            labels=["saga", "status"],
+        )
+        single = {
+            "saga_outbox_messages": "Messages in the outbox, written but not yet published.",
+            "saga_outbox_lag_seconds": "Age of the oldest outbox message (0 when empty): how "
+            "far publishing is behind.",
+            "saga_timers_due": "Sagas whose next timer (a timeout, a retry, a deadline) is due "
+            "now: more than a handful for long means no orchestrator is sweeping timers.",
+            "saga_oldest_running_age_seconds": "Seconds since the oldest running or "
+            "compensating saga started (0 when there is none).",
+            "saga_semantic_locks_held": "Resources held by a saga's semantic lock.",
+            "saga_semantic_lock_waiters": "Starts waiting for a semantic lock.",
+            "saga_database_read_seconds": "How long reading these gauges took.",
+        }
+        families = {name: GaugeMetricFamily(name, text) for name, text in single.items()}
+        if reading is not None:
+            for saga in sorted(self._sagas):
+                for status in LIVE_STATUSES:
+                    count = reading.sagas.get((saga, status.value), 0)
+                    sagas.add_metric([saga, status.value], count)
+            values = {
+                "saga_outbox_messages": reading.outbox_messages,
+                "saga_outbox_lag_seconds": reading.outbox_lag_seconds,
+                "saga_timers_due": reading.timers_due,
+                "saga_oldest_running_age_seconds": reading.oldest_active_saga_seconds,
+                "saga_semantic_locks_held": reading.locks_held,
+                "saga_semantic_lock_waiters": reading.lock_waiters,
+                "saga_database_read_seconds": self._read_seconds,
+            }
+            for name, value in values.items():
+                families[name].add_metric([], value)
+        yield sagas
+        yield from families.values()
+
+
+DATABASE = DatabaseCollector()
+REGISTRY.register(DATABASE)
+
+
+async def refresh_gauges(engine: AsyncEngine, *, timeout: float = 5.0) -> bool:
+    """Read the database gauges for the next `render()`; False (and `saga_database_up` 0)
+    when the database did not answer within `timeout` seconds. Never raises: a scrape must
+    still report the counters when the database is down."""
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            reading = await gauges.read(engine)
+    except Exception as exc:
+        log.warning("metrics_database_read_failed", error=str(exc)[:200] or type(exc).__name__)
+        DATABASE.failed()
+        return False
+    DATABASE.update(reading, time.perf_counter() - started)
+    return True

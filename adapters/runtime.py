@@ -8,7 +8,7 @@ import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from sqlalchemy.exc import DBAPIError
@@ -22,6 +22,7 @@ from adapters.rabbitmq.consumer import Delivery, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
+from orchestrator import trace
 from orchestrator.engine import Engine
 from orchestrator.errors import (
     ConcurrentUpdate,
@@ -36,6 +37,9 @@ from orchestrator.messages import CancelSaga, Reply, StartSaga
 from orchestrator.ports import REPLY_QUEUE
 from orchestrator.registry import Registry, load_modules
 from orchestrator.versioning import require_loaded
+
+if TYPE_CHECKING:
+    from adapters.http.serve import HttpServer
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -103,9 +107,16 @@ class Orchestrator:
         self._stops: list[Callable[[], Awaitable[Any]]] = []
         self._stopping = asyncio.Event()
         self.engine: Engine | None = None
+        self.http: HttpServer | None = None  # serving SAGA_HTTP_BIND, once started
 
     async def start(self) -> None:
+        from adapters.http.serve import http_plan, listen
+
         s = self.settings
+        # Before connecting to anything: an API open to the network without tokens, a bad
+        # bind or a taken port stops start-up at once.
+        bind = http_plan(s)
+        sock = None if bind is None else listen(bind)
         db = make_engine(s.database_url, pool_size=s.db_pool_size)
         self._stops.append(db.dispose)
         store = PostgresStore(db)
@@ -115,6 +126,8 @@ class Orchestrator:
             require_loaded(await store.versions_in_use(), self.registry)
         except (DefinitionConflict, MissingDefinition):
             await db.dispose()
+            if sock is not None:
+                sock.close()
             raise
         connection = await connect(s.amqp_url)
         self._stops.append(connection.close)
@@ -150,6 +163,12 @@ class Orchestrator:
             self._tasks.append(
                 asyncio.create_task(self._loop("locks", self._locks, s.timer_interval))
             )
+        if sock is not None:
+            from adapters.http.app import create_app
+            from adapters.http.serve import serve
+
+            self.http = await serve(create_app(s, store, self.engine), sock)
+            self._stops.insert(0, self.http.stop)
         log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
 
     async def stop(self) -> None:
@@ -173,17 +192,25 @@ class Orchestrator:
         await self.stop()
 
     # -- message handlers: commit inside, ack after return (consumer.py) ------------------
+    # What they bind with `bind_contextvars` names every later log line of the message, the
+    # consumer's own included, until it is settled.
 
     async def _on_request(self, message: Delivery) -> None:
         engine = self._engine()
         if message.routing_key == "start":
             start = parse(StartSaga, message)
+            structlog.contextvars.bind_contextvars(saga=start.saga, key=start.key)
+            context = trace.from_headers(message.headers)
             try:
-                await with_db_retries(lambda: engine.start(start))
+                await with_db_retries(lambda: engine.start(start, trace=context))
             except (UnknownSaga, InvalidInput) as exc:
                 raise Poison(str(exc)) from exc
         elif message.routing_key == "cancel":
             cancel = parse(CancelSaga, message)
+            target = {"saga_id": cancel.saga_id, "saga": cancel.saga, "key": cancel.key}
+            structlog.contextvars.bind_contextvars(
+                **{name: str(value) for name, value in target.items() if value is not None}
+            )
             try:
                 await with_db_retries(lambda: engine.cancel(cancel))
             except SagaNotFound as exc:
@@ -197,6 +224,9 @@ class Orchestrator:
     async def _on_reply(self, message: Delivery) -> None:
         engine = self._engine()
         reply = parse(Reply, message)
+        structlog.contextvars.bind_contextvars(
+            saga_id=str(reply.saga_id), step=reply.step, command_id=str(reply.command_id)
+        )
         await with_db_retries(lambda: engine.reply(reply))
         self.faults("after_commit_before_ack")
 

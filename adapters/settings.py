@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -42,10 +42,41 @@ class Settings(BaseSettings):
     fault: str | None = Field(
         None, description="Named fault point where the process exits hard (tests only)."
     )
+    # -- HTTP API (adapters/http, docs/http-api.md) -----------------------------------------
+    http_bind: str = Field(
+        "127.0.0.1:8080",
+        description="host:port where `saga run` serves the HTTP API and dashboard; empty for "
+        "none. A host other than loopback needs api_tokens.",
+    )
+    api_tokens: SecretStr = Field(
+        SecretStr(""),
+        description="Bearer tokens, comma-separated `name:role:token`, role `read` or "
+        "`operate` (operate implies read). None: the API is open, on loopback only.",
+    )
+    http_max_body: int = Field(
+        1_048_576, ge=1, description="Largest request body the API accepts, in bytes."
+    )
+    http_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser, comma-separated; none "
+        "by default (no CORS headers at all).",
+    )
+    redact_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "password",
+            "secret",
+            "token",
+            "card_number",
+            "cvv",
+            "api_key",
+            "authorization",
+        ],
+        description='JSON keys (any case) whose values the API shows as "***", comma-separated.',
+    )
 
-    @field_validator("modules", mode="before")
+    @field_validator("modules", "http_cors_origins", "redact_fields", mode="before")
     @classmethod
-    def _split_modules(cls, value: Any) -> Any:
+    def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [m.strip() for m in value.split(",") if m.strip()]
         return value

@@ -21,6 +21,18 @@ if ! rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
   wait_for RabbitMQ rabbitmq-diagnostics -q check_port_connectivity
 fi
 
+# The dashboard's browser tests drive Debian's Chromium, headless, through chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver ..."
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: the dashboard's browser tests need Chromium:" \
+      "sudo apt-get install -y chromium chromium-driver" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then

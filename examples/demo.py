@@ -147,6 +147,9 @@ async def run_demo(settings: Settings, orders: int = 40) -> bool:
             "SAGA_AMQP_URL": settings.amqp_url,
             "SAGA_AMQP_PREFIX": settings.amqp_prefix,
             "SAGA_LOG_FORMAT": "json",
+            # The demo ends with its summary: no dashboard to keep, and no port to clash
+            # with a `saga run` already serving one on this machine.
+            "SAGA_HTTP_BIND": "",
             "SHOP_DATABASE_URL": shop_url,
             "SHOP_SLOW_SECONDS": "2.0",
         },

@@ -21,8 +21,13 @@ from orchestrator.machine import (
     CancelRequested,
     Decision,
     HistoryEntry,
+    MarkCompensated,
     OperatorEvent,
+    PauseRequested,
     ReplyReceived,
+    ResumeRequested,
+    RetryRequested,
+    SkipRequested,
     TimersDue,
 )
 from orchestrator.messages import (
@@ -46,6 +51,7 @@ from orchestrator.ports import (
 )
 from orchestrator.registry import Registry
 from orchestrator.state import SagaState, SagaStatus
+from orchestrator.trace import log_fields as trace_log_fields
 
 log = structlog.get_logger("orchestrator.engine")
 
@@ -65,6 +71,14 @@ def _ignore(_event: str, _detail: Mapping[str, Any]) -> None:
 # A saga gives its semantic locks back when it is done with its resources. Not when parked
 # (failed): what it half did may still be inconsistent, and an operator must finish it first.
 _GIVES_BACK_LOCKS = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.CANCELLED})
+# Operator actions by the name operators know them by (the CLI's commands, the API's paths).
+ACTION_NAMES: dict[type[OperatorEvent], str] = {
+    PauseRequested: "pause",
+    ResumeRequested: "resume",
+    RetryRequested: "retry",
+    SkipRequested: "skip",
+    MarkCompensated: "mark-compensated",
+}
 # Waiting starts begun per transaction; a release frees few resources, so few are ever due.
 _GRANT_BATCH = 100
 
@@ -126,8 +140,17 @@ class Engine:
 
     # -- inbound --------------------------------------------------------------------------
 
-    async def start(self, request: StartSaga, actor: str = "broker") -> StartOutcome:
-        """Start a saga, or return the one that already has this key (idempotent)."""
+    async def start(
+        self,
+        request: StartSaga,
+        actor: str = "broker",
+        *,
+        trace: Mapping[str, str] | None = None,
+    ) -> StartOutcome:
+        """Start a saga, or return the one that already has this key (idempotent).
+        `trace`: the W3C trace context the request came with (orchestrator/trace.py); the
+        saga keeps it and every message it sends carries it. Not kept by a start that waits
+        for a semantic lock."""
         definition = self.registry.get(request.saga, request.version)
         try:
             validated = definition.input.model_validate(request.input)
@@ -154,6 +177,7 @@ class Engine:
                     now=now,
                     cancel_reason=cancel_reason,
                     parent=request.parent,
+                    trace=trace,
                 )
                 # A saga cancelled before it started runs no step: it needs no resource.
                 if resources and cancel_reason is None:
@@ -243,7 +267,9 @@ class Engine:
         recorded in its history with `actor` and the action's reason. Raises SagaNotFound,
         or OperationRefused saying why the action does not apply now."""
         if not action.reason.strip():
-            raise OperationRefused("say why: operator actions are recorded with a reason")
+            why = "say why: operator actions are recorded with a reason"
+            await self._record_refusal(saga_id, action, actor, why)
+            raise OperationRefused(why)
         now = self.clock()
         written = _Written()
         async with self.store.transaction() as tx:
@@ -252,18 +278,39 @@ class Engine:
                 raise SagaNotFound(f"no saga with id {saga_id}")
             definition = self.registry.get(state.name, state.version)
             decision = machine.decide(definition, state, action, now)
-            if decision.refused is not None:
-                log.info(
-                    "operator_action_refused",
-                    saga_id=str(saga_id),
-                    action=type(action).__name__,
-                    actor=actor,
-                    why=decision.refused,
-                )
-                raise OperationRefused(decision.refused)
-            saved = await self._write(tx, decision, actor, written, before=state)
+            if decision.refused is None:
+                saved = await self._write(tx, decision, actor, written, before=state)
+        if decision.refused is not None:
+            await self._record_refusal(saga_id, action, actor, decision.refused)
+            raise OperationRefused(decision.refused)
         await self._after_commit(written)
         return saved
+
+    async def _record_refusal(
+        self, saga_id: UUID, action: OperatorEvent, actor: str, why: str
+    ) -> None:
+        """Record a refused operator action in the saga's history, in a transaction of its
+        own (the refused one wrote nothing): the audit trail shows who tried what, and why
+        it was refused. Nothing to record when there is no such saga."""
+        step = action.step if isinstance(action, SkipRequested) else None
+        detail = {"action": ACTION_NAMES[type(action)], "reason": action.reason, "why": why}
+        if step is not None:
+            detail["step"] = step
+        written = _Written()
+        async with self.store.transaction() as tx:
+            state = await tx.lock(saga_id)
+            if state is None:
+                return
+            await tx.append_history(
+                saga_id, [HistoryEntry("operator_action_refused", step, detail)], actor
+            )
+            written.observed.append(
+                (
+                    "operator_action_refused",
+                    {**detail, "actor": actor, "saga": state.name, "saga_id": str(saga_id)},
+                )
+            )
+        await self._after_commit(written)
 
     async def reply(self, reply: Reply) -> bool:
         """Apply a participant's reply; False when it named no known saga.
@@ -362,6 +409,8 @@ class Engine:
             state = replace(state, revision=before.revision + 1)
             await tx.save(before, state)
         history = list(decision.history)
+        # Every message of the saga carries the trace context its start came with.
+        headers = state.trace or None
         freed: tuple[str, ...] = ()
         if self._gives_back_locks(before, state):
             freed = await tx.release_locks(state.saga_id)
@@ -376,6 +425,7 @@ class Engine:
                 body=c.model_dump_json().encode(),
                 message_id=str(c.command_id),
                 reply_to=REPLY_QUEUE,
+                headers=headers,
             )
             for c in decision.commands
         ] + [
@@ -384,6 +434,7 @@ class Engine:
                 routing_key=e.routing_key,
                 body=e.model_dump_json().encode(),
                 message_id=f"{e.saga_id}:{e.status}:{state.revision}",
+                headers=headers,
             )
             for e in decision.events
         ]
@@ -395,6 +446,7 @@ class Engine:
                 routing_key=routing_key,
                 body=body.model_dump_json().encode(),
                 message_id=f"{state.saga_id}:{state.revision}:{routing_key}:{n}",
+                headers=headers,
             )
             for n, (routing_key, body) in enumerate(decision.requests)
         ] + [
@@ -403,6 +455,7 @@ class Engine:
                 routing_key=REPLY_QUEUE,
                 body=r.model_dump_json().encode(),
                 message_id=f"{r.command_id}:{state.revision}",
+                headers=headers,
             )
             for r in decision.replies
         ]
@@ -415,6 +468,8 @@ class Engine:
                         "saga": state.name,
                         "saga_id": str(state.saga_id),
                         "step": entry.step,
+                        # Log lines of a timer's transition too name the saga's trace.
+                        **trace_log_fields(state.trace),
                     },
                 )
             )

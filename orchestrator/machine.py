@@ -7,6 +7,7 @@ in events.py, one transition's working in transition.py, operators' actions in o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -66,9 +67,11 @@ def start(
     now: datetime,
     cancel_reason: str | None = None,
     parent: ParentRef | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> Decision:
     """A new saga. With `cancel_reason` (a cancel arrived before the start) it ends at once.
-    `parent`: the parent step a child saga answers when it ends."""
+    `parent`: the parent step a child saga answers when it ends. `trace`: the W3C trace
+    context of the start message, carried on by every message the saga sends."""
     state = SagaState(
         saga_id=saga_id,
         name=definition.name,
@@ -82,6 +85,7 @@ def start(
         deadline_at=after(now, definition.deadline),
         parent=parent,
         status_since=now,
+        trace=dict(trace) if trace else None,
     )
     b = Transition(definition, state, now)
     b.record("saga_started", detail={"version": definition.version})

@@ -6,7 +6,7 @@ contract tests (tests/contract).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,6 +45,8 @@ class OutboxMessage:
     message_id: str
     reply_to: str | None = None
     id: int | None = None  # assigned by the store
+    # Message headers to send along: the saga's W3C trace context (orchestrator/trace.py).
+    headers: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,10 +89,25 @@ class HistoryRecord:
 
 @dataclass(frozen=True)
 class SagaQuery:
+    """Which sagas `SagaStore.find` lists, newest activity first (updated_at, then id, both
+    descending). Every filter given must hold."""
+
     status: SagaStatus | None = None
     saga: str | None = None
     key: str | None = None
     limit: int = 50
+    version: int | None = None
+    # Sagas with a step of this name running or compensating now, or failed and parked.
+    step: str | None = None
+    # Created in [created_after, created_before).
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    # In their current status for at least this long (by `status_since`, on the store's clock).
+    in_status_for: timedelta | None = None
+    # Keyset pagination: only sagas that sort after this (updated_at, saga_id), i.e. the last
+    # one of the previous page. A saga that changes while pages are read moves to the front:
+    # it is never listed twice, and is found again by starting over.
+    after: tuple[datetime, UUID] | None = None
 
 
 class SagaTransaction(Protocol):
@@ -206,6 +223,10 @@ class SagaStore(Protocol):
     async def get(self, saga_id: UUID) -> SagaState | None: ...
 
     async def find(self, query: SagaQuery) -> list[SagaState]: ...
+
+    async def count_by_status(self, saga: str | None = None) -> dict[SagaStatus, int]:
+        """How many sagas (of that name, when given) are in each status; every status is a
+        key, 0 included."""
 
     async def history(self, saga_id: UUID) -> list[HistoryRecord]: ...
 

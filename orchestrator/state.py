@@ -164,6 +164,9 @@ class SagaState:
     parent: ParentRef | None = None
     # When the saga entered its current status (operators ask "compensating for how long?").
     status_since: datetime | None = None
+    # The W3C trace context its start message carried (`traceparent`, maybe `tracestate`):
+    # every message the saga sends carries it on (orchestrator/trace.py). Set once, at start.
+    trace: dict[str, str] | None = None
 
     @property
     def next_due_at(self) -> datetime | None:

@@ -29,7 +29,7 @@ from orchestrator.ports import (
     SagaQuery,
     VersionInUse,
 )
-from orchestrator.state import SagaState, SagaStatus, StepState
+from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 from orchestrator.versioning import UNFINISHED
 
 
@@ -270,21 +270,56 @@ class MemoryStore:
         return self._data.sagas.get(saga_id)
 
     async def find(self, query: SagaQuery) -> list[SagaState]:
-        found = [
-            s
-            for s in self._data.sagas.values()
-            if (query.status is None or s.status == query.status)
-            and (query.saga is None or s.name == query.saga)
-            and (query.key is None or s.key == query.key)
-        ]
+        since = None if query.in_status_for is None else _utc(self._clock()) - query.in_status_for
+        found = [s for s in self._data.sagas.values() if _matches(s, query, since)]
         found.sort(key=lambda s: (s.updated_at, s.saga_id), reverse=True)
         return found[: query.limit]
+
+    async def count_by_status(self, saga: str | None = None) -> dict[SagaStatus, int]:
+        counts = dict.fromkeys(SagaStatus, 0)
+        for s in self._data.sagas.values():
+            if saga is None or s.name == saga:
+                counts[s.status] += 1
+        return counts
 
     async def history(self, saga_id: UUID) -> list[HistoryRecord]:
         return list(self._data.history.get(saga_id, ()))
 
     async def locks(self) -> LocksView:
         return self._data.semantic.view({i: s.status for i, s in self._data.sagas.items()})
+
+
+def _matches(s: SagaState, query: SagaQuery, in_status_since: datetime | None) -> bool:
+    """`in_status_since`: the latest `status_since` that `query.in_status_for` allows."""
+    return (
+        (query.status is None or s.status == query.status)
+        and (query.saga is None or s.name == query.saga)
+        and (query.key is None or s.key == query.key)
+        and (query.version is None or s.version == query.version)
+        and (query.created_after is None or s.created_at >= _utc(query.created_after))
+        and (query.created_before is None or s.created_at < _utc(query.created_before))
+        and (
+            in_status_since is None
+            or (s.status_since is not None and s.status_since <= in_status_since)
+        )
+        and (query.step is None or _holds_step(s, query.step))
+        and (
+            query.after is None
+            or (s.updated_at, s.saga_id) < (_utc(query.after[0]), query.after[1])
+        )
+    )
+
+
+def _holds_step(state: SagaState, name: str) -> bool:
+    """The step runs or compensates now, or failed and parks the saga."""
+    return any(
+        s.name == name
+        and (
+            s.status in (StepStatus.RUNNING, StepStatus.COMPENSATING)
+            or (s.status == StepStatus.FAILED and state.status == SagaStatus.FAILED)
+        )
+        for s in state.steps
+    )
 
 
 def _check_transition(before: SagaState, after: SagaState) -> None:

@@ -26,7 +26,14 @@ def psycopg_url(url: str | URL) -> URL:
 
 def make_engine(url: str | URL, pool_size: int = 5) -> AsyncEngine:
     """The pooled engine a long-running process shares between all its transactions."""
-    return create_async_engine(psycopg_url(url), pool_size=pool_size, connect_args=_CONNECT_ARGS)
+    # hide_parameters: a failed statement's error (logged with its traceback) must not carry
+    # saga input or results, which may hold personal data, into the logs.
+    return create_async_engine(
+        psycopg_url(url),
+        pool_size=pool_size,
+        connect_args=_CONNECT_ARGS,
+        hide_parameters=True,
+    )
 
 
 def single_use_engine(url: str | URL, *, autocommit: bool = False) -> AsyncEngine:

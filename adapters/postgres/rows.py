@@ -25,6 +25,7 @@ def instance_values(state: SagaState) -> dict[str, Any]:
         "key": state.key,
         "input": state.input,
         "created_at": state.created_at,
+        "trace": state.trace,
         **progress_values(state),
     }
 
@@ -103,6 +104,7 @@ def outbox_message(row: sa.Row[Any]) -> OutboxMessage:
         message_id=row.message_id,
         reply_to=row.reply_to,
         id=row.id,
+        headers=row.headers,
     )
 
 
@@ -125,6 +127,7 @@ def _state(row: sa.Row[Any], steps: tuple[StepState, ...]) -> SagaState:
         resume_status=None if row.resume_status is None else SagaStatus(row.resume_status),
         parent=None if row.parent is None else ParentRef.model_validate(row.parent),
         status_since=row.status_since,
+        trace=row.trace,
     )
 
 

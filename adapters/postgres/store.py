@@ -13,7 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.postgres import semantic_locks
 from adapters.postgres.errors import translated
 from adapters.postgres.rows import load_states
-from adapters.postgres.tables import saga_definitions, saga_history, saga_instances
+from adapters.postgres.tables import (
+    saga_definitions,
+    saga_history,
+    saga_instances,
+    saga_steps,
+)
 from adapters.postgres.transaction import PostgresTransaction
 from orchestrator.errors import DefinitionConflict
 from orchestrator.locks import LocksView
@@ -24,7 +29,7 @@ from orchestrator.ports import (
     SagaQuery,
     VersionInUse,
 )
-from orchestrator.state import SagaState, SagaStatus
+from orchestrator.state import SagaState, SagaStatus, StepStatus
 from orchestrator.versioning import UNFINISHED
 
 
@@ -34,6 +39,11 @@ class PostgresStore:
         # Reads of a saga span two statements (instance, steps): one snapshot for both, so a
         # transition committed in between is seen whole or not at all.
         self._reader = engine.execution_options(isolation_level="REPEATABLE READ")
+
+    @property
+    def db_engine(self) -> AsyncEngine:
+        """The connection pool: for health checks and gauges that read the database."""
+        return self._engine
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
@@ -111,18 +121,24 @@ class PostgresStore:
 
     async def find(self, query: SagaQuery) -> list[SagaState]:
         """Newest activity first: the order the (status, updated_at) index serves."""
+        i = saga_instances.c
         statement = (
             sa.select(saga_instances)
-            .order_by(saga_instances.c.updated_at.desc(), saga_instances.c.id.desc())
+            .where(*_filters(query))
+            .order_by(i.updated_at.desc(), i.id.desc())
             .limit(query.limit)
         )
-        if query.status is not None:
-            statement = statement.where(saga_instances.c.status == query.status.value)
-        if query.saga is not None:
-            statement = statement.where(saga_instances.c.name == query.saga)
-        if query.key is not None:
-            statement = statement.where(saga_instances.c.key == query.key)
         return await self._read(statement)
+
+    async def count_by_status(self, saga: str | None = None) -> dict[SagaStatus, int]:
+        i = saga_instances.c
+        statement = sa.select(i.status, sa.func.count()).group_by(i.status)
+        if saga is not None:
+            statement = statement.where(i.name == saga)
+        with translated():
+            async with self._engine.connect() as conn:
+                found = {status: n for status, n in (await conn.execute(statement)).all()}
+        return {status: found.get(status.value, 0) for status in SagaStatus}
 
     async def history(self, saga_id: UUID) -> list[HistoryRecord]:
         with translated():
@@ -157,3 +173,34 @@ class PostgresStore:
             async with self._reader.connect() as conn:
                 found = await conn.execute(statement)
                 return await load_states(conn, found.all())
+
+
+def _filters(query: SagaQuery) -> list[sa.ColumnElement[bool]]:
+    i = saga_instances.c
+    where: list[sa.ColumnElement[bool]] = []
+    if query.status is not None:
+        where.append(i.status == query.status.value)
+    if query.saga is not None:
+        where.append(i.name == query.saga)
+    if query.key is not None:
+        where.append(i.key == query.key)
+    if query.version is not None:
+        where.append(i.version == query.version)
+    if query.created_after is not None:
+        where.append(i.created_at >= query.created_after)
+    if query.created_before is not None:
+        where.append(i.created_at < query.created_before)
+    if query.in_status_for is not None:
+        # The database's clock, like the relay's: one clock for every orchestrator replica.
+        where.append(i.status_since <= sa.func.now() - query.in_status_for)
+    if query.step is not None:
+        st = saga_steps.c
+        active = st.status.in_([StepStatus.RUNNING.value, StepStatus.COMPENSATING.value])
+        parked = sa.and_(st.status == StepStatus.FAILED.value, i.status == SagaStatus.FAILED.value)
+        where.append(
+            sa.exists().where(st.saga_id == i.id, st.name == query.step, sa.or_(active, parked))
+        )
+    if query.after is not None:
+        updated_at, saga_id = query.after
+        where.append(sa.tuple_(i.updated_at, i.id) < sa.tuple_(updated_at, saga_id))
+    return where

@@ -62,6 +62,8 @@ saga_instances = sa.Table(
     sa.Column("parent", _Json),
     # When the saga entered its current status.
     sa.Column("status_since", _Timestamp),
+    # The W3C trace context of its start message (traceparent, tracestate): set at start.
+    sa.Column("trace", _Json),
     sa.UniqueConstraint("name", "key"),
     _one_of("status", [s.value for s in SagaStatus]),
     sa.CheckConstraint(
@@ -147,6 +149,8 @@ outbox = sa.Table(
     sa.Column("message_id", sa.Text, nullable=False),
     sa.Column("reply_to", sa.Text),
     sa.Column("created_at", _Timestamp, nullable=False, server_default=sa.func.now()),
+    # Message headers to publish with it (the saga's trace context); NULL for none.
+    sa.Column("headers", _Json),
     sa.Index("ix_outbox_created_at", "created_at"),
 )
 

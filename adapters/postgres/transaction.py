@@ -165,6 +165,7 @@ class PostgresTransaction:
                     "body": m.body,
                     "message_id": m.message_id,
                     "reply_to": m.reply_to,
+                    "headers": dict(m.headers) if m.headers else None,
                 }
                 for m in messages
             ],

@@ -13,13 +13,19 @@ What happens to a message, by how its handler ended:
   it after its delivery limit, so a message that crashes every time does not loop forever.
   Without the backoff a requeued message comes straight back, and a few seconds of database
   restart would burn through the limit and dead-letter good messages.
+
+Log lines: while a message is handled, every line carries its trace id (from a W3C
+`traceparent` header) and whatever the handler bound with `bind_contextvars` (its saga_id,
+say), the consumer's own lines about the message included. Both are gone once the message
+is settled.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
+from orchestrator import trace
 from orchestrator.errors import Poison
 from orchestrator.ports import Exchange
 
@@ -227,6 +234,12 @@ class Consumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         delivery = Delivery.of(message, self.queue.name)
+        with _log_scope(delivery):
+            await self._settle_after_handling(message, delivery)
+
+    async def _settle_after_handling(
+        self, message: AbstractIncomingMessage, delivery: Delivery
+    ) -> None:
         bound = log.bind(
             queue=delivery.queue,
             routing_key=delivery.routing_key,
@@ -288,6 +301,19 @@ class Consumer:
         bound.warning("message_dead_lettered", reason=reason)
         self.on_dead_letter(delivery.queue)
         await _settle(message.ack(), bound)
+
+
+@contextmanager
+def _log_scope(delivery: Delivery) -> Iterator[None]:
+    """Log fields for one message: its trace id now, the handler's binds later; restored as
+    they were when the message is done (each message runs in a task of its own anyway)."""
+    saved = structlog.contextvars.get_contextvars()
+    structlog.contextvars.bind_contextvars(**trace.log_fields(trace.from_headers(delivery.headers)))
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**saved)
 
 
 async def _settle(outcome: Awaitable[None], bound: Any) -> None:

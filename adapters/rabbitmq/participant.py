@@ -11,6 +11,7 @@ from adapters import metrics
 from adapters.rabbitmq.consumer import Consumer, Delivery, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
+from orchestrator import trace
 from orchestrator.errors import Poison
 from orchestrator.messages import Command, Reply
 from orchestrator.participant import Participant, heartbeats
@@ -88,6 +89,8 @@ class ParticipantWorker:
         if not delivery.reply_to:
             raise Poison("no reply_to property: the reply would have nowhere to go")
         reply_to = delivery.reply_to
+        # The saga's trace context goes back with every reply and heartbeat, as it came.
+        context = trace.from_headers(delivery.headers)
 
         async def send(reply: Reply) -> None:
             await self.publisher.publish_to_queue(
@@ -96,15 +99,23 @@ class ParticipantWorker:
                 # A fresh id per reply: the orchestrator deduplicates by command_id in the body.
                 message_id=uuid.uuid4().hex,
                 correlation_id=str(command.command_id),
+                headers=dict(context) if context else None,
             )
 
         now = self.clock()
-        # Every log line of this command (the barrier's, a fault point's) names it, and says
-        # whether the broker delivered it before (a crash or a requeue left it unacked).
+        # Every log line of this command (the handler's, the barrier's, a fault point's) names
+        # it, its saga and trace, and says whether the broker delivered it before (a crash or
+        # a requeue left it unacked).
         with structlog.contextvars.bound_contextvars(
+            saga_id=str(command.saga_id),
+            saga=command.saga,
+            step=command.step,
+            kind=command.kind,
+            attempt=command.attempt,
             command_id=str(command.command_id),
             delivery_count=delivery.delivery_count,
             redelivered=delivery.redelivered,
+            **trace.log_fields(context),
         ):
             async with heartbeats(command, now, send):
                 # A command whose routing key has no handler gets a failure reply from the core
@@ -114,4 +125,4 @@ class ParticipantWorker:
             # The effect is committed, the reply not yet sent: a crash here must be answered
             # from the barrier when the command comes back, never applied a second time.
             self.faults("after_handler_before_reply")
-        await send(reply)
+            await send(reply)

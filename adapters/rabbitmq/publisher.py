@@ -75,6 +75,7 @@ class RabbitPublisher:
                         delivery_mode=DeliveryMode.PERSISTENT,
                         message_id=m.message_id,
                         reply_to=self.topology.name(m.reply_to) if m.reply_to else None,
+                        headers=dict(m.headers) if m.headers else None,
                     ),
                     mandatory=m.exchange != Exchange.EVENTS,
                 )

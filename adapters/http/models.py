@@ -1,0 +1,249 @@
+"""The API's request and response bodies (docs/http-api.md): pydantic models, so the
+OpenAPI document at /openapi.json describes every field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticUseDefault
+
+from adapters.http.redact import Redactor
+from orchestrator.messages import MAX_KEY_LENGTH, ParentRef
+from orchestrator.ports import HistoryRecord
+from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
+
+_ACTIVE = (StepStatus.RUNNING, StepStatus.COMPENSATING)
+
+
+class SagaSummary(BaseModel):
+    saga_id: UUID
+    saga: str = Field(description="The saga's name.")
+    version: int
+    key: str = Field(description="The start's idempotency key.")
+    status: SagaStatus
+    status_since: datetime | None = Field(description="When it entered its current status.")
+    created_at: datetime
+    updated_at: datetime
+    error: dict[str, Any] | None = Field(description="Why it failed or is compensating.")
+    current_steps: list[str] = Field(description="Steps running or compensating now.")
+
+
+class StepView(BaseModel):
+    name: str
+    index: int
+    status: StepStatus
+    attempt: int
+    compensation_attempt: int
+    result: Any = None
+    error: dict[str, Any] | None
+    item: int | None = Field(description="A map step's item number; null for other steps.")
+    payload: Any = Field(None, description="The item a map item step runs on.")
+    dispatched_at: datetime | None = Field(description="When its last command was sent.")
+    started_at: datetime | None = Field(description="When its participant was first heard of.")
+    due_at: datetime | None = Field(description="Its timeout, or when its next attempt is due.")
+
+
+class SagaDetail(SagaSummary):
+    input: dict[str, Any]
+    cancel_reason: str | None
+    parent: ParentRef | None = Field(description="The parent saga step of a child saga.")
+    deadline_at: datetime | None
+    resume_status: SagaStatus | None = Field(
+        description="Where a paused (or parked) saga carries on: running or compensating."
+    )
+    steps: list[StepView]
+
+
+class SagaPage(BaseModel):
+    items: list[SagaSummary]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+class SagaList(BaseModel):
+    items: list[SagaDetail]
+
+
+class StatusCounts(BaseModel):
+    counts: dict[SagaStatus, int] = Field(description="Every status, 0 included.")
+
+
+class HistoryItem(BaseModel):
+    seq: int
+    at: datetime
+    event: str
+    step: str | None
+    detail: dict[str, Any] | None
+    actor: str = Field(description="Who caused it: engine, broker, operator:<who>, api:<who>.")
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItem]
+
+
+# -- requests ---------------------------------------------------------------------------
+
+
+class _Request(BaseModel):
+    # An unknown field is refused rather than ignored: a typo must not pass silently.
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        if not _storable(value):
+            raise ValueError(
+                "contains a NUL character or an unpaired surrogate, which cannot be stored"
+            )
+        return value
+
+
+def _storable(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, dict):
+        return all(_storable(k) and _storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_storable(v) for v in value)
+    return True
+
+
+class SagaFilters(BaseModel):
+    """`GET /api/sagas` query: every filter given must hold. An empty value is no filter
+    (what an HTML form sends for a field left blank)."""
+
+    status: SagaStatus | None = Field(None, description="Only sagas in this status.")
+    saga: str | None = Field(None, max_length=100, description="Saga name.")
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
+    key: str | None = Field(None, max_length=MAX_KEY_LENGTH, description="Start key.")
+    step: str | None = Field(
+        None,
+        max_length=200,
+        description="Sagas where this step is running or compensating now, or failed and "
+        "parked (waiting for an operator).",
+    )
+    created_after: datetime | None = Field(
+        None, description="Created at or after this moment (ISO 8601; UTC without an offset)."
+    )
+    created_before: datetime | None = Field(None, description="Created before this moment.")
+    in_status_for_minutes: int | None = Field(
+        None, ge=0, le=10_000_000, description="In the current status for at least N minutes."
+    )
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(
+        None, max_length=200, description="`next_cursor` of the previous page."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: Any) -> Any:
+        if value == "":
+            raise PydanticUseDefault
+        return value
+
+
+class StartRequest(_Request):
+    saga: str = Field(min_length=1, max_length=100, examples=["order"])
+    key: str = Field(
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Idempotency key: a second start with the same key starts nothing.",
+        examples=["order-42"],
+    )
+    input: dict[str, Any] = Field(description="Validated against the saga's input model.")
+    version: int | None = Field(
+        None, ge=1, description="Pin a saga version; the newest loaded one when omitted."
+    )
+
+
+class StartResponse(BaseModel):
+    saga_id: UUID | None = Field(description="null while the start waits for a semantic lock.")
+    created: bool
+    status: SagaStatus | None
+    queued: bool = Field(False, description="The start waits for a semantic lock (202).")
+
+
+class ActionRequest(_Request):
+    reason: str = Field(
+        min_length=1,
+        max_length=1000,
+        pattern=r"\S",
+        description="Why; recorded in the saga's history.",
+    )
+    who: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Who acts; recorded in history (default: the token's name).",
+    )
+
+
+class SkipRequest(ActionRequest):
+    step: str = Field(min_length=1, max_length=200, description="The step to treat as done.")
+    result: Any = Field(None, description="The step's result; later steps may use it.")
+
+
+# -- from the engine's values -------------------------------------------------------------
+
+
+def summary(state: SagaState, redact: Redactor) -> SagaSummary:
+    return SagaSummary(**_summary_fields(state, redact))
+
+
+def detail(state: SagaState, redact: Redactor) -> SagaDetail:
+    return SagaDetail(
+        **_summary_fields(state, redact),
+        input=redact(state.input),
+        cancel_reason=state.cancel_reason,
+        parent=state.parent,
+        deadline_at=state.deadline_at,
+        resume_status=state.resume_status,
+        steps=[_step(s, redact) for s in state.steps],
+    )
+
+
+def history_item(record: HistoryRecord, redact: Redactor) -> HistoryItem:
+    return HistoryItem(
+        seq=record.seq,
+        at=record.at,
+        event=record.event,
+        step=record.step,
+        detail=redact(record.detail),
+        actor=record.actor,
+    )
+
+
+def _summary_fields(state: SagaState, redact: Redactor) -> dict[str, Any]:
+    return {
+        "saga_id": state.saga_id,
+        "saga": state.name,
+        "version": state.version,
+        "key": state.key,
+        "status": state.status,
+        "status_since": state.status_since,
+        "created_at": state.created_at,
+        "updated_at": state.updated_at,
+        "error": redact(state.error),
+        "current_steps": [s.name for s in state.steps if s.status in _ACTIVE],
+    }
+
+
+def _step(step: StepState, redact: Redactor) -> StepView:
+    return StepView(
+        name=step.name,
+        index=step.index,
+        status=step.status,
+        attempt=step.attempt,
+        compensation_attempt=step.compensation_attempt,
+        result=redact(step.result),
+        error=redact(step.error),
+        item=step.item,
+        payload=redact(step.payload),
+        dispatched_at=step.dispatched_at,
+        started_at=step.started_at,
+        due_at=step.due_at,
+    )
