@@ -56,14 +56,18 @@ def settings() -> Settings:
 
 
 def run(coro: Awaitable[T]) -> T:
-    """Run `coro`; engine errors become a message and an exit code: 1 when an operator
-    action was refused (the saga is in the wrong state), 2 for everything else."""
+    """Run `coro`; engine errors become a message and an exit code, the same as over the
+    API: 1 when an operator action was refused (the saga is in the wrong state), 3 when the
+    saga does not exist, 2 for everything else."""
     try:
         return asyncio.run(coro)  # type: ignore[arg-type]
     except OperationRefused as exc:
         typer.secho(f"refused: {exc}", fg="yellow", err=True)
         raise typer.Exit(1) from exc
-    except (DefinitionConflict, DefinitionError, SagaNotFound, SagaError) as exc:
+    except SagaNotFound as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(3) from exc
+    except (DefinitionConflict, DefinitionError, SagaError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
 

@@ -121,7 +121,7 @@ async def test_start_status_list_cancel(
     assert held.returncode == 0 and "held" in held.stdout
 
     missing = saga(env, "status", str(uuid.uuid4()))
-    assert missing.returncode == 2 and "no saga" in missing.stderr
+    assert missing.returncode == 3 and "no saga" in missing.stderr  # as over the API
 
 
 def test_bad_input_gets_a_clear_error(env: dict[str, str]) -> None:
