@@ -96,7 +96,7 @@ async def test_readyz_names_an_unreachable_database(dead_db: AsyncEngine, amqp_u
 
 async def test_a_check_that_hangs_fails_by_its_timeout(db: AsyncEngine, amqp_url: str) -> None:
     async def hangs() -> None:
-        await asyncio.sleep(60)
+        await asyncio.sleep(60)  # a check that never answers: the timeout must cut it off
 
     async def fine() -> None:
         return None
