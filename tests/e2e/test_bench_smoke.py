@@ -1,0 +1,41 @@
+"""`python -m bench.run` end to end on a tiny load: it runs, writes its figures, and every saga
+ends. No timing is asserted: figures belong to the bench, not to tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+def test_bench_runs_and_every_saga_ends(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "bench.run", "--sagas", "40", "--rate", "20"),
+            *("--rate-seconds", "2", "--stats-wait", "0", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    engine, floor = figures["engine"], figures["floor"]
+    for side in (engine, floor):
+        for phase in ("saturation", "rate"):
+            assert {"sagas_per_s", "steps_per_s", "latency_ms", "terminal"} <= set(side[phase])
+            assert set(side[phase]["latency_ms"]) == {"p50", "p95", "p99"}
+    assert engine["saturation"]["terminal"] == 40
+    assert engine["saturation"]["statuses"] == {"completed": 36, "compensated": 4}
+    assert engine["rate"]["terminal"] == 40
+    assert floor["saturation"]["statuses"] == {"completed": 36, "compensated": 4}
+    assert {"orchestrator", "participant"} <= set(engine["cpu_s_per_saga"])
+    assert {"engine_db", "participant_db"} <= set(engine["pg_xacts_per_saga"])
+    assert engine["orchestrator_peak_rss_mb"] is not None
