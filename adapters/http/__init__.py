@@ -1,5 +1,5 @@
 """The HTTP API, the dashboard and the observability endpoints of `saga run`.
 
-The API contract both sides are built against is in docs/http-api.md (section "HTTP API
-contract"); the brief's {CONTRACT} placeholder means that section.
+The contract the API serves and the dashboard's JavaScript relies on is in docs/http-api.md;
+docs/openapi.json is generated from `app.create_app` (`saga openapi`).
 """
