@@ -668,16 +668,16 @@ class Engine:
             return
         self.faults("after_commit_before_publish")
         try:
-            # Lock the rows while publishing them: a relay in any replica that finds them
-            # old enough skips them instead of publishing them a second time (and the rows
-            # it holds already are left to it).
+            # Take the rows (deleted, and locked until commit) while publishing them: a relay
+            # in any replica that finds them old enough skips them instead of publishing them
+            # a second time, and the rows it holds already are left to it. A failed publish
+            # rolls back, and the relay sends them later.
             async with self.store.transaction() as tx:
-                mine = set(await tx.lock_outbox([m.id for m in outbox if m.id is not None]))
+                mine = set(await tx.take_outbox([m.id for m in outbox if m.id is not None]))
                 batch = [m for m in outbox if m.id in mine]
                 if batch:
                     await self.publisher.publish(batch)
                     self.faults("after_publish_before_outbox_delete")
-                    await tx.delete_outbox(sorted(mine))
         except Exception as exc:  # the relay republishes; the transition itself is safe
             log.warning("outbox_publish_deferred", count=len(outbox), error=str(exc))
 

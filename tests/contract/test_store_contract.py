@@ -447,11 +447,10 @@ class StoreContract:
 
         async def publisher() -> list[int]:
             async with store.transaction() as tx:
-                mine = await tx.lock_outbox([*ids[:2], 10**9])  # one id that is not there
+                mine = await tx.take_outbox([*ids[:2], 10**9])  # one id that is not there
                 locked.set()
                 if self.overlapping:
                     await asyncio.wait_for(relay_done.wait(), PATIENCE)
-                await tx.delete_outbox(mine)
                 return mine
 
         async def relay() -> list[OutboxMessage]:
@@ -465,7 +464,20 @@ class StoreContract:
         assert mine == ids[:2]
         assert relayed == added[2:]
         async with store.transaction() as tx:
-            assert await tx.lock_outbox(ids) == ids[2:]  # the published rows are gone
+            assert await tx.take_outbox(ids) == ids[2:]  # the published rows are gone
+
+    async def test_a_failed_publish_gives_its_rows_back_to_the_relay(
+        self, store: SagaStore
+    ) -> None:
+        async with store.transaction() as tx:
+            added = await tx.add_outbox([message(n) for n in range(2)])
+        ids = [m.id for m in added if m.id is not None]
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                assert await tx.take_outbox(ids) == ids
+                raise RuntimeError("the broker refused the publish")
+        async with store.transaction() as tx:
+            assert await tx.claim_outbox(timedelta(hours=-1), 10) == added
 
     async def test_concurrent_outbox_claims_never_share_a_message(self, store: SagaStore) -> None:
         async with store.transaction() as tx:
