@@ -15,7 +15,13 @@ from pydantic import ValidationError
 
 from orchestrator import locks, machine
 from orchestrator.definition import Saga
-from orchestrator.errors import ConcurrentUpdate, InvalidInput, OperationRefused, SagaNotFound
+from orchestrator.errors import (
+    ConcurrentUpdate,
+    InvalidInput,
+    OperationRefused,
+    SagaNotFound,
+    UnknownSaga,
+)
 from orchestrator.locks import LockWaiter
 from orchestrator.machine import (
     CancelRequested,
@@ -151,18 +157,27 @@ class Engine:
         `trace`: the W3C trace context the request came with (orchestrator/trace.py); the
         saga keeps it and every message it sends carries it. Not kept by a start that waits
         for a semantic lock."""
-        definition = self.registry.get(request.saga, request.version)
         try:
-            validated = definition.input.model_validate(request.input)
-        except ValidationError as exc:
-            raise InvalidInput(
-                f"input for saga {definition.name!r} is invalid: "
-                + "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
-                )
-            ) from exc
-        input = validated.model_dump(mode="json")
-        resources = locks.resources(definition.name, definition.locks, input)
+            definition = self.registry.get(request.saga, request.version)
+            try:
+                validated = definition.input.model_validate(request.input)
+            except ValidationError as exc:
+                raise InvalidInput(
+                    f"input for saga {definition.name!r} is invalid: "
+                    + "; ".join(
+                        f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}"
+                        for e in exc.errors()
+                    )
+                ) from exc
+            input = validated.model_dump(mode="json")
+            resources = locks.resources(definition.name, definition.locks, input)
+        except (UnknownSaga, InvalidInput) as exc:
+            if request.parent is None:
+                raise  # the caller dead-letters the start with this reason
+            # A child that cannot start: its parent's step fails now, with the reason,
+            # instead of waiting for its timeout while the start sits in the dead queue.
+            await self._refuse_child(request, exc)
+            return StartOutcome(None, created=False, status=None, rejected=str(exc))
         now = self.clock()
         written = _Written()
         not_started: StartOutcome | None = None
@@ -531,6 +546,24 @@ class Engine:
         fields = {"saga": state.name, "key": state.key, "resource": conflict.resource}
         written.observed.append((event, {**fields, "held_by": held_by, "queued": True}))
         return StartOutcome(None, created=False, status=None, queued=True)
+
+    async def _refuse_child(self, request: StartSaga, exc: Exception) -> None:
+        written = _Written()
+        error = {
+            "type": "invalid_input" if isinstance(exc, InvalidInput) else "unknown_saga",
+            "message": str(exc),
+        }
+        async with self.store.transaction() as tx:
+            await self._reject(
+                tx,
+                request.saga,
+                request.key,
+                error,
+                parent=request.parent,
+                event="saga_start_rejected",
+                written=written,
+            )
+        await self._after_commit(written)
 
     async def _reject(
         self,

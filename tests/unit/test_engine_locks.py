@@ -366,3 +366,41 @@ async def test_a_queued_child_keeps_its_parent_and_answers_it() -> None:
     await f.finish(child.saga_id)
     await f.relay()
     assert (await f.state(parent.saga_id)).status == "completed"
+
+
+class Strict(BaseModel):
+    order_id: str
+    delta: int
+
+
+def strict_child() -> Saga:
+    saga = Saga("strict_edit", input=Strict, timeout=10)
+    saga.remote("write", command="orders.write", retry=ONCE)
+    return saga
+
+
+async def test_a_child_that_cannot_start_fails_its_parents_step_at_once() -> None:
+    # The parent hands the child an input its model refuses (no `delta`): the start is not
+    # dead-lettered silently while the parent waits for its 30-day timeout.
+    parent_saga = Saga("buy_strict", input=Edit, timeout=10)
+    parent_saga.remote("prep", command="orders.prep", compensation="orders.unprep", retry=ONCE)
+    parent_saga.child("edit", saga="strict_edit", input=lambda ctx: {"order_id": "o1"}, pivot=True)
+    f = Family()
+    f.engine = Engine(f.store, f.publisher, Registry([strict_child(), parent_saga]), clock=f.clock)
+    parent = await f.start(parent_saga, "p")
+    await f.answer(parent.saga_id)  # prep succeeds: the child's start is published
+    await f.relay()
+    [event] = f.events("rejected")
+    assert event["saga"] == "strict_edit" and event["error"]["type"] == "invalid_input"
+    state = await f.state(parent.saga_id)
+    assert state.status == "compensating"
+    edit = state.step("edit")
+    assert edit is not None and edit.status == "failed"
+    assert "delta" in (state.error or {}).get("message", "")
+
+
+async def test_a_top_level_start_with_bad_input_still_raises_for_the_dead_queue() -> None:
+    f = Family()
+    f.engine = Engine(f.store, f.publisher, Registry([strict_child()]), clock=f.clock)
+    with pytest.raises(InvalidInput, match="delta"):
+        await f.engine.start(StartSaga(saga="strict_edit", key="k", input={"order_id": "o"}))
