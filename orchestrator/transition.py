@@ -30,6 +30,7 @@ from orchestrator.messages import (
     StartSaga,
     aware_utc,
 )
+from orchestrator.retry import Retry
 from orchestrator.state import (
     FINISHED,
     TIMEOUT_ERROR,
@@ -578,29 +579,38 @@ class Transition:
             self.record("reply_ignored", step.name, {"reason": reason, **_ids(reply)})
 
     def action_failed(self, step: StepState, error: dict[str, Any]) -> None:
-        spec = self.spec(step)
-        retry = spec.retry
-        if (
-            self.phase == SagaStatus.RUNNING
-            and retry.retries(error)
-            and not retry.exhausted(step.attempt - step.retry_base)
+        if self.phase == SagaStatus.RUNNING and self.retry_later(
+            step, self.spec(step).retry, step.attempt, StepStatus.RUNNING, error
         ):
-            assert step.command_id is not None
-            due = self.now + retry.delay(step.attempt, str(step.command_id))
-            self.steps[step.index] = step.moved(
-                StepStatus.RUNNING, command_id=None, due_at=due, error=error
-            )
-            self.record(
-                "step_retry_scheduled",
-                step.name,
-                {"attempt": step.attempt, "error": error, "due_at": due.isoformat()},
-            )
             return
         self.steps[step.index] = step.moved(
             StepStatus.FAILED, command_id=None, due_at=None, error=error
         )
         self.record("step_failed", step.name, {"attempt": step.attempt, "error": error})
         self.failed_for_good(step, error)
+
+    def retry_later(
+        self,
+        step: StepState,
+        retry: Retry,
+        attempt: int,
+        status: StepStatus,
+        error: dict[str, Any],
+    ) -> bool:
+        """Schedule the next attempt of an action (RUNNING) or compensation (COMPENSATING)
+        if its policy allows one; False when it has run out or the error is not retryable."""
+        if not retry.retries(error) or retry.exhausted(attempt - step.retry_base):
+            return False
+        assert step.command_id is not None
+        due = self.now + retry.delay(attempt, str(step.command_id))
+        self.steps[step.index] = step.moved(status, command_id=None, due_at=due, error=error)
+        event = "step" if status == StepStatus.RUNNING else "compensation"
+        self.record(
+            f"{event}_retry_scheduled",
+            step.name,
+            {"attempt": attempt, "error": error, "due_at": due.isoformat()},
+        )
+        return True
 
     def failed_for_good(self, step: StepState, error: dict[str, Any]) -> None:
         """A step's action will not be tried again: undo what came before, or park."""
@@ -624,20 +634,13 @@ class Transition:
         self.advance()
 
     def compensation_failed(self, step: StepState, error: dict[str, Any]) -> None:
-        retry = self.spec(step).compensation_retry
-        if retry.retries(error) and not retry.exhausted(
-            step.compensation_attempt - step.retry_base
+        if self.retry_later(
+            step,
+            self.spec(step).compensation_retry,
+            step.compensation_attempt,
+            StepStatus.COMPENSATING,
+            error,
         ):
-            assert step.command_id is not None
-            due = self.now + retry.delay(step.compensation_attempt, str(step.command_id))
-            self.steps[step.index] = step.moved(
-                StepStatus.COMPENSATING, command_id=None, due_at=due, error=error
-            )
-            self.record(
-                "compensation_retry_scheduled",
-                step.name,
-                {"attempt": step.compensation_attempt, "error": error, "due_at": due.isoformat()},
-            )
             return
         # Parked: the step stays `compensating` (it is not undone) and the saga waits for a human.
         self.steps[step.index] = replace(step, command_id=None, due_at=None, error=error)
