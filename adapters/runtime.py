@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,7 +18,7 @@ from adapters.faults import fault_hook
 from adapters.postgres.database import make_engine
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.connection import connect, open_channel
-from adapters.rabbitmq.consumer import Delivery, consume, parse
+from adapters.rabbitmq.consumer import BatchHandler, Delivery, Handler, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
@@ -143,7 +143,11 @@ class Orchestrator:
             faults=self.faults,
             observe=metrics.observe,
         )
-        for queue, handler in ((REQUESTS_QUEUE, self._on_request), (REPLY_QUEUE, self._on_reply)):
+        consumers: tuple[tuple[str, Handler, BatchHandler | None], ...] = (
+            (REQUESTS_QUEUE, self._on_request, self._on_requests if s.batch_size > 1 else None),
+            (REPLY_QUEUE, self._on_reply, self._on_replies if s.batch_size > 1 else None),
+        )
+        for queue, handler, batch in consumers:
             channel = await open_channel(connection)
             consumer = await consume(
                 channel,
@@ -152,6 +156,8 @@ class Orchestrator:
                 topology=self.topology,
                 prefetch=s.prefetch,
                 on_dead_letter=metrics.dead_lettered,
+                batch=batch,
+                max_batch=s.batch_size,
             )
             self._stops.insert(0, consumer.stop)
         self._tasks = [
@@ -228,6 +234,31 @@ class Orchestrator:
             saga_id=str(reply.saga_id), step=reply.step, command_id=str(reply.command_id)
         )
         await with_db_retries(lambda: engine.reply(reply))
+        self.faults("after_commit_before_ack")
+
+    async def _on_requests(self, messages: Sequence[Delivery]) -> None:
+        """Group commit: runs of starts begin in one transaction each, a cancel between them
+        is applied in its place, so their order holds. A poison message or a start that
+        cannot be made raises, and the consumer falls back to `_on_request` one by one (the
+        starts made already are found again by their keys)."""
+        engine = self._engine()
+        run: list[tuple[StartSaga, dict[str, str] | None]] = []
+        for message in messages:
+            if message.routing_key == "start":
+                run.append((parse(StartSaga, message), trace.from_headers(message.headers)))
+                continue
+            if run:
+                await engine.starts(run)
+                run = []
+            await self._on_request(message)
+        if run:
+            await engine.starts(run)
+        self.faults("after_commit_before_ack")
+
+    async def _on_replies(self, messages: Sequence[Delivery]) -> None:
+        """Group commit: the replies waiting in the queue, applied in one transaction. A
+        poison message or a lost race raises, and the consumer falls back to `_on_reply`."""
+        await self._engine().replies([parse(Reply, m) for m in messages])
         self.faults("after_commit_before_ack")
 
     def _engine(self) -> Engine:

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     )
     prefetch: int = Field(50, ge=1, le=10_000, description="Unacked messages per consumer.")
     db_pool_size: int = Field(10, ge=1, le=200)
+    batch_size: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Most messages handled in one transaction (group commit); 1 turns it off.",
+    )
     timer_interval: float = Field(0.2, gt=0, description="Seconds between timer sweeps.")
     relay_interval: float = Field(1.0, gt=0, description="Seconds between outbox sweeps.")
     relay_age: float = Field(

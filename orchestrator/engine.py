@@ -111,6 +111,15 @@ class CancelOutcome:
     refused: str | None = None
 
 
+@dataclass(frozen=True)
+class _Change:
+    """A decision to persist, by whom, and the state it was decided on (None: just inserted)."""
+
+    decision: Decision
+    actor: str
+    before: SagaState | None
+
+
 class _AlreadyStarted(Exception):
     """Rolls back a start whose key another transaction took first."""
 
@@ -158,19 +167,7 @@ class Engine:
         saga keeps it and every message it sends carries it. Not kept by a start that waits
         for a semantic lock."""
         try:
-            definition = self.registry.get(request.saga, request.version)
-            try:
-                validated = definition.input.model_validate(request.input)
-            except ValidationError as exc:
-                raise InvalidInput(
-                    f"input for saga {definition.name!r} is invalid: "
-                    + "; ".join(
-                        f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}"
-                        for e in exc.errors()
-                    )
-                ) from exc
-            input = validated.model_dump(mode="json")
-            resources = locks.resources(definition.name, definition.locks, input)
+            definition, input, resources = self._validate(request)
         except (UnknownSaga, InvalidInput) as exc:
             if request.parent is None:
                 raise  # the caller dead-letters the start with this reason
@@ -205,16 +202,7 @@ class Engine:
                         raise _AlreadyStarted
                     await self._write(tx, decision, actor, written)
         except _AlreadyStarted:
-            existing = await self.store.find(
-                SagaQuery(saga=definition.name, key=request.key, limit=1)
-            )
-            if not existing:  # pragma: no cover - the conflicting row vanished: retention ran
-                raise
-            saga_id = str(existing[0].saga_id)
-            log.info("saga_start_duplicate", saga_id=saga_id, key=request.key)
-            duplicate = {"saga": definition.name, "key": request.key, "saga_id": saga_id}
-            self._notify([("saga_start_duplicate", duplicate)])
-            return StartOutcome(existing[0].saga_id, created=False, status=existing[0].status)
+            return await self._duplicate(definition.name, request.key)
         if not_started is not None:
             await self._after_commit(written)
             return not_started
@@ -226,6 +214,98 @@ class Engine:
         )
         await self._after_commit(written)
         return StartOutcome(decision.state.saga_id, created=True, status=decision.state.status)
+
+    async def starts(
+        self, requests: Sequence[tuple[StartSaga, Mapping[str, str] | None]]
+    ) -> list[StartOutcome]:
+        """`start` for many (request, trace) at once: their sagas start in one transaction
+        (group commit), with the outcome of each in order. A start that needs semantic locks,
+        or a child's that cannot start, goes through `start` after it. Raises as `start` does
+        for the first start that cannot be made (nothing of the batch is then started)."""
+        outcomes: dict[int, StartOutcome] = {}
+        valid: dict[int, tuple[Saga, dict[str, Any]]] = {}
+        one_by_one: list[int] = []
+        for n, (request, _trace) in enumerate(requests):
+            try:
+                definition, input, resources = self._validate(request)
+            except (UnknownSaga, InvalidInput):
+                if request.parent is None:
+                    raise
+                one_by_one.append(n)  # its parent is told: see start()
+                continue
+            if resources:
+                one_by_one.append(n)
+            else:
+                valid[n] = (definition, input)
+        decisions: dict[int, Decision] = {}
+        inserted: set[UUID] = set()
+        written = _Written()
+        if valid:
+            now = self.clock()
+            async with self.store.transaction() as tx:
+                held = await tx.take_held_cancels(
+                    [(definition.name, requests[n][0].key) for n, (definition, _) in valid.items()]
+                )
+                for n, (definition, input) in valid.items():
+                    request, trace = requests[n]
+                    decisions[n] = machine.start(
+                        definition,
+                        saga_id=self.new_id(),
+                        key=request.key,
+                        input=input,
+                        now=now,
+                        cancel_reason=held.get((definition.name, request.key)),
+                        parent=request.parent,
+                        trace=trace,
+                    )
+                inserted = await tx.insert_all([d.state for d in decisions.values()])
+                await self._write_all(
+                    tx,
+                    [
+                        _Change(d, "broker", None)
+                        for d in decisions.values()
+                        if d.state.saga_id in inserted
+                    ],
+                    written,
+                )
+        for n, decision in decisions.items():
+            state = decision.state
+            if state.saga_id in inserted:
+                log.info("saga_started", saga_id=str(state.saga_id), saga=state.name, key=state.key)
+                outcomes[n] = StartOutcome(state.saga_id, created=True, status=state.status)
+            else:
+                outcomes[n] = await self._duplicate(state.name, state.key)
+        await self._after_commit(written)
+        for n in one_by_one:
+            request, trace = requests[n]
+            outcomes[n] = await self.start(request, trace=trace)
+        return [outcomes[n] for n in range(len(requests))]
+
+    def _validate(self, request: StartSaga) -> tuple[Saga, dict[str, Any], tuple[str, ...]]:
+        """The definition a start names, its input as validated, and the resources it locks;
+        raises UnknownSaga or InvalidInput saying what is wrong."""
+        definition = self.registry.get(request.saga, request.version)
+        try:
+            validated = definition.input.model_validate(request.input)
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"input for saga {definition.name!r} is invalid: "
+                + "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
+                )
+            ) from exc
+        input = validated.model_dump(mode="json")
+        return definition, input, locks.resources(definition.name, definition.locks, input)
+
+    async def _duplicate(self, saga: str, key: str) -> StartOutcome:
+        """What a start whose key has a saga already comes to: that saga."""
+        existing = await self.store.find(SagaQuery(saga=saga, key=key, limit=1))
+        if not existing:  # pragma: no cover - the conflicting row vanished: retention ran
+            raise ConcurrentUpdate(f"saga {saga!r} key {key!r} vanished while starting; retry")
+        saga_id = str(existing[0].saga_id)
+        log.info("saga_start_duplicate", saga_id=saga_id, key=key)
+        self._notify([("saga_start_duplicate", {"saga": saga, "key": key, "saga_id": saga_id})])
+        return StartOutcome(existing[0].saga_id, created=False, status=existing[0].status)
 
     async def cancel(self, request: CancelSaga, actor: str = "broker") -> CancelOutcome:
         now = self.clock()
@@ -332,29 +412,52 @@ class Engine:
 
         Either way the caller acks it: a reply that cannot be applied now never can be.
         """
+        return (await self.replies([reply]))[0]
+
+    async def replies(self, replies: Sequence[Reply]) -> list[bool]:
+        """Apply many replies in one transaction (group commit): for each, whether it named
+        a known saga. A saga with several replies here takes them in order, one transition
+        each, as if they had come in one by one. If anything fails, nothing is applied."""
         now = self.clock()
         written = _Written()
+        known = [False] * len(replies)
         async with self.store.transaction() as tx:
-            state = await tx.lock(reply.saga_id)
-            if state is not None:
-                definition = self.registry.get(state.name, state.version)
-                decision = machine.decide(definition, state, ReplyReceived(reply), now)
-                await self._write(tx, decision, "engine", written, before=state)
-        if state is None:
-            # No saga row, so no history to record it in (the saga never existed here, or
-            # retention removed it): this log line and the counter are its only trace.
-            detail = {
-                "reason": "unknown saga",
-                "saga_id": str(reply.saga_id),
-                "step": reply.step,
-                "command_id": str(reply.command_id),
-                "outcome": reply.outcome,
-            }
-            log.warning("reply_ignored", **detail)
-            self._notify([("reply_ignored", detail)])
-            return False
+            pending = list(enumerate(replies))
+            while pending:
+                # One reply per saga per round: each round's transitions are decided on the
+                # states the previous round saved.
+                round_: dict[UUID, tuple[int, Reply]] = {}
+                later: list[tuple[int, Reply]] = []
+                for n, r in pending:
+                    if r.saga_id in round_:
+                        later.append((n, r))
+                    else:
+                        round_[r.saga_id] = (n, r)
+                states = await tx.lock_all(list(round_))
+                changes: list[_Change] = []
+                for state in states:
+                    n, r = round_[state.saga_id]
+                    known[n] = True
+                    definition = self.registry.get(state.name, state.version)
+                    decision = machine.decide(definition, state, ReplyReceived(r), now)
+                    changes.append(_Change(decision, "engine", state))
+                await self._write_all(tx, changes, written)
+                pending = later
+        for r, found in zip(replies, known, strict=True):
+            if not found:
+                # No saga row, so no history to record it in (the saga never existed here, or
+                # retention removed it): this log line and the counter are its only trace.
+                detail = {
+                    "reason": "unknown saga",
+                    "saga_id": str(r.saga_id),
+                    "step": r.step,
+                    "command_id": str(r.command_id),
+                    "outcome": r.outcome,
+                }
+                log.warning("reply_ignored", **detail)
+                self._notify([("reply_ignored", detail)])
         await self._after_commit(written)
-        return True
+        return known
 
     async def fire_timers(self, limit: int = 100) -> int:
         """Handle sagas whose timeout or retry time has come; returns how many."""
@@ -362,10 +465,17 @@ class Engine:
         written = _Written()
         async with self.store.transaction() as tx:
             states = await tx.claim_due(now, limit)
-            for state in states:
-                definition = self.registry.get(state.name, state.version)
-                decision = machine.decide(definition, state, TimersDue(), now)
-                await self._write(tx, decision, "engine", written, before=state)
+            changes = [
+                _Change(
+                    machine.decide(
+                        self.registry.get(state.name, state.version), state, TimersDue(), now
+                    ),
+                    "engine",
+                    state,
+                )
+                for state in states
+            ]
+            await self._write_all(tx, changes, written)
         await self._after_commit(written)
         return len(states)
 
@@ -413,86 +523,67 @@ class Engine:
         written: _Written,
         before: SagaState | None = None,
     ) -> SagaState:
-        """Persist one decision inside `tx` and return the state as saved; what to publish
-        and report after commit goes into `written`."""
-        state = decision.state
-        if before is not None:
+        return (await self._write_all(tx, [_Change(decision, actor, before)], written))[0]
+
+    async def _write_all(
+        self, tx: SagaTransaction, changes: Sequence[_Change], written: _Written
+    ) -> list[SagaState]:
+        """Persist decisions (of distinct sagas) inside `tx`, with one statement per kind of
+        row for all of them, and return the states as saved; what to publish and report after
+        commit goes into `written`. `before` is None for a saga inserted in `tx` already."""
+        saved: list[SagaState] = []
+        moved: list[tuple[SagaState, SagaState]] = []
+        unchanged: set[int] = set()
+        for n, change in enumerate(changes):
+            state, before = change.decision.state, change.before
             # Both: a decision that only records history (an ignored reply) leaves the state
             # equal to `before` when the clock has not moved since the last transition.
-            if state == before and not decision.changed:
-                return before
-            state = replace(state, revision=before.revision + 1)
-            await tx.save(before, state)
-        history = list(decision.history)
-        # Every message of the saga carries the trace context its start came with.
-        headers = state.trace or None
-        freed: tuple[str, ...] = ()
-        if self._gives_back_locks(before, state):
-            freed = await tx.release_locks(state.saga_id)
-            if freed:
-                history.append(HistoryEntry("locks_released", detail={"resources": list(freed)}))
-        if history:
-            await tx.append_history(state.saga_id, history, actor)
-        messages = [
-            OutboxMessage(
-                exchange=Exchange.COMMANDS,
-                routing_key=c.command,
-                body=c.model_dump_json().encode(),
-                message_id=str(c.command_id),
-                reply_to=REPLY_QUEUE,
-                headers=headers,
-            )
-            for c in decision.commands
-        ] + [
-            OutboxMessage(
-                exchange=Exchange.EVENTS,
-                routing_key=e.routing_key,
-                body=e.model_dump_json().encode(),
-                message_id=f"{e.saga_id}:{e.status}:{state.revision}",
-                headers=headers,
-            )
-            for e in decision.events
-        ]
-        # A child saga's start or cancel, and a child's answer to its parent: the same
-        # outbox, so they leave only if the transition commits.
-        messages += [
-            OutboxMessage(
-                exchange=Exchange.SAGAS,
-                routing_key=routing_key,
-                body=body.model_dump_json().encode(),
-                message_id=f"{state.saga_id}:{state.revision}:{routing_key}:{n}",
-                headers=headers,
-            )
-            for n, (routing_key, body) in enumerate(decision.requests)
-        ] + [
-            OutboxMessage(
-                exchange=Exchange.DEFAULT,
-                routing_key=REPLY_QUEUE,
-                body=r.model_dump_json().encode(),
-                message_id=f"{r.command_id}:{state.revision}",
-                headers=headers,
-            )
-            for r in decision.replies
-        ]
-        for entry in history:
-            written.observed.append(
-                (
-                    entry.event,
-                    {
-                        **(entry.detail or {}),
-                        "saga": state.name,
-                        "saga_id": str(state.saga_id),
-                        "step": entry.step,
-                        # Log lines of a timer's transition too name the saga's trace.
-                        **trace_log_fields(state.trace),
-                    },
+            if before is not None and state == before and not change.decision.changed:
+                unchanged.add(n)
+                state = before
+            elif before is not None:
+                state = replace(state, revision=before.revision + 1)
+                moved.append((before, state))
+            saved.append(state)
+        await tx.save_all(moved)
+        appends: list[tuple[UUID, Sequence[HistoryEntry], str]] = []
+        messages: list[OutboxMessage] = []
+        freed_all: list[str] = []
+        for n, (change, state) in enumerate(zip(changes, saved, strict=True)):
+            if n in unchanged:
+                continue
+            before, decision = change.before, change.decision
+            history = list(decision.history)
+            if self._gives_back_locks(before, state):
+                freed = await tx.release_locks(state.saga_id)
+                if freed:
+                    freed_all += freed
+                    history.append(
+                        HistoryEntry("locks_released", detail={"resources": list(freed)})
+                    )
+            if history:
+                appends.append((state.saga_id, history, change.actor))
+            messages += _outbox_messages(decision, state)
+            for entry in history:
+                written.observed.append(
+                    (
+                        entry.event,
+                        {
+                            **(entry.detail or {}),
+                            "saga": state.name,
+                            "saga_id": str(state.saga_id),
+                            "step": entry.step,
+                            # Log lines of a timer's transition too name the saga's trace.
+                            **trace_log_fields(state.trace),
+                        },
+                    )
                 )
-            )
+        await tx.append_histories(appends)
         if messages:
             written.outbox += await tx.add_outbox(messages)
-        if freed:
-            await self._grant(tx, freed, written)
-        return state
+        if freed_all:
+            await self._grant(tx, sorted(set(freed_all)), written)
+        return saved
 
     # -- semantic locks (orchestrator/locks.py) -------------------------------------------
 
@@ -713,6 +804,56 @@ class Engine:
                     self.faults("after_publish_before_outbox_delete")
         except Exception as exc:  # the relay republishes; the transition itself is safe
             log.warning("outbox_publish_deferred", count=len(outbox), error=str(exc))
+
+
+def _outbox_messages(decision: Decision, state: SagaState) -> list[OutboxMessage]:
+    """What a decision sends, as outbox rows: commands, outcome events, a child saga's start
+    or cancel, a child's answer to its parent. All through the outbox, so they leave only if
+    the transition commits; every one carries the trace context the saga started with."""
+    headers = state.trace or None
+    return (
+        [
+            OutboxMessage(
+                exchange=Exchange.COMMANDS,
+                routing_key=c.command,
+                body=c.model_dump_json().encode(),
+                message_id=str(c.command_id),
+                reply_to=REPLY_QUEUE,
+                headers=headers,
+            )
+            for c in decision.commands
+        ]
+        + [
+            OutboxMessage(
+                exchange=Exchange.EVENTS,
+                routing_key=e.routing_key,
+                body=e.model_dump_json().encode(),
+                message_id=f"{e.saga_id}:{e.status}:{state.revision}",
+                headers=headers,
+            )
+            for e in decision.events
+        ]
+        + [
+            OutboxMessage(
+                exchange=Exchange.SAGAS,
+                routing_key=routing_key,
+                body=body.model_dump_json().encode(),
+                message_id=f"{state.saga_id}:{state.revision}:{routing_key}:{n}",
+                headers=headers,
+            )
+            for n, (routing_key, body) in enumerate(decision.requests)
+        ]
+        + [
+            OutboxMessage(
+                exchange=Exchange.DEFAULT,
+                routing_key=REPLY_QUEUE,
+                body=r.model_dump_json().encode(),
+                message_id=f"{r.command_id}:{state.revision}",
+                headers=headers,
+            )
+            for r in decision.replies
+        ]
+    )
 
 
 def _holding(

@@ -116,8 +116,16 @@ class SagaTransaction(Protocol):
     async def insert(self, state: SagaState) -> bool:
         """Create the saga; False (and nothing written) when (name, key) exists already."""
 
+    async def insert_all(self, states: Sequence[SagaState]) -> set[UUID]:
+        """`insert` for many sagas at once; returns the ids of those inserted (a saga whose
+        (name, key) exists already, or comes twice, is left out)."""
+
     async def lock(self, saga_id: UUID) -> SagaState | None:
         """Load the saga and hold its lock until the transaction ends."""
+
+    async def lock_all(self, saga_ids: Sequence[UUID]) -> list[SagaState]:
+        """`lock` for many sagas at once, in id order (those that exist): transactions that
+        lock overlapping sets this way cannot deadlock."""
 
     async def lock_by_key(self, key: str, saga: str | None) -> list[SagaState]:
         """Lock every saga with that start key (of that saga name, when given)."""
@@ -128,9 +136,18 @@ class SagaTransaction(Protocol):
     async def save(self, before: SagaState, after: SagaState) -> None:
         """Persist a transition; `after.revision` must be `before.revision + 1`."""
 
+    async def save_all(self, changes: Sequence[tuple[SagaState, SagaState]]) -> None:
+        """`save` for the transitions of many sagas at once (one each); raises
+        ConcurrentUpdate if any of them moved on meanwhile."""
+
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
     ) -> None: ...
+
+    async def append_histories(
+        self, appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
+    ) -> None:
+        """`append_history` for many sagas at once: (saga_id, entries, actor) each."""
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         """Store messages to publish; returns them with their ids."""
@@ -140,6 +157,12 @@ class SagaTransaction(Protocol):
 
     async def take_held_cancel(self, saga: str, key: str) -> str | None:
         """Consume a remembered cancel for this start; returns its reason."""
+
+    async def take_held_cancels(
+        self, starts: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """`take_held_cancel` for many (saga, key) starts at once: the reason of each that
+        had a cancel held."""
 
     async def claim_outbox(self, older_than: timedelta, limit: int) -> list[OutboxMessage]:
         """Lock unpublished messages written more than `older_than` ago, oldest first.

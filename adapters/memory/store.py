@@ -74,6 +74,9 @@ class MemoryTransaction:
         self.data = data
         self._clock = clock
 
+    async def insert_all(self, states: Sequence[SagaState]) -> set[UUID]:
+        return {s.saga_id for s in states if await self.insert(s)}
+
     async def insert(self, state: SagaState) -> bool:
         if state.saga_id in self.data.sagas:
             raise ValueError(f"saga id {state.saga_id} is taken already")
@@ -84,6 +87,9 @@ class MemoryTransaction:
 
     async def lock(self, saga_id: UUID) -> SagaState | None:
         return self.data.sagas.get(saga_id)
+
+    async def lock_all(self, saga_ids: Sequence[UUID]) -> list[SagaState]:
+        return [self.data.sagas[i] for i in sorted(set(saga_ids)) if i in self.data.sagas]
 
     async def lock_by_key(self, key: str, saga: str | None) -> list[SagaState]:
         found = [
@@ -98,6 +104,10 @@ class MemoryTransaction:
             if s.next_due_at is not None and s.next_due_at <= now
         ]
         return sorted(due, key=lambda s: s.next_due_at or now)[:limit]
+
+    async def save_all(self, changes: Sequence[tuple[SagaState, SagaState]]) -> None:
+        for before, after in changes:
+            await self.save(before, after)
 
     async def save(self, before: SagaState, after: SagaState) -> None:
         _check_transition(before, after)
@@ -124,6 +134,12 @@ class MemoryTransaction:
                 status_since=after.status_since,
             )
         )
+
+    async def append_histories(
+        self, appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
+    ) -> None:
+        for saga_id, entries, actor in appends:
+            await self.append_history(saga_id, entries, actor)
 
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
@@ -157,6 +173,12 @@ class MemoryTransaction:
 
     async def hold_cancel(self, key: str, saga: str | None, reason: str) -> None:
         self.data.held += (_Held(self.data.next_id(), key, saga, reason),)
+
+    async def take_held_cancels(
+        self, starts: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        taken = {(saga, key): await self.take_held_cancel(saga, key) for saga, key in starts}
+        return {start: reason for start, reason in taken.items() if reason is not None}
 
     async def take_held_cancel(self, saga: str, key: str) -> str | None:
         taken = [h for h in self.data.held if h.key == key and h.saga in (None, saga)]

@@ -30,6 +30,22 @@ def instance_values(state: SagaState) -> dict[str, Any]:
     }
 
 
+PROGRESS_COLUMNS = (
+    "status",
+    "cancel_reason",
+    "error",
+    "revision",
+    "next_due_at",
+    "updated_at",
+    "deadline_at",
+    "compensation_deadline_at",
+    "resume_status",
+    "parent_id",
+    "parent",
+    "status_since",
+)
+
+
 def progress_values(state: SagaState) -> dict[str, Any]:
     """The instance columns a transition may change."""
     return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -15,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from adapters.postgres import semantic_locks
 from adapters.postgres.errors import translated
 from adapters.postgres.rows import (
+    PROGRESS_COLUMNS,
     any_of,
     instance_values,
     load_states,
@@ -22,7 +25,7 @@ from adapters.postgres.rows import (
     progress_values,
     step_values,
 )
-from adapters.postgres.tables import inbox, outbox, saga_history, saga_instances, saga_steps
+from adapters.postgres.tables import inbox, outbox, saga_instances, saga_steps
 from orchestrator.errors import ConcurrentUpdate
 from orchestrator.locks import LockConflict, LockWaiter
 from orchestrator.machine import HistoryEntry
@@ -45,6 +48,43 @@ _CHANGING_STEP_COLUMNS = (
     "progress",
     "retry_base",
 )
+_UPDATE_INSTANCE = (
+    sa.update(saga_instances)
+    .where(
+        saga_instances.c.id == sa.bindparam("w_id"),
+        saga_instances.c.revision == sa.bindparam("w_revision"),
+    )
+    .values({name: sa.bindparam(f"v_{name}") for name in PROGRESS_COLUMNS})
+)
+# One statement text whatever the number of entries (psycopg prepares it once); each entry's
+# seq counts on from the saga's last one. `n` is 1, 2, ... per saga across the whole call: the
+# subquery sees the history as it was before this statement.
+_APPEND_HISTORY = sa.text(
+    """
+    INSERT INTO saga_history (saga_id, seq, event, step, detail, actor)
+    SELECT v.saga_id,
+           v.n + coalesce((SELECT max(h.seq) FROM saga_history h WHERE h.saga_id = v.saga_id), 0),
+           v.event, v.step, CAST(v.detail AS jsonb), v.actor
+    FROM unnest(
+        CAST(:saga_ids AS uuid[]), CAST(:ns AS int[]), CAST(:events AS text[]),
+        CAST(:steps AS text[]), CAST(:details AS text[]), CAST(:actors AS text[])
+    ) AS v(saga_id, n, event, step, detail, actor)
+    """
+)
+_TAKE_HELD_CANCELS = sa.text(
+    """
+    DELETE FROM inbox i
+    USING unnest(CAST(:sagas AS text[]), CAST(:keys AS text[])) AS s(saga, key)
+    WHERE i.kind = 'cancel' AND i.key = s.key AND (i.saga IS NULL OR i.saga = s.saga)
+    RETURNING i.id, i.key, i.saga, i.reason
+    """
+)
+_LOCK_START_KEYS = sa.text(
+    """
+    SELECT pg_advisory_xact_lock(:space, h)
+    FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) s
+    """
+)
 _UPDATE_STEP = (
     sa.update(saga_steps)
     .where(
@@ -60,24 +100,35 @@ class PostgresTransaction:
         self._conn = conn
 
     async def insert(self, state: SagaState) -> bool:
+        return bool(await self.insert_all([state]))
+
+    async def insert_all(self, states: Sequence[SagaState]) -> set[UUID]:
+        if not states:
+            return set()
         inserted = await self._execute(
             pg_insert(saga_instances)
-            .values(instance_values(state))
             .on_conflict_do_nothing(index_elements=[saga_instances.c.name, saga_instances.c.key])
-            .returning(saga_instances.c.id)
+            .returning(saga_instances.c.id),
+            [instance_values(s) for s in states],
         )
-        if inserted.first() is None:
-            return False
-        if state.steps:
-            await self._execute(
-                sa.insert(saga_steps),
-                [{"saga_id": state.saga_id, **step_values(s)} for s in state.steps],
-            )
-        return True
+        ids = set(inserted.scalars().all())
+        steps = [
+            {"saga_id": state.saga_id, **step_values(step)}
+            for state in states
+            if state.saga_id in ids
+            for step in state.steps
+        ]
+        if steps:
+            await self._execute(sa.insert(saga_steps), steps)
+        return ids
 
     async def lock(self, saga_id: UUID) -> SagaState | None:
-        found = await self._locked(saga_instances.c.id == saga_id)
+        found = await self.lock_all([saga_id])
         return found[0] if found else None
+
+    async def lock_all(self, saga_ids: Sequence[UUID]) -> list[SagaState]:
+        # In id order: two transactions locking overlapping sets cannot deadlock.
+        return await self._locked(any_of(saga_instances.c.id, saga_ids), saga_instances.c.id)
 
     async def lock_by_key(self, key: str, saga: str | None) -> list[SagaState]:
         await self._serialise_start_key(key)
@@ -97,61 +148,73 @@ class PostgresTransaction:
         return await load_states(self._conn, found.all())
 
     async def save(self, before: SagaState, after: SagaState) -> None:
-        _check_transition(before, after)
+        await self.save_all([(before, after)])
+
+    async def save_all(self, changes: Sequence[tuple[SagaState, SagaState]]) -> None:
+        if not changes:
+            return
+        for before, after in changes:
+            _check_transition(before, after)
         updated = await self._execute(
-            sa.update(saga_instances)
-            .where(
-                saga_instances.c.id == before.saga_id,
-                saga_instances.c.revision == before.revision,
-            )
-            .values(progress_values(after))
+            _UPDATE_INSTANCE,
+            [
+                {
+                    "w_id": before.saga_id,
+                    "w_revision": before.revision,
+                    **{f"v_{k}": v for k, v in progress_values(after).items()},
+                }
+                for before, after in changes
+            ],
         )
-        if updated.rowcount == 0:
+        if updated.rowcount != len(changes):
             raise ConcurrentUpdate(
-                f"saga {before.saga_id} is no longer at revision {before.revision}; "
-                "reload it and decide again"
+                f"{len(changes) - updated.rowcount} of sagas "
+                f"{', '.join(str(b.saga_id) for b, _ in changes)} moved on from the revision "
+                "they were read at; reload them and decide again"
             )
         changed = [
             _step_params(after.saga_id, new)
+            for before, after in changes
             for old, new in zip(before.steps, after.steps[: len(before.steps)], strict=True)
             if old != new
         ]
         if changed:
             await self._execute(_UPDATE_STEP, changed)
-        added = after.steps[len(before.steps) :]  # a map step's items, as it begins
+        # A map step's items, as it begins.
+        added = [
+            {"saga_id": after.saga_id, **step_values(s)}
+            for before, after in changes
+            for s in after.steps[len(before.steps) :]
+        ]
         if added:
-            await self._execute(
-                sa.insert(saga_steps),
-                [{"saga_id": after.saga_id, **step_values(s)} for s in added],
-            )
+            await self._execute(sa.insert(saga_steps), added)
 
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
     ) -> None:
-        if not entries:
-            return
+        await self.append_histories([(saga_id, entries, actor)])
+
+    async def append_histories(
+        self, appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
+    ) -> None:
         # Safe without a sequence: every writer holds the saga's row lock (lock, claim_due,
         # lock_by_key, or the insert that created it), so no two see the same max(seq).
-        last = (
-            sa.select(sa.func.coalesce(sa.func.max(saga_history.c.seq), 0))
-            .where(saga_history.c.saga_id == saga_id)
-            .scalar_subquery()
-        )
-        await self._execute(
-            sa.insert(saga_history).values(
-                [
-                    {
-                        "saga_id": saga_id,
-                        "seq": last + n,
-                        "event": entry.event,
-                        "step": entry.step,
-                        "detail": entry.detail,
-                        "actor": actor,
-                    }
-                    for n, entry in enumerate(entries, start=1)
-                ]
-            )
-        )
+        n: Counter[UUID] = Counter()
+        columns: dict[str, list[Any]] = {
+            k: [] for k in ("saga_ids", "ns", "events", "steps", "details", "actors")
+        }
+        for saga_id, entries, actor in appends:
+            for entry in entries:
+                n[saga_id] += 1
+                columns["saga_ids"].append(saga_id)
+                columns["ns"].append(n[saga_id])
+                columns["events"].append(entry.event)
+                columns["steps"].append(entry.step)
+                detail = None if entry.detail is None else json.dumps(entry.detail)
+                columns["details"].append(detail)
+                columns["actors"].append(actor)
+        if columns["ns"]:
+            await self._execute(_APPEND_HISTORY, columns)
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         if not messages:
@@ -179,18 +242,28 @@ class PostgresTransaction:
         )
 
     async def take_held_cancel(self, saga: str, key: str) -> str | None:
-        await self._serialise_start_key(key)
+        return (await self.take_held_cancels([(saga, key)])).get((saga, key))
+
+    async def take_held_cancels(
+        self, starts: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        if not starts:
+            return {}
+        await self._serialise_start_keys([key for _, key in starts])
         taken = await self._execute(
-            sa.delete(inbox)
-            .where(
-                inbox.c.kind == "cancel",
-                inbox.c.key == key,
-                sa.or_(inbox.c.saga.is_(None), inbox.c.saga == saga),
-            )
-            .returning(inbox.c.id, inbox.c.reason)
+            _TAKE_HELD_CANCELS,
+            {"sagas": [saga for saga, _ in starts], "keys": [key for _, key in starts]},
         )
-        first = min(taken.all(), default=None)
-        return None if first is None else str(first.reason)
+        # As if the starts had come one by one: each takes every cancel held for it that an
+        # earlier one did not take, and the oldest of them says why.
+        rows = sorted(taken.all())
+        reasons: dict[tuple[str, str], str] = {}
+        for saga, key in starts:
+            mine = [r for r in rows if r.key == key and r.saga in (None, saga)]
+            rows = [r for r in rows if r not in mine]
+            if mine:
+                reasons[(saga, key)] = str(mine[0].reason)
+        return reasons
 
     async def claim_outbox(self, older_than: timedelta, limit: int) -> list[OutboxMessage]:
         found = await self._execute(
@@ -264,7 +337,9 @@ class PostgresTransaction:
     # -- helpers ----------------------------------------------------------------------------
 
     async def _execute(
-        self, statement: sa.Executable, params: Sequence[dict[str, Any]] | None = None
+        self,
+        statement: sa.Executable,
+        params: Sequence[dict[str, Any]] | dict[str, Any] | None = None,
     ) -> sa.CursorResult[Any]:
         with translated():
             return await self._conn.execute(statement, params)
@@ -279,15 +354,17 @@ class PostgresTransaction:
         return await load_states(self._conn, found.all())
 
     async def _serialise_start_key(self, key: str) -> None:
+        await self._serialise_start_keys([key])
+
+    async def _serialise_start_keys(self, keys: Sequence[str]) -> None:
         """Serialise a start and a cancel by the same key.
 
         Without it, a cancel could find no saga (the start has not committed yet) and be
         held, while the start had already looked for held cancels and found none: the cancel
-        would be lost. Under READ COMMITTED the statement after this one sees the other's commit.
+        would be lost. Under READ COMMITTED the statement after this one sees the other's
+        commit. Many keys are locked in one order, so two batches cannot deadlock on them.
         """
-        await self._execute(
-            sa.select(sa.func.pg_advisory_xact_lock(_START_KEY_LOCK, sa.func.hashtext(key)))
-        )
+        await self._execute(_LOCK_START_KEYS, {"space": _START_KEY_LOCK, "keys": list(keys)})
 
 
 def _check_transition(before: SagaState, after: SagaState) -> None:

@@ -14,6 +14,14 @@ What happens to a message, by how its handler ended:
   Without the backoff a requeued message comes straight back, and a few seconds of database
   restart would burn through the limit and dead-letter good messages.
 
+Group commit: given a `batch` handler, the consumer hands it every message that is waiting
+(up to `max_batch`) in one call, which commits their effects together, and acks them all
+after it returned. At most `batch_workers` batches run at once; while they are busy, new
+deliveries wait and make the next batch larger, so batches grow with the load and a lone
+message is handled at once. If the batch handler raises, its messages are handled one at a
+time by `handler`, each settled by how its own handling ended as above: a poison message or
+a lost race costs the others nothing but their batching.
+
 Log lines: while a message is handled, every line carries its trace id (from a W3C
 `traceparent` header) and whatever the handler bound with `bind_contextvars` (its saga_id,
 say), the consumer's own lines about the message included. Both are gone once the message
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -95,6 +103,7 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[None]]
 RequeueDelay = Callable[[int], float]
 # Told the queue's name each time a message of it was dead-lettered (a metrics counter).
 DeadLetterHook = Callable[[str], None]
@@ -189,14 +198,23 @@ class Consumer:
         publisher: RabbitPublisher,
         requeue_delay: RequeueDelay = backoff,
         on_dead_letter: DeadLetterHook = _no_hook,
+        *,
+        batch: BatchHandler | None = None,
+        max_batch: int = 100,
+        batch_workers: int = 2,
     ) -> None:
         self.queue = queue
         self.handler = handler
         self.publisher = publisher
         self.requeue_delay = requeue_delay
         self.on_dead_letter = on_dead_letter
+        self.batch = batch
+        self.max_batch = max_batch
+        self.batch_workers = batch_workers
         self.consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._waiting: list[_Waiting] = []
+        self._drains: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Begin consuming; `consume()` calls this."""
@@ -234,8 +252,47 @@ class Consumer:
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         delivery = Delivery.of(message, self.queue.name)
+        if self.batch is None:
+            await self._one(message, delivery)
+            return
+        waiting = _Waiting(message, delivery, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        if len(self._drains) < self.batch_workers:
+            drain = asyncio.create_task(self._drain())
+            self._drains.add(drain)
+            drain.add_done_callback(self._drains.discard)
+        # This task stays until its message is settled: stop() waits for it.
+        await waiting.settled
+
+    async def _one(self, message: AbstractIncomingMessage, delivery: Delivery) -> None:
         with _log_scope(delivery):
             await self._settle_after_handling(message, delivery)
+
+    async def _drain(self) -> None:
+        assert self.batch is not None
+        # Once: the deliveries read from the socket with this one join its batch.
+        await asyncio.sleep(0)
+        while self._waiting:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+            try:
+                try:
+                    await self.batch([w.delivery for w in batch])
+                except Exception as exc:
+                    log.info(
+                        "message_batch_one_by_one",
+                        queue=self.queue.name,
+                        size=len(batch),
+                        error=f"{type(exc).__name__}: {exc}"[:300],
+                    )
+                    await asyncio.gather(*(self._one(w.message, w.delivery) for w in batch))
+                else:
+                    for w in batch:
+                        await _settle(w.message.ack(), log)
+            finally:
+                for w in batch:
+                    if not w.settled.done():
+                        w.settled.set_result(None)
 
     async def _settle_after_handling(
         self, message: AbstractIncomingMessage, delivery: Delivery
@@ -303,6 +360,15 @@ class Consumer:
         await _settle(message.ack(), bound)
 
 
+@dataclass(frozen=True)
+class _Waiting:
+    """A delivery waiting for its batch; `settled` resolves once it is acked or handed back."""
+
+    message: AbstractIncomingMessage
+    delivery: Delivery
+    settled: asyncio.Future[None]
+
+
 @contextmanager
 def _log_scope(delivery: Delivery) -> Iterator[None]:
     """Log fields for one message: its trace id now, the handler's binds later; restored as
@@ -334,6 +400,9 @@ async def consume(
     prefetch: int,
     requeue_delay: RequeueDelay = backoff,
     on_dead_letter: DeadLetterHook = _no_hook,
+    batch: BatchHandler | None = None,
+    max_batch: int = 100,
+    batch_workers: int = 2,
 ) -> Consumer:
     """Consume the logical queue `queue` (mapped through `topology`) with `handler`.
 
@@ -348,7 +417,14 @@ async def consume(
     await channel.set_qos(prefetch_count=prefetch)
     declared = await topology.declare_queue(channel, queue)
     consumer = Consumer(
-        declared, handler, RabbitPublisher(channel, topology), requeue_delay, on_dead_letter
+        declared,
+        handler,
+        RabbitPublisher(channel, topology),
+        requeue_delay,
+        on_dead_letter,
+        batch=batch,
+        max_batch=max_batch,
+        batch_workers=batch_workers,
     )
     await consumer.start()
     return consumer

@@ -234,6 +234,82 @@ class StoreContract:
             )
         assert await store.get(before.saga_id) == winner
 
+    async def test_many_sagas_lock_save_and_record_history_together(self, store: SagaStore) -> None:
+        a, b, c = started("a"), started("b"), started("c")
+        await self.insert(store, a, b, c)
+        async with store.transaction() as tx:
+            locked = await tx.lock_all([c.saga_id, uuid4(), a.saga_id, b.saga_id])
+            # In id order, unknown ids left out: lockers of overlapping sets cannot deadlock.
+            assert locked == sorted([a, b, c], key=lambda s: s.saga_id)
+            await tx.save_all([(a, first_step_succeeded(a)), (c, first_step_succeeded(c))])
+            await tx.append_histories(
+                [
+                    (a.saga_id, [HistoryEntry("one"), HistoryEntry("two", "s", {"n": 2})], "x"),
+                    (c.saga_id, [HistoryEntry("one")], "y"),
+                    (a.saga_id, [HistoryEntry("three")], "z"),
+                    (b.saga_id, [], "nobody"),
+                ]
+            )
+        assert await store.get(a.saga_id) == first_step_succeeded(a)
+        assert await store.get(b.saga_id) == b
+        assert await store.get(c.saga_id) == first_step_succeeded(c)
+        history = [
+            (r.seq, r.event, r.step, r.detail, r.actor) for r in await store.history(a.saga_id)
+        ]
+        assert history == [
+            (1, "one", None, None, "x"),
+            (2, "two", "s", {"n": 2}, "x"),
+            (3, "three", None, None, "z"),
+        ]
+        assert [(r.seq, r.actor) for r in await store.history(c.saga_id)] == [(1, "y")]
+        assert await store.history(b.saga_id) == []
+        async with store.transaction() as tx:  # and the sequence goes on from there
+            await tx.append_histories([(a.saga_id, [HistoryEntry("four")], "x")])
+        assert [r.seq for r in await store.history(a.saga_id)] == [1, 2, 3, 4]
+
+    async def test_insert_all_leaves_out_keys_taken_before_or_twice(self, store: SagaStore) -> None:
+        old = started("old")
+        await self.insert(store, old)
+        new, again, twice, twice_more = started("new"), started("old"), started("2"), started("2")
+        async with store.transaction() as tx:
+            inserted = await tx.insert_all([new, again, twice, twice_more])
+        assert inserted == {new.saga_id, twice.saga_id}
+        assert await store.get(new.saga_id) == new
+        assert await store.get(twice.saga_id) == twice
+        assert await store.get(again.saga_id) is None
+        assert await store.get(twice_more.saga_id) is None
+
+    async def test_held_cancels_are_taken_for_many_starts_as_one_by_one(
+        self, store: SagaStore
+    ) -> None:
+        async with store.transaction() as tx:
+            await tx.hold_cancel("k1", None, "first")
+            await tx.hold_cancel("k1", "order", "second")
+            await tx.hold_cancel("k2", "invoice", "not for order")
+            await tx.hold_cancel("k3", "order", "third")
+        async with store.transaction() as tx:
+            taken = await tx.take_held_cancels(
+                [("order", "k1"), ("order", "k2"), ("invoice", "k1"), ("order", "k4")]
+            )
+        # k1: the oldest wins and takes both; the invoice start of k1 finds none left.
+        assert taken == {("order", "k1"): "first"}
+        async with store.transaction() as tx:
+            assert await tx.take_held_cancel("order", "k1") is None
+            assert await tx.take_held_cancel("invoice", "k2") == "not for order"
+            assert await tx.take_held_cancel("order", "k3") == "third"
+
+    async def test_save_all_writes_nothing_when_one_saga_moved_on(self, store: SagaStore) -> None:
+        a, b = started("a"), started("b")
+        await self.insert(store, a, b)
+        await self.save(store, b, first_step_succeeded(b))
+        with pytest.raises(ConcurrentUpdate):
+            async with store.transaction() as tx:
+                await tx.save_all(
+                    [(a, first_step_succeeded(a)), (b, timers_moved(b, NOW + timedelta(hours=1)))]
+                )
+        assert await store.get(a.saga_id) == a
+        assert await store.get(b.saga_id) == first_step_succeeded(b)
+
     async def test_save_refuses_anything_but_the_next_revision(self, store: SagaStore) -> None:
         before = started()
         await self.insert(store, before)

@@ -467,8 +467,8 @@ def open_saga_and_read_its_timeline(
     (b0, b1) = took["brew"][1]
     [prepare_bar] = [b for b in lanes["prepare"] if b["kind"] == "action"]
     ratio = brew[1]["width"] / prepare_bar["width"]
+    # (Not "brew is 4x longer": on a loaded machine prepare's 0.25 s can stretch.)
     assert ratio == pytest.approx((b1 - b0) / (p1 - p0), rel=0.02)
-    assert ratio > 2.5  # 1 s against 0.25 s: visibly longer
     # ... and positions follow the clock: brew's second attempt starts after prepare ends.
     assert brew[1]["x"] >= prepare_bar["x"] + prepare_bar["width"] - 0.5
 

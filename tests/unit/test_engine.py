@@ -14,7 +14,9 @@ from adapters.memory.store import MemoryStore
 from orchestrator.engine import Engine
 from orchestrator.errors import InvalidInput, SagaNotFound, UnknownSaga
 from orchestrator.messages import CancelSaga, Command, Reply, StartSaga
+from orchestrator.ports import SagaQuery
 from orchestrator.registry import Registry
+from orchestrator.state import SagaState
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 
 ORDER = {
@@ -167,3 +169,93 @@ async def test_history_records_every_transition_with_its_actor(
     assert [h.seq for h in history] == list(range(1, len(history) + 1))
     assert ("saga_cancel_accepted", "operator:ann") in [(h.event, h.actor) for h in history]
     assert history[-1].event == "compensation_dispatched"
+
+
+async def test_a_batch_of_replies_ends_as_if_they_came_one_by_one(clock: Clock) -> None:
+    """Group commit: replies of several sagas, two of them for one saga and one for a saga
+    nobody knows, in one call. Every saga ends where applying them one at a time leads."""
+    ends = []
+    for batched in (False, True):
+        store, publisher = MemoryStore(clock=clock), MemoryPublisher()
+        engine = Engine(store, publisher, Registry([order_saga]), clock=clock)
+        first = [last_command_of(publisher, (await engine.start(start(k))).saga_id) for k in "abc"]
+        again = success(first[0])  # a duplicate: ignored, and recorded as such
+        stranger = Reply(command_id=uuid.uuid4(), saga_id=uuid.uuid4(), step="x", outcome="success")
+        batch = [success(first[0]), success(first[1]), again, stranger, success(first[2])]
+        if batched:
+            applied = await engine.replies(batch)
+        else:
+            applied = [await engine.reply(r) for r in batch]
+        assert applied == [True, True, True, False, True]
+        sagas = sorted(await store.find(SagaQuery()), key=lambda s: s.key)
+        ends.append(
+            [
+                (s.key, s.revision, [st.status for st in s.steps], await _events(store, s))
+                for s in sagas
+            ]
+        )
+        assert len(publisher.routing_keys()) == 6  # 3 first commands, 3 second ones
+    assert ends[0] == ends[1]
+    assert ends[1][0][3].count("reply_ignored") == 1  # the duplicate, in saga a's history
+
+
+def start(key: str) -> StartSaga:
+    return StartSaga(saga="order", key=key, input={**ORDER, "order_id": key})
+
+
+def last_command_of(publisher: MemoryPublisher, saga_id: uuid.UUID | None) -> Command:
+    commands = [
+        Command.model_validate({**json.loads(m.body), "command": m.routing_key})
+        for m in publisher.published
+        if m.exchange == "saga.commands"
+    ]
+    return [c for c in commands if c.saga_id == saga_id][-1]
+
+
+async def _events(store: MemoryStore, state: SagaState) -> list[str]:
+    return [h.event for h in await store.history(state.saga_id)]
+
+
+async def test_a_batch_of_starts_ends_as_if_they_came_one_by_one(clock: Clock) -> None:
+    """Group commit of starts: a new key, a key started before, a key twice in the batch, a
+    key with a held cancel. Same sagas, same statuses, same commands as one at a time."""
+    ends = []
+    for batched in (False, True):
+        store, publisher = MemoryStore(clock=clock), MemoryPublisher()
+        engine = Engine(store, publisher, Registry([order_saga]), clock=clock)
+        earlier = await engine.start(start("old"))
+        await engine.cancel(CancelSaga(key="held", reason="changed my mind"))
+        batch = [start("new"), start("old"), start("twice"), start("twice"), start("held")]
+        pairs = [(r, None) for r in batch]
+        if batched:
+            outcomes = await engine.starts(pairs)
+        else:
+            outcomes = [await engine.start(r) for r in batch]
+        assert [o.created for o in outcomes] == [True, False, True, False, True]
+        assert outcomes[1].saga_id == earlier.saga_id
+        assert outcomes[3].saga_id == outcomes[2].saga_id
+        sagas = sorted(await store.find(SagaQuery()), key=lambda s: s.key)
+        ends.append([(s.key, s.status, await _events(store, s)) for s in sagas])
+        assert sorted(publisher.routing_keys()) == [
+            *["customers.reserve_credit"] * 3,  # old, new, twice
+            "order.cancelled",  # held: it ends at once
+        ]
+    assert ends[0] == ends[1]
+    assert [(key, status) for key, status, _ in ends[1]] == [
+        ("held", "cancelled"),
+        ("new", "running"),
+        ("old", "running"),
+        ("twice", "running"),
+    ]
+
+
+async def test_a_batch_of_starts_with_an_invalid_one_starts_nothing(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, store, publisher = parts
+    with pytest.raises(InvalidInput, match="customer_id"):
+        await engine.starts(
+            [(start("a"), None), (StartSaga(saga="order", key="b", input={}), None)]
+        )
+    assert await store.find(SagaQuery()) == []
+    assert publisher.routing_keys() == []
