@@ -3,7 +3,6 @@ store or an engine for the length of one command, and finding a saga by id or ke
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from adapters import eventloop
 from adapters.logging import configure_logging
 from adapters.settings import Settings
 from orchestrator.errors import (
@@ -60,7 +60,7 @@ def run(coro: Awaitable[T]) -> T:
     API: 1 when an operator action was refused (the saga is in the wrong state), 3 when the
     saga does not exist, 2 for everything else."""
     try:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+        return eventloop.run(coro)  # type: ignore[arg-type]
     except OperationRefused as exc:
         typer.secho(f"refused: {exc}", fg="yellow", err=True)
         raise typer.Exit(1) from exc

@@ -5,12 +5,12 @@ inside the SDK's exactly-once barrier; `bench.c` fails for the sagas `bench.saga
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters import eventloop
 from adapters.logging import configure_logging
 from adapters.participants import serve
 from adapters.postgres.barrier import Barrier
@@ -76,4 +76,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    eventloop.run(main())

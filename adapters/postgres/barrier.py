@@ -36,13 +36,15 @@ What each delivery does:
 - compensation after a successful action: its own row is inserted, then its handler runs;
   duplicates get the stored reply like actions do.
 
-The handler runs in a SAVEPOINT. A non-retryable `StepFailed` of an action rolls back the
-business writes but its reply is stored: evaluated again later, the action could succeed when
-the saga has already moved on (compensated without it) and leave an effect nobody undoes. A
-compensation's non-retryable failure is not stored: it parks the saga for an operator, and the
-operator's retry (same key) must run the compensation again, not replay the failure. A
-retryable `StepFailed` or any other exception rolls back everything, the barrier row included,
-so the next attempt with the same key runs again.
+A non-retryable `StepFailed` of an action rolls back the business writes but its reply is
+stored: evaluated again later, the action could succeed when the saga has already moved on
+(compensated without it) and leave an effect nobody undoes. The transaction rolls back whole
+and the failure row is written in a second one, which answers whatever row another delivery
+wrote in between: cheaper than a savepoint around every handler (two round trips each), as
+failures are rare. A compensation's non-retryable failure is not stored: it parks the saga
+for an operator, and the operator's retry (same key) must run the compensation again, not
+replay the failure. A retryable `StepFailed` or any other exception rolls back everything,
+the barrier row included, so the next attempt with the same key runs again.
 
 Keys are (saga_id, step, kind) rather than the idempotency key string because a compensation
 must find its action's row.
@@ -206,24 +208,42 @@ class Barrier:
     # -- the two paths --------------------------------------------------------------------------
 
     async def _action(self, command: Command, fn: GuardedHandler) -> dict[str, Any] | None:
-        async with self._engine.begin() as conn:
-            if await self._claim(conn, command, "action"):
-                outcome = await self._run(conn, command, fn)
-            else:
-                row = await self._row(conn, command, "action")
-                if row.written_by == "compensation":
-                    _log(command).warning("barrier_hanging_action_refused")
-                    outcome = _Outcome(
-                        failure=StepFailed(
-                            COMPENSATED_ALREADY,
-                            "the compensation of this step was recorded before the action "
-                            "arrived; the action is refused so that no effect outlives its undo",
-                            retryable=False,
-                        )
-                    )
-                else:
-                    outcome = _replayed(command, row)
-        return outcome.unwrap()
+        try:
+            async with self._engine.begin() as conn:
+                if await self._claim(conn, command, "action"):
+                    result = await _apply(fn, command, conn)
+                    await self._store(conn, command, "success", result=result)
+                    return result
+                outcome = await self._answered(conn, command)
+        except StepFailed as failure:
+            if failure.retryable:
+                raise  # rolls back the barrier row too: the next attempt runs again
+            # Rolled back with its business writes; stored now in a transaction of its own
+            # (a savepoint around the handler would cost two round trips on every command).
+            error = {"type": failure.type, "message": failure.message, "retryable": False}
+            async with self._engine.begin() as conn:
+                if await self._claim(conn, command, "action", "failure", error=error):
+                    outcome = _Outcome(failure=failure)
+                    _log(command).info("barrier_failure_stored", error_type=failure.type)
+                else:  # another delivery, or the compensation's marker, got there in between
+                    outcome = await self._answered(conn, command)
+        return outcome.unwrap()  # after commit: raising inside would roll the row back
+
+    async def _answered(self, conn: AsyncConnection, command: Command) -> _Outcome:
+        """What an action whose row exists already comes to: refused after its compensation,
+        else the stored reply again."""
+        row = await self._row(conn, command, "action")
+        if row.written_by == "compensation":
+            _log(command).warning("barrier_hanging_action_refused")
+            return _Outcome(
+                failure=StepFailed(
+                    COMPENSATED_ALREADY,
+                    "the compensation of this step was recorded before the action "
+                    "arrived; the action is refused so that no effect outlives its undo",
+                    retryable=False,
+                )
+            )
+        return _replayed(command, row)
 
     async def _compensation(self, command: Command, fn: GuardedHandler) -> dict[str, Any] | None:
         async with self._engine.begin() as conn:
@@ -234,18 +254,31 @@ class Barrier:
                 outcome = _replayed(command, await self._row(conn, command, "compensation"))
             elif action_missing or not await self._action_applied(conn, command):
                 _log(command).info("barrier_null_compensation", action_missing=action_missing)
-                result = {NULL_COMPENSATION: True}
+                null: dict[str, Any] = {NULL_COMPENSATION: True}
+                await self._store(conn, command, "success", result=null)
+                outcome = _Outcome(result=null)
+            else:
+                # Any failure rolls everything back, the barrier rows included: a
+                # compensation's failure is never stored (see the module docstring).
+                result = await _apply(fn, command, conn)
                 await self._store(conn, command, "success", result=result)
                 outcome = _Outcome(result=result)
-            else:
-                outcome = await self._run(conn, command, fn)
         return outcome.unwrap()
 
     # -- steps ------------------------------------------------------------------------------------
 
-    async def _claim(self, conn: AsyncConnection, command: Command, kind: Kind) -> bool:
-        """Insert the row of (command's saga and step, `kind`); False when it exists. A
-        concurrent insert of the same row blocks this one until that transaction ends."""
+    async def _claim(
+        self,
+        conn: AsyncConnection,
+        command: Command,
+        kind: Kind,
+        outcome: Literal["failure"] | None = None,
+        *,
+        error: dict[str, Any] | None = None,
+    ) -> bool:
+        """Insert the row of (command's saga and step, `kind`), with its outcome if known
+        already; False when it exists. A concurrent insert of the same row blocks this one
+        until that transaction ends."""
         inserted = await conn.execute(
             insert(self.table)
             .values(
@@ -254,6 +287,8 @@ class Barrier:
                 kind=kind,
                 written_by=command.kind,
                 command_id=command.command_id,
+                outcome=outcome,
+                error=error,
             )
             .on_conflict_do_nothing()
             .returning(self.table.c.kind)
@@ -281,20 +316,6 @@ class Barrier:
     async def _action_applied(self, conn: AsyncConnection, command: Command) -> bool:
         row = await self._row(conn, command, "action")
         return row.written_by == "action" and row.outcome == "success"
-
-    async def _run(self, conn: AsyncConnection, command: Command, fn: GuardedHandler) -> _Outcome:
-        try:
-            async with conn.begin_nested():
-                result = _as_json(await fn(command, conn))
-        except StepFailed as failure:
-            if failure.retryable or command.kind == "compensation":
-                raise  # rolls back the barrier row too: the next attempt runs again
-            error = {"type": failure.type, "message": failure.message, "retryable": False}
-            await self._store(conn, command, "failure", error=error)
-            _log(command).info("barrier_failure_stored", error_type=failure.type)
-            return _Outcome(failure=failure)
-        await self._store(conn, command, "success", result=result)
-        return _Outcome(result=result)
 
     async def _store(
         self,
@@ -331,10 +352,16 @@ def _replayed(command: Command, row: _Stored) -> _Outcome:
     )
 
 
+async def _apply(
+    fn: GuardedHandler, command: Command, conn: AsyncConnection
+) -> dict[str, Any] | None:
+    return _as_json(await fn(command, conn))
+
+
 def _as_json(result: dict[str, Any] | None) -> dict[str, Any] | None:
     """The result as plain JSON (Decimal, UUID, datetime become strings, as on the wire), so
-    the first reply and every replay are the same. Called inside the savepoint: a result that
-    cannot be stored rolls back its effect."""
+    the first reply and every replay are the same. Called inside the transaction: a result
+    that cannot be stored rolls back its effect."""
     try:
         plain: dict[str, Any] | None = pydantic_core.from_json(pydantic_core.to_json(result))
     except Exception as exc:

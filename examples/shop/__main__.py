@@ -8,9 +8,9 @@ for crash tests (`serve` arms it: see adapters/faults.py).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 
+from adapters import eventloop
 from adapters.logging import configure_logging
 from adapters.participants import serve
 from adapters.postgres.database import ensure_database, make_engine
@@ -41,4 +41,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--services", help="comma-separated subset, e.g. customers,inventory")
     args = parser.parse_args()
-    asyncio.run(main(set(args.services.split(",")) if args.services else None))
+    eventloop.run(main(set(args.services.split(",")) if args.services else None))

@@ -157,8 +157,43 @@ async def test_a_duplicate_non_retryable_failure_replays_the_failure(
         assert (failed.value.type, failed.value.message) == ("card_declined", "no funds")
         assert failed.value.retryable is False
     assert handler.calls == 1
-    assert await applied(engine, cmd.saga_id) == 0, "the savepoint rolls back the failed effect"
+    assert await applied(engine, cmd.saga_id) == 0, "the failed effect is rolled back"
     assert await barrier_rows(engine, barrier, cmd.saga_id) == {"action": ("action", "failure")}
+
+
+async def test_a_compensation_slipping_in_before_a_failure_is_stored_wins(
+    barrier: Barrier, engine: AsyncEngine
+) -> None:
+    """The failed action's transaction rolls back before its failure row is written: a
+    compensation waiting on the row gets in between. Whoever wins, nothing is left applied,
+    the barrier agrees with the reply, and the compensation undoes nothing."""
+    saga_id = uuid.uuid4()
+    do = Handler(errors=[StepFailed("card_declined", "no funds", retryable=False)])
+    do.hold = asyncio.Event()
+    undo = Handler({"refunded": True})
+    action = asyncio.create_task(barrier.guard(do)(command(saga_id=saga_id)))
+
+    async def action_running() -> bool:
+        return do.calls == 1
+
+    await eventually(action_running, message="the action running")
+    compensation = asyncio.create_task(
+        barrier.guard(undo)(command("compensation", saga_id=saga_id))
+    )
+    await eventually(lambda: someone_waits_for_a_lock(engine), message="a blocked compensation")
+    do.hold.set()
+    with pytest.raises(StepFailed) as failed:
+        await action
+    assert await compensation == {"null_compensation": True}
+    assert undo.calls == 0
+    assert await applied(engine, saga_id) == 0
+    rows = await barrier_rows(engine, barrier, saga_id)
+    if failed.value.type == "compensated_already":  # the compensation's marker came first
+        assert rows["action"] == ("compensation", None)
+    else:
+        assert failed.value.type == "card_declined"
+        assert rows["action"] == ("action", "failure")
+    assert rows["compensation"] == ("compensation", "success")
 
 
 @pytest.mark.parametrize(
