@@ -67,7 +67,9 @@ def build(barrier: Barrier) -> Participant:
 async def main() -> None:
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    engine = make_engine(os.environ["BENCH_DATABASE_URL"], pool_size=settings.db_pool_size)
+    engine = make_engine(
+        os.environ["BENCH_DATABASE_URL"], pool_size=settings.db_pool_size, max_overflow=0
+    )
     try:
         barrier = await create(engine)
         await serve(settings, [build(barrier)])

@@ -24,13 +24,20 @@ def psycopg_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL, pool_size: int = 5) -> AsyncEngine:
-    """The pooled engine a long-running process shares between all its transactions."""
+def make_engine(url: str | URL, pool_size: int = 5, max_overflow: int = 10) -> AsyncEngine:
+    """The pooled engine a long-running process shares between all its transactions.
+
+    Connections beyond `pool_size` (up to `max_overflow` more) are opened for one
+    transaction and closed after it: under sustained load that is a PostgreSQL backend
+    forked per transaction. A process whose concurrency is bounded by something else (a
+    participant's handlers, by its prefetch) does better with `max_overflow=0`: the surplus
+    waits for a pooled connection instead."""
     # hide_parameters: a failed statement's error (logged with its traceback) must not carry
     # saga input or results, which may hold personal data, into the logs.
     return create_async_engine(
         psycopg_url(url),
         pool_size=pool_size,
+        max_overflow=max_overflow,
         connect_args=_CONNECT_ARGS,
         hide_parameters=True,
     )

@@ -26,7 +26,7 @@ async def main(services: set[str] | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     url = os.environ.get("SHOP_DATABASE_URL", DEFAULT_SHOP_URL)
     await ensure_database(url)
-    engine = make_engine(url, pool_size=settings.db_pool_size)
+    engine = make_engine(url, pool_size=settings.db_pool_size, max_overflow=0)
     # Before serving: the first command needs the tables and the barrier (Barrier.install).
     await schema.create(engine)
     knobs = Knobs(slow_seconds=float(os.environ.get("SHOP_SLOW_SECONDS", "2.0")))
