@@ -139,6 +139,25 @@ class Barrier:
     ) -> None:
         self._engine = engine
         self.table = barrier_table(table, schema)
+        t = self.table
+        # Built once: constructing a statement per command cost more CPU than running it.
+        key = (
+            t.c.saga_id == sa.bindparam("k_saga_id"),
+            t.c.step == sa.bindparam("k_step"),
+            t.c.kind == sa.bindparam("k_kind"),
+        )
+        self._insert = (
+            insert(t)
+            .values({c: sa.bindparam(c) for c in _CLAIMED})
+            .on_conflict_do_nothing()
+            .returning(t.c.kind)
+        )
+        self._select = sa.select(t.c.written_by, t.c.outcome, t.c.result, t.c.error).where(*key)
+        self._update = (
+            sa.update(t)
+            .where(*key)
+            .values({c: sa.bindparam(f"v_{c}") for c in ("outcome", "result", "error")})
+        )
 
     def __repr__(self) -> str:
         return f"Barrier({self.table.fullname!r})"
@@ -280,32 +299,23 @@ class Barrier:
         already; False when it exists. A concurrent insert of the same row blocks this one
         until that transaction ends."""
         inserted = await conn.execute(
-            insert(self.table)
-            .values(
-                saga_id=command.saga_id,
-                step=command.step,
-                kind=kind,
-                written_by=command.kind,
-                command_id=command.command_id,
-                outcome=outcome,
-                error=error,
-            )
-            .on_conflict_do_nothing()
-            .returning(self.table.c.kind)
+            self._insert,
+            {
+                "saga_id": command.saga_id,
+                "step": command.step,
+                "kind": kind,
+                "written_by": command.kind,
+                "command_id": command.command_id,
+                "outcome": outcome,
+                "error": error,
+            },
         )
         return inserted.first() is not None
 
     async def _row(self, conn: AsyncConnection, command: Command, kind: Kind) -> _Stored:
-        t = self.table
         # A separate statement, not part of the insert: only a new snapshot (READ COMMITTED)
         # sees the row of the transaction the insert waited for.
-        row = (
-            await conn.execute(
-                sa.select(t.c.written_by, t.c.outcome, t.c.result, t.c.error).where(
-                    *self._key(command, kind)
-                )
-            )
-        ).first()
+        row = (await conn.execute(self._select, _key(command, kind))).first()
         if row is None:
             raise RuntimeError(
                 f"barrier row {command.saga_id}:{command.step}:{kind} vanished between insert "
@@ -327,14 +337,21 @@ class Barrier:
         error: dict[str, Any] | None = None,
     ) -> None:
         await conn.execute(
-            sa.update(self.table)
-            .where(*self._key(command, command.kind))
-            .values(outcome=outcome, result=result, error=error)
+            self._update,
+            {
+                **_key(command, command.kind),
+                "v_outcome": outcome,
+                "v_result": result,
+                "v_error": error,
+            },
         )
 
-    def _key(self, command: Command, kind: Kind) -> tuple[sa.ColumnElement[bool], ...]:
-        t = self.table
-        return (t.c.saga_id == command.saga_id, t.c.step == command.step, t.c.kind == kind)
+
+_CLAIMED = ("saga_id", "step", "kind", "written_by", "command_id", "outcome", "error")
+
+
+def _key(command: Command, kind: Kind) -> dict[str, Any]:
+    return {"k_saga_id": command.saga_id, "k_step": command.step, "k_kind": kind}
 
 
 def _replayed(command: Command, row: _Stored) -> _Outcome:
