@@ -11,10 +11,10 @@ from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.postgres import semantic_locks
+from adapters.postgres.bulk import bulk_insert
 from adapters.postgres.errors import translated
 from adapters.postgres.rows import (
     PROGRESS_COLUMNS,
@@ -48,6 +48,14 @@ _CHANGING_STEP_COLUMNS = (
     "progress",
     "retry_base",
 )
+_INSERT_INSTANCES = bulk_insert(
+    saga_instances,
+    [c.name for c in saga_instances.c],
+    "ON CONFLICT (name, key) DO NOTHING RETURNING id",
+)
+_INSERT_STEPS = bulk_insert(saga_steps, [c.name for c in saga_steps.c])
+_OUTBOX_COLUMNS = ("exchange", "routing_key", "body", "message_id", "reply_to", "headers")
+_INSERT_OUTBOX = bulk_insert(outbox, _OUTBOX_COLUMNS, "RETURNING id")
 _UPDATE_INSTANCE = (
     sa.update(saga_instances)
     .where(
@@ -106,21 +114,23 @@ class PostgresTransaction:
         if not states:
             return set()
         inserted = await self._execute(
-            pg_insert(saga_instances)
-            .on_conflict_do_nothing(index_elements=[saga_instances.c.name, saga_instances.c.key])
-            .returning(saga_instances.c.id),
-            [instance_values(s) for s in states],
+            _INSERT_INSTANCES.statement,
+            _INSERT_INSTANCES.params([instance_values(s) for s in states]),
         )
         ids = set(inserted.scalars().all())
-        steps = [
-            {"saga_id": state.saga_id, **step_values(step)}
-            for state in states
-            if state.saga_id in ids
-            for step in state.steps
-        ]
-        if steps:
-            await self._execute(sa.insert(saga_steps), steps)
+        await self._insert_steps(
+            [
+                {"saga_id": state.saga_id, **step_values(step)}
+                for state in states
+                if state.saga_id in ids
+                for step in state.steps
+            ]
+        )
         return ids
+
+    async def _insert_steps(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            await self._execute(_INSERT_STEPS.statement, _INSERT_STEPS.params(rows))
 
     async def lock(self, saga_id: UUID) -> SagaState | None:
         found = await self.lock_all([saga_id])
@@ -181,13 +191,13 @@ class PostgresTransaction:
         if changed:
             await self._execute(_UPDATE_STEP, changed)
         # A map step's items, as it begins.
-        added = [
-            {"saga_id": after.saga_id, **step_values(s)}
-            for before, after in changes
-            for s in after.steps[len(before.steps) :]
-        ]
-        if added:
-            await self._execute(sa.insert(saga_steps), added)
+        await self._insert_steps(
+            [
+                {"saga_id": after.saga_id, **step_values(s)}
+                for before, after in changes
+                for s in after.steps[len(before.steps) :]
+            ]
+        )
 
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
@@ -219,21 +229,21 @@ class PostgresTransaction:
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         if not messages:
             return []
-        inserted = await self._execute(
-            sa.insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True),
-            [
-                {
-                    "exchange": m.exchange,
-                    "routing_key": m.routing_key,
-                    "body": m.body,
-                    "message_id": m.message_id,
-                    "reply_to": m.reply_to,
-                    "headers": dict(m.headers) if m.headers else None,
-                }
-                for m in messages
-            ],
-        )
-        ids = inserted.scalars().all()
+        rows = [
+            {
+                "exchange": m.exchange,
+                "routing_key": m.routing_key,
+                "body": m.body,
+                "message_id": m.message_id,
+                "reply_to": m.reply_to,
+                "headers": dict(m.headers) if m.headers else None,
+            }
+            for m in messages
+        ]
+        inserted = await self._execute(_INSERT_OUTBOX.statement, _INSERT_OUTBOX.params(rows))
+        # The sequence numbers the rows in the order unnest yields them, which is the order
+        # of `messages`, whatever order RETURNING lists them in.
+        ids = sorted(inserted.scalars().all())
         return [replace(m, id=i) for m, i in zip(messages, ids, strict=True)]
 
     async def hold_cancel(self, key: str, saga: str | None, reason: str) -> None:
