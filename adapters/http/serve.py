@@ -117,6 +117,9 @@ def listen(bind: Bind) -> socket.socket:
             "another host:port, or to nothing (SAGA_HTTP_BIND=) to serve no HTTP"
         ) from exc
     sock.setblocking(False)
+    # Accepted connections inherit it (Linux). asyncio sets it only on sockets it creates,
+    # and without it a keep-alive GET waited ~40 ms for the delayed ACK (bench/GROWTH.md).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 

@@ -104,11 +104,16 @@ class PostgresStore:
             i.status == SagaStatus.COMPLETED.value,
             i.parent_id.in_(sa.select(parents.c.id).where(parents.c.status.in_(unfinished))),
         )
+        # UNION ALL, not OR: an OR of the two makes the planner scan every saga (259 ms at a
+        # million finished ones, against 0.5 ms). The branches are disjoint by status.
+        both = sa.union_all(
+            sa.select(i.name, i.version).where(i.status.in_(unfinished)),
+            sa.select(i.name, i.version).where(undoable_child),
+        ).subquery()
         statement = (
-            sa.select(i.name, i.version, sa.func.count().label("unfinished"))
-            .where(sa.or_(i.status.in_(unfinished), undoable_child))
-            .group_by(i.name, i.version)
-            .order_by(i.name, i.version)
+            sa.select(both.c.name, both.c.version, sa.func.count().label("unfinished"))
+            .group_by(both.c.name, both.c.version)
+            .order_by(both.c.name, both.c.version)
         )
         with translated():
             async with self._engine.connect() as conn:

@@ -91,6 +91,10 @@ sa.Index(
 sa.Index(
     "ix_saga_instances_status_updated_at", saga_instances.c.status, saga_instances.c.updated_at
 )
+# A start key alone (no saga name): the (name, key) unique index has key second.
+sa.Index("ix_saga_instances_key", saga_instances.c.key)
+# Newest first with no filter: the dashboard's list.
+sa.Index("ix_saga_instances_updated_at_id", saga_instances.c.updated_at, saga_instances.c.id)
 
 saga_steps = sa.Table(
     "saga_steps",
