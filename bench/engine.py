@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import aio_pika
 import psycopg
@@ -28,13 +30,23 @@ class EngineResult:
     engine_latencies_ms: list[float] = field(default_factory=list)  # created_at -> terminal
     seconds: float = 0.0  # first publish -> last terminal status
     terminal: int = 0
+    # step -> dispatch committed -> its reply applied (history times, the database's clock)
+    step_latencies_ms: dict[str, list[float]] = field(default_factory=dict)
+    commands: int = 0  # actions and compensations dispatched
 
 
 class Publisher:
     """Start messages on one connection with publisher confirms, pipelined."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        saga: str = "bench",
+        input_of: Callable[[int], dict[str, Any]] = lambda n: {"n": n},
+    ) -> None:
         self.settings = settings
+        self.saga = saga
+        self.input_of = input_of
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
@@ -50,7 +62,7 @@ class Publisher:
 
     async def start(self, key: str, n: int) -> None:
         assert self._exchange is not None, "open() first"
-        body = StartSaga(saga="bench", key=key, input={"n": n})
+        body = StartSaga(saga=self.saga, key=key, input=self.input_of(n))
         await self._exchange.publish(
             aio_pika.Message(
                 body.model_dump_json(exclude_none=True).encode(),
@@ -88,8 +100,9 @@ class EngineDb:
     """The bench's own queries on the engine's database; it counts them, so that its
     transactions can be taken out of the engine's (pg_stat_database counts every one)."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, saga: str = "bench") -> None:
         self.dsn = dsn
+        self.saga = saga
         self.queries = 0
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
 
@@ -112,9 +125,9 @@ class EngineDb:
         done = 0
         while time.monotonic() < deadline:
             rows = await self.fetch(
-                "SELECT count(*) FROM saga_instances WHERE name = 'bench' AND key = ANY(%s)"
+                "SELECT count(*) FROM saga_instances WHERE name = %s AND key = ANY(%s)"
                 " AND status = ANY(%s)",
-                (keys, list(TERMINAL)),
+                (self.saga, keys, list(TERMINAL)),
             )
             done = int(rows[0][0])  # type: ignore[call-overload]
             if done == len(keys):
@@ -125,8 +138,8 @@ class EngineDb:
     async def collect(self, out: EngineResult) -> None:
         rows = await self.fetch(
             "SELECT key, status, created_at, coalesce(status_since, updated_at)"
-            " FROM saga_instances WHERE name = 'bench' AND key = ANY(%s)",
-            (list(out.published_at),),
+            " FROM saga_instances WHERE name = %s AND key = ANY(%s)",
+            (self.saga, list(out.published_at)),
         )
         first = min(out.published_at.values())
         last = first
@@ -142,6 +155,40 @@ class EngineDb:
             out.latencies_ms.append((end - out.published_at[key]) * 1000)
             out.engine_latencies_ms.append((ended - created).total_seconds() * 1000)
         out.seconds = last - first
+        await self._collect_steps(out)
+
+    async def _collect_steps(self, out: EngineResult) -> None:
+        """Per step: from the transaction that dispatched its (first) command to the one
+        that applied its reply (success or failure), as saga_history timestamps them."""
+        rows = await self.fetch(
+            "SELECT d.step, extract(epoch FROM r.at - d.at) * 1000"
+            " FROM saga_instances i"
+            " JOIN saga_history d ON d.saga_id = i.id AND d.event = 'step_dispatched'"
+            " JOIN saga_history r ON r.saga_id = i.id AND r.step = d.step"
+            "  AND r.event IN ('step_succeeded', 'step_failed')"
+            " WHERE i.name = %s AND i.key = ANY(%s)",
+            (self.saga, list(out.published_at)),
+        )
+        for step, ms in rows:
+            assert isinstance(step, str)
+            out.step_latencies_ms.setdefault(step, []).append(float(ms))  # type: ignore[arg-type]
+        sent = await self.fetch(
+            "SELECT count(*) FROM saga_instances i JOIN saga_history h ON h.saga_id = i.id"
+            " WHERE h.event IN ('step_dispatched', 'compensation_dispatched')"
+            " AND i.name = %s AND i.key = ANY(%s)",
+            (self.saga, list(out.published_at)),
+        )
+        out.commands = int(sent[0][0])  # type: ignore[call-overload]
+
+
+async def delete_topology(settings: Settings, services: list[str]) -> None:
+    """The run's queues and exchanges (its own prefix), with whatever is left in them."""
+    connection = await connect(settings.amqp_url)
+    try:
+        channel = await open_channel(connection)
+        await Topology(settings.amqp_prefix).delete_all(channel, services=services)
+    finally:
+        await connection.close()
 
 
 async def next_xid(dsn: str) -> int:
