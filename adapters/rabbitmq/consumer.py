@@ -277,7 +277,8 @@ class Consumer:
             del self._waiting[: self.max_batch]
             try:
                 try:
-                    await self.batch([w.delivery for w in batch])
+                    with _log_scope(None):  # what the handler binds ends with the batch
+                        await self.batch([w.delivery for w in batch])
                 except Exception as exc:
                     log.info(
                         "message_batch_one_by_one",
@@ -370,11 +371,15 @@ class _Waiting:
 
 
 @contextmanager
-def _log_scope(delivery: Delivery) -> Iterator[None]:
-    """Log fields for one message: its trace id now, the handler's binds later; restored as
-    they were when the message is done (each message runs in a task of its own anyway)."""
+def _log_scope(delivery: Delivery | None) -> Iterator[None]:
+    """Log fields for one message (None: a batch): its trace id now, the handler's binds
+    later; restored as they were when the message is done. A batch runs in a long-lived
+    task, whose binds would otherwise name every later batch's lines."""
     saved = structlog.contextvars.get_contextvars()
-    structlog.contextvars.bind_contextvars(**trace.log_fields(trace.from_headers(delivery.headers)))
+    if delivery is not None:
+        structlog.contextvars.bind_contextvars(
+            **trace.log_fields(trace.from_headers(delivery.headers))
+        )
     try:
         yield
     finally:

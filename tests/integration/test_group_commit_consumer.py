@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import aio_pika
+import structlog
 from aio_pika import Message
 from aio_pika.abc import AbstractRobustConnection
 
@@ -104,3 +105,31 @@ async def test_a_failed_batch_is_handled_one_by_one(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_what_a_batch_binds_for_its_log_lines_ends_with_it(
+    amqp_connection: AbstractRobustConnection, amqp_channel: Channel, topology: Topology
+) -> None:
+    """Batches run in a long-lived task: a saga id bound for one batch's log lines must not
+    name the lines of the next."""
+    await topology.declare_core(amqp_channel)
+    publisher = RabbitPublisher(amqp_channel, topology)
+    seen: list[dict[str, object]] = []
+
+    async def one(delivery: Delivery) -> None:
+        raise AssertionError("no batch fails here")
+
+    async def many(deliveries: Sequence[Delivery]) -> None:
+        seen.append(structlog.contextvars.get_contextvars())
+        structlog.contextvars.bind_contextvars(saga_id=parse(StartSaga, deliveries[0]).key)
+
+    channel = await open_channel(amqp_connection)
+    consumer = await consume(
+        channel, REQUESTS_QUEUE, one, topology=topology, prefetch=1, batch=many, batch_workers=1
+    )
+    for key in ("first", "second"):  # prefetch 1: two batches, one after the other
+        await _publish(publisher, [key])
+    await eventually(lambda: _true(len(seen) == 2), message="two batches")
+    await consumer.stop()
+    await channel.close()
+    assert all("saga_id" not in bound for bound in seen), seen
