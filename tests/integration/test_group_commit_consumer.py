@@ -123,12 +123,19 @@ async def test_what_a_batch_binds_for_its_log_lines_ends_with_it(
         seen.append(structlog.contextvars.get_contextvars())
         structlog.contextvars.bind_contextvars(saga_id=parse(StartSaga, deliveries[0]).key)
 
+    await _publish(publisher, ["first", "second"])
     channel = await open_channel(amqp_connection)
+    # Both waiting, one per batch, one drain: it takes the second after the first.
     consumer = await consume(
-        channel, REQUESTS_QUEUE, one, topology=topology, prefetch=1, batch=many, batch_workers=1
+        channel,
+        REQUESTS_QUEUE,
+        one,
+        topology=topology,
+        prefetch=2,
+        batch=many,
+        max_batch=1,
+        batch_workers=1,
     )
-    for key in ("first", "second"):  # prefetch 1: two batches, one after the other
-        await _publish(publisher, [key])
     await eventually(lambda: _true(len(seen) == 2), message="two batches")
     await consumer.stop()
     await channel.close()
