@@ -24,11 +24,15 @@ from bench.engine import (
     EngineDb,
     EngineResult,
     Publisher,
+    delete_topology,
     next_xid,
     publish_all,
     publish_at_rate,
     xact_commits,
 )
+from bench.order import SERVICES as ORDER_SERVICES
+from bench.order import run_order
+from bench.peers import PEERS, PeerMissing, PeerRun, select
 from bench.stats import CpuMeter, peak_rss_mb, percentiles
 from examples.demo import wait_for_consumers
 from examples.processes import Processes
@@ -38,7 +42,7 @@ def _urls(settings: Settings, run_id: str) -> dict[str, str]:
     base = make_url(settings.database_url)
     return {
         suffix: base.set(database=f"bench_{run_id}{suffix}").render_as_string(hide_password=False)
-        for suffix in ("", "_p", "_floor")
+        for suffix in ("", "_p", "_floor", "_order", "_shop", *(f"_{name}" for name in PEERS))
     }
 
 
@@ -132,6 +136,10 @@ async def run_engine(
                 "target_rate": args.rate,
                 "engine_latency_ms": percentiles(fixed.engine_latencies_ms),
             },
+            "step_latency_ms": {
+                phase: {step: percentiles(ms) for step, ms in sorted(r.step_latencies_ms.items())}
+                for phase, r in (("saturation", sat), ("rate", fixed))
+            },
             "cpu_s_per_saga": {k: v / args.sagas for k, v in cpu.items()},
             "cpu_visible": meter.visible,
             "pg_xacts_per_saga": {
@@ -151,23 +159,66 @@ async def run_engine(
         procs.stop_all()
 
 
+def _numbers(args: argparse.Namespace) -> tuple[list[int], list[int]]:
+    """The sagas of the saturation phase and of the fixed-rate phase, numbered apart."""
+    count = int(args.rate * args.rate_seconds)
+    return list(range(args.sagas)), list(range(args.sagas, args.sagas + count))
+
+
+def _figures(
+    sat: floor.FloorResult, fixed: floor.FloorResult, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The floor's and the peers' figures, in the engine's shape."""
+    saturation, rate = _numbers(args)
+    ended = ("completed", "compensated")
+    return {
+        "saturation": {
+            **_phase(sat.statuses, sat.seconds, sat.latencies_ms, len(saturation)),
+            "terminal": sum(sat.statuses.get(s, 0) for s in ended),
+        },
+        "rate": {
+            **_phase(fixed.statuses, fixed.seconds, fixed.latencies_ms, len(rate)),
+            "terminal": sum(fixed.statuses.get(s, 0) for s in ended),
+            "target_rate": args.rate,
+        },
+    }
+
+
 async def run_floor(url: str, args: argparse.Namespace) -> dict[str, Any]:
     await ensure_database(url)
     dsn = _dsn(url)
     await floor.create(dsn)
-    sat = await floor.run(dsn, list(range(args.sagas)))
-    count = int(args.rate * args.rate_seconds)
-    fixed = await floor.run(dsn, list(range(args.sagas, args.sagas + count)), rate=args.rate)
+    saturation, rate = _numbers(args)
+    sat = await floor.run(dsn, saturation)
+    fixed = await floor.run(dsn, rate, rate=args.rate)
+    return _figures(sat, fixed, args)
+
+
+async def run_peer(
+    name: str, url: str, args: argparse.Namespace, *, settings: Settings, run_id: str, log_dir: Path
+) -> dict[str, Any]:
+    """One peer, saturation then fixed rate, on its own fresh database."""
+    await ensure_database(url)
+    saturation, rate = _numbers(args)
+    phases: list[tuple[list[int], float | None]] = [(saturation, None), (rate, args.rate)]
+    run: PeerRun
+    # Imported here: the peers' packages are optional (pip install -e .[bench]).
+    if name == "celery":
+        from bench.peers import celery_chain
+
+        run = await celery_chain.bench(
+            url, phases, settings=settings, run_id=run_id, timeout=args.timeout, log_dir=log_dir
+        )
+    else:
+        from bench.peers import dbos_flow
+
+        run = await dbos_flow.bench(url, phases, timeout=args.timeout, log_dir=log_dir)
+    sat, fixed = run.phases
     return {
-        "saturation": {
-            **_phase(sat.statuses, sat.seconds, sat.latencies_ms, args.sagas),
-            "terminal": sum(sat.statuses.values()),
-        },
-        "rate": {
-            **_phase(fixed.statuses, fixed.seconds, fixed.latencies_ms, count),
-            "terminal": sum(fixed.statuses.values()),
-            "target_rate": args.rate,
-        },
+        **_figures(sat, fixed, args),
+        "worker": run.worker,
+        "cpu_s_per_saga": {k: v / len(saturation) for k, v in run.cpu_s.items()},
+        "cpu_visible": run.cpu_visible,
     }
 
 
@@ -189,42 +240,97 @@ def _ratio(a: Any, b: Any) -> str:
 
 def report(figures: dict[str, Any]) -> str:
     eng, flo = figures["engine"], figures["floor"]
+    peers: dict[str, Any] = figures.get("peers", {})
+    others = {"floor": flo, **peers}  # each gets a column and an engine/<name> ratio column
     rows: list[list[str]] = []
 
-    def row(label: str, e: Any, f: Any, digits: int = 1) -> None:
-        rows.append([label, _f(e, digits), _f(f, digits), _ratio(e, f) if f is not None else ""])
+    def row(label: str, e: Any, by_side: dict[str, Any], digits: int = 1) -> None:
+        """A figure: the engine's value, each other side's, then engine/side where both are."""
+        values = [by_side.get(name) for name in others]
+        ratios = ["" if e is None or v is None else _ratio(e, v) for v in values]
+        rows.append([label, _f(e, digits), *(_f(v, digits) for v in values), *ratios])
+
+    def text_row(label: str, e: str, by_side: dict[str, str]) -> None:
+        rows.append([label, e, *(by_side.get(name, "") for name in others), *([""] * len(others))])
 
     for phase, title in (("saturation", "saturation"), ("rate", f"at {figures['rate']:g}/s")):
-        row(f"{title}: sagas/s", eng[phase]["sagas_per_s"], flo[phase]["sagas_per_s"])
-        row(f"{title}: steps/s", eng[phase]["steps_per_s"], flo[phase]["steps_per_s"])
+        for key in ("sagas_per_s", "steps_per_s"):
+            label = f"{title}: {key.replace('_per_s', '/s')}"
+            row(label, eng[phase][key], {n: side[phase][key] for n, side in others.items()})
         for p in ("p50", "p95", "p99"):
             row(
                 f"{title}: {p} ms end to end",
                 eng[phase]["latency_ms"][p],
-                flo[phase]["latency_ms"][p],
+                {n: side[phase]["latency_ms"][p] for n, side in others.items()},
             )
-        rows.append(
-            [
-                f"{title}: terminal",
-                f"{eng[phase]['terminal']}/{eng[phase]['sagas']}",
-                f"{flo[phase]['terminal']}/{flo[phase]['sagas']}",
-                "",
-            ]
+        text_row(
+            f"{title}: terminal",
+            f"{eng[phase]['terminal']}/{eng[phase]['sagas']}",
+            {n: f"{side[phase]['terminal']}/{side[phase]['sagas']}" for n, side in others.items()},
         )
-    for name, value in eng["cpu_s_per_saga"].items():
-        row(f"CPU ms/saga: {name}", value * 1000, None, 2)
-    for name, visible in eng["cpu_visible"].items():
-        if not visible:
-            rows.append([f"CPU ms/saga: {name}", "not visible", "", ""])
+    # CPU: the engine's processes, the peers' worker; PostgreSQL and RabbitMQ for every side.
+    cpu = {"engine": eng["cpu_s_per_saga"]} | {n: p["cpu_s_per_saga"] for n, p in peers.items()}
+    names = list(dict.fromkeys(name for spent in cpu.values() for name in spent))
+    for name in names:
+        row(
+            f"CPU ms/saga: {name}",
+            _ms(cpu["engine"].get(name)),
+            {n: _ms(spent.get(name)) for n, spent in cpu.items() if n != "engine"},
+            2,
+        )
+    if peers:
+        row(
+            "CPU ms/saga: total",
+            _ms(sum(cpu["engine"].values())),
+            {n: _ms(sum(spent.values())) for n, spent in cpu.items() if n != "engine"},
+            2,
+        )
+    visible = {"engine": eng["cpu_visible"]} | {n: p["cpu_visible"] for n, p in peers.items()}
+    for name in names:
+        hidden = {side for side, seen in visible.items() if seen.get(name) is False}
+        if hidden:
+            text_row(
+                f"CPU ms/saga: {name}",
+                "not visible" if "engine" in hidden else "",
+                {side: "not visible" for side in hidden if side != "engine"},
+            )
     for name, value in eng["pg_xacts_per_saga"].items():
-        row(f"PG transactions/saga: {name}", value, 4.0 if name == "engine_db" else None, 2)
-    row("orchestrator peak RSS MB", eng["orchestrator_peak_rss_mb"], None)
-    return render_table(["figure", "engine", "floor", "engine/floor"], rows)
+        row(
+            f"PG transactions/saga: {name}", value, {"floor": 4.0} if name == "engine_db" else {}, 2
+        )
+    row("orchestrator peak RSS MB", eng["orchestrator_peak_rss_mb"], {})
+    rate_title = f"at {figures['rate']:g}/s"
+    for phase, title in (("saturation", "saturation"), ("rate", rate_title)):
+        for step, ms in eng["step_latency_ms"][phase].items():
+            row(f"{title}: step {step} p50/p99 ms", ms["p50"], {})
+            rows[-1][1] = f"{_f(ms['p50'])} / {_f(ms['p99'])}"
+    order = eng.get("order")
+    if order:
+        row("order saga: sagas/s", order["sagas_per_s"], {})
+        row("order saga: steps/s", order["steps_per_s"], {})
+        for p in ("p50", "p95", "p99"):
+            row(f"order saga: {p} ms end to end", order["latency_ms"][p], {})
+        for step, ms in order["step_latency_ms"].items():
+            row(f"order saga: step {step} p50/p99 ms", ms["p50"], {})
+            rows[-1][1] = f"{_f(ms['p50'])} / {_f(ms['p99'])}"
+        for name, value in order["cpu_s_per_saga"].items():
+            row(f"order saga: CPU ms/saga {name}", _ms(value), {}, 2)
+        text_row("order saga: terminal", f"{order['terminal']}/{order['sagas']}", {})
+    table = render_table(
+        ["figure", "engine", *others, *(f"engine/{name}" for name in others)], rows
+    )
+    workers = [f"{name}: {side['worker']}" for name, side in peers.items()]
+    return "\n".join([table, *workers])
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    settings = Settings()
     run_id = uuid.uuid4().hex[:8]
+    # Queues of its own: two bench runs at once (or a demo) must not take each other's messages.
+    settings = Settings().model_copy(update={"amqp_prefix": f"bench-{run_id}."})
     urls = _urls(settings, run_id)
     log_dir = Path(tempfile.mkdtemp(prefix="saga-bench-"))
     print(
@@ -234,11 +340,30 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     try:
         engine = await run_engine(settings, urls, args, log_dir)
+        if args.order_sagas:
+            print(f"running {args.order_sagas} order sagas ...", flush=True)
+            engine["order"] = await run_order(
+                settings,
+                engine_url=urls["_order"],
+                shop_url=urls["_shop"],
+                args=args,
+                log_dir=log_dir,
+                dsn=_dsn(urls["_order"]),
+            )
         print("engine done; running the floor ...", flush=True)
         floor_figures = await run_floor(urls["_floor"], args)
+        peers: dict[str, Any] = {}
+        for name in args.peer_names:
+            print(f"running the {name} peer ...", flush=True)
+            began = time.monotonic()
+            peers[name] = await run_peer(
+                name, urls[f"_{name}"], args, settings=settings, run_id=run_id, log_dir=log_dir
+            )
+            peers[name]["bench_seconds"] = time.monotonic() - began
     finally:
         if not args.keep:
             await drop(urls)
+            await delete_topology(settings, ["bench", *ORDER_SERVICES])
     return {
         "run_id": run_id,
         "sagas": args.sagas,
@@ -247,12 +372,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "engine": engine,
         "floor": floor_figures,
+        "peers": peers,
     }
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--sagas", type=int, default=2000, help="sagas at saturation (2000)")
+    parser.add_argument("--sagas", type=int, default=5000, help="sagas at saturation (5000)")
+    parser.add_argument(
+        "--order-sagas",
+        type=int,
+        default=1000,
+        help="order sagas through the example shop, at saturation (1000; 0 skips them)",
+    )
     parser.add_argument("--rate", type=float, default=50.0, help="fixed arrival rate, sagas/s")
     parser.add_argument("--rate-seconds", type=float, default=10.0, help="fixed-rate phase length")
     parser.add_argument("--timeout", type=float, default=300.0, help="deadline per phase, s")
@@ -264,7 +396,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the bench databases")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--peers",
+        help=f"peers to run beside the engine: comma-separated among {', '.join(PEERS)}, or "
+        "'none' (default: every peer whose package is installed: pip install -e .[bench])",
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.peer_names = select(args.peers)
+    except PeerMissing as exc:
+        parser.error(str(exc))
+    return args
 
 
 def cli(argv: list[str] | None = None) -> None:

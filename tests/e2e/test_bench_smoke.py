@@ -19,6 +19,8 @@ def test_bench_runs_and_every_saga_ends(tmp_path: Path) -> None:
         [
             *(sys.executable, "-m", "bench.run", "--sagas", "40", "--rate", "20"),
             *("--rate-seconds", "2", "--stats-wait", "0", "--json", str(out)),
+            # The peers need optional packages (.[bench]): tests/e2e/test_bench_peers.py.
+            *("--peers", "none", "--order-sagas", "20"),
         ],
         capture_output=True,
         text=True,
@@ -39,3 +41,13 @@ def test_bench_runs_and_every_saga_ends(tmp_path: Path) -> None:
     assert {"orchestrator", "participant"} <= set(engine["cpu_s_per_saga"])
     assert {"engine_db", "participant_db"} <= set(engine["pg_xacts_per_saga"])
     assert engine["orchestrator_peak_rss_mb"] is not None
+    assert set(engine["step_latency_ms"]["saturation"]) == {"a", "b", "c"}
+    order = engine["order"]
+    assert order["terminal"] == 20
+    assert order["statuses"] == {"completed": 18, "compensated": 2}  # two declined cards
+    assert set(order["step_latency_ms"]) == {
+        "reserve_credit",
+        "reserve_stock",
+        "charge_payment",
+        "notify_customer",
+    }
