@@ -15,6 +15,7 @@ import psycopg
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
+from bench.stats import CpuMeter, percentiles
 from orchestrator.messages import StartSaga
 from orchestrator.ports import Exchange
 
@@ -179,6 +180,42 @@ class EngineDb:
             (self.saga, list(out.published_at)),
         )
         out.commands = int(sent[0][0])  # type: ignore[call-overload]
+
+
+async def saturate(
+    publisher: Publisher,
+    db: EngineDb,
+    keys: list[tuple[str, int]],
+    meter: CpuMeter,
+    timeout: float,
+) -> tuple[EngineResult, dict[str, float]]:
+    """The starts as fast as the broker confirms them, until every saga is terminal (or the
+    deadline passes); the result read back, and the CPU seconds each process spent."""
+    result = EngineResult()
+    meter.start()
+    await publish_all(publisher, keys, result)
+    await db.wait_terminal([k for k, _ in keys], timeout=timeout)
+    cpu = meter.stop()
+    await db.collect(result)
+    return result, cpu
+
+
+def summary(result: EngineResult, n: int) -> dict[str, Any]:
+    """The figures every saturation phase reports."""
+    per_s = (lambda count: count / result.seconds) if result.seconds > 0 else (lambda _: None)
+    return {
+        "sagas": n,
+        "statuses": result.statuses,
+        "terminal": result.terminal,
+        "seconds": result.seconds,
+        "sagas_per_s": per_s(n),
+        "steps_per_s": per_s(result.commands),
+        "latency_ms": percentiles(result.latencies_ms),
+        "engine_latency_ms": percentiles(result.engine_latencies_ms),
+        "step_latency_ms": {
+            step: percentiles(ms) for step, ms in sorted(result.step_latencies_ms.items())
+        },
+    }
 
 
 async def delete_topology(settings: Settings, services: list[str]) -> None:

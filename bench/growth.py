@@ -17,12 +17,12 @@ from adapters.postgres.database import drop_database, ensure_database
 from adapters.postgres.migrate import upgrade
 from adapters.settings import Settings
 from bench import growth_queries
-from bench.engine import EngineDb, EngineResult, Publisher, publish_all
+from bench.engine import EngineDb, Publisher, saturate, summary
 from bench.growth_deploy import Deployment, database_url, deployed, dsn
 from bench.growth_memory import in_flight
 from bench.growth_report import report
 from bench.growth_seed import seed
-from bench.stats import CpuMeter, percentiles
+from bench.stats import CpuMeter
 
 
 async def saturation(
@@ -34,25 +34,14 @@ async def saturation(
     await publisher.open()
     await db.open()
     try:
-        result = EngineResult()
         meter = CpuMeter({name: proc.pid for name, proc in dep.procs.procs.items()})
-        meter.start()
-        await publish_all(publisher, keys, result)
-        await db.wait_terminal([k for k, _ in keys], timeout=timeout)
-        cpu = meter.stop()
-        await db.collect(result)
+        result, cpu = await saturate(publisher, db, keys, meter, timeout)
     finally:
         await publisher.close()
         await db.close()
     n = len(keys)
     return {
-        "sagas": n,
-        "statuses": result.statuses,
-        "terminal": result.terminal,
-        "seconds": result.seconds,
-        "sagas_per_s": n / result.seconds if result.seconds > 0 else None,
-        "latency_ms": percentiles(result.latencies_ms),
-        "engine_latency_ms": percentiles(result.engine_latencies_ms),
+        **summary(result, n),
         "orchestrator_ready_seconds": dep.ready_seconds,
         # Per process of this deployment; postgres and rabbitmq count whatever else the
         # machine runs meanwhile.

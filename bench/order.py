@@ -16,9 +16,9 @@ from typing import Any
 from adapters.postgres.database import ensure_database, make_engine
 from adapters.postgres.migrate import upgrade
 from adapters.settings import Settings
-from bench.engine import EngineDb, EngineResult, Publisher, publish_all
+from bench.engine import EngineDb, Publisher, saturate, summary
 from bench.sagas import fails
-from bench.stats import CpuMeter, percentiles
+from bench.stats import CpuMeter
 from examples.demo import wait_for_consumers
 from examples.processes import Processes
 from examples.shop import schema
@@ -85,27 +85,11 @@ async def run_order(
         await db.open()
         meter = CpuMeter({name: proc.pid for name, proc in procs.procs.items()})
         keys = [(f"order-{i}", i) for i in range(args.order_sagas)]
-        result = EngineResult()
-        meter.start()
-        await publish_all(publisher, keys, result)
-        await db.wait_terminal([k for k, _ in keys], timeout=args.timeout)
-        cpu = meter.stop()
-        await db.collect(result)
+        result, cpu = await saturate(publisher, db, keys, meter, args.timeout)
         n = args.order_sagas
-        return {
-            "sagas": n,
-            "statuses": result.statuses,
-            "terminal": result.terminal,
-            "seconds": result.seconds,
-            "sagas_per_s": n / result.seconds if result.seconds > 0 else None,
-            "steps_per_s": result.commands / result.seconds if result.seconds > 0 else None,
-            "latency_ms": percentiles(result.latencies_ms),
-            "step_latency_ms": {
-                step: percentiles(ms) for step, ms in sorted(result.step_latencies_ms.items())
-            },
-            # "shop": the four example services in one process.
-            "cpu_s_per_saga": {k.removeprefix("order-"): v / n for k, v in cpu.items()},
-        }
+        # "shop": the four example services in one process.
+        cpu_per_saga = {k.removeprefix("order-"): v / n for k, v in cpu.items()}
+        return {**summary(result, n), "cpu_s_per_saga": cpu_per_saga}
     except BaseException:
         for name in list(procs.procs):
             print(f"--- {name} log tail ---\n{procs.log_tail(name)}")
