@@ -273,9 +273,10 @@ class Engine:
             if state.saga_id in inserted:
                 log.info("saga_started", saga_id=str(state.saga_id), saga=state.name, key=state.key)
                 outcomes[n] = StartOutcome(state.saga_id, created=True, status=state.status)
-            else:
-                outcomes[n] = await self._duplicate(state.name, state.key)
-        await self._after_commit(written)
+        await self._after_commit(written)  # the new sagas' commands first, then the lookups
+        for n, decision in decisions.items():
+            if n not in outcomes:
+                outcomes[n] = await self._duplicate(decision.state.name, decision.state.key)
         for n in one_by_one:
             request, trace = requests[n]
             outcomes[n] = await self.start(request, trace=trace)
