@@ -23,7 +23,7 @@ class BulkInsert:
     def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
         """One array per column; JSON values go as text and are cast in the statement."""
         return {
-            name: [_json(row[name]) if name in self.json_columns else row[name] for row in rows]
+            name: [json_text(row[name]) if name in self.json_columns else row[name] for row in rows]
             for name in self.columns
         }
 
@@ -61,6 +61,6 @@ def _sql_type(column: sa.Column[Any]) -> str:
     raise TypeError(f"bulk_insert: no array type for column {column.name} ({kind!r})")
 
 
-def _json(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
     # none_as_null, as the tables declare: None is SQL NULL, not the JSON null.
     return None if value is None else json.dumps(value)

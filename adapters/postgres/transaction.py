@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import replace
@@ -14,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.postgres import semantic_locks
-from adapters.postgres.bulk import bulk_insert
+from adapters.postgres.bulk import bulk_insert, json_text
 from adapters.postgres.errors import translated
 from adapters.postgres.rows import (
     PROGRESS_COLUMNS,
@@ -220,8 +219,7 @@ class PostgresTransaction:
                 columns["ns"].append(n[saga_id])
                 columns["events"].append(entry.event)
                 columns["steps"].append(entry.step)
-                detail = None if entry.detail is None else json.dumps(entry.detail)
-                columns["details"].append(detail)
+                columns["details"].append(json_text(entry.detail))
                 columns["actors"].append(actor)
         if columns["ns"]:
             await self._execute(_APPEND_HISTORY, columns)
