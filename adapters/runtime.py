@@ -202,6 +202,10 @@ class Orchestrator:
     # consumer's own included, until it is settled.
 
     async def _on_request(self, message: Delivery) -> None:
+        await self._request(message)
+        self.faults("after_commit_before_ack")
+
+    async def _request(self, message: Delivery) -> None:
         engine = self._engine()
         if message.routing_key == "start":
             start = parse(StartSaga, message)
@@ -225,7 +229,6 @@ class Orchestrator:
             raise Poison(
                 f"unknown routing key {message.routing_key!r}: expected 'start' or 'cancel'"
             )
-        self.faults("after_commit_before_ack")
 
     async def _on_reply(self, message: Delivery) -> None:
         engine = self._engine()
@@ -250,7 +253,7 @@ class Orchestrator:
             if run:
                 await engine.starts(run)
                 run = []
-            await self._on_request(message)
+            await self._request(message)
         if run:
             await engine.starts(run)
         self.faults("after_commit_before_ack")
