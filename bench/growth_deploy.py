@@ -84,8 +84,7 @@ async def deployed(
         address = await _http_base(log_dir / "orchestrator.log") if http else None
         yield Deployment(settings, procs, ready, address)
     except BaseException:
-        for name in list(procs.procs):
-            print(f"--- {name} log tail ({log_dir}) ---\n{procs.log_tail(name)}", flush=True)
+        procs.print_log_tails()
         raise
     finally:
         procs.stop_all()

@@ -91,8 +91,7 @@ async def run_order(
         cpu_per_saga = {k.removeprefix("order-"): v / n for k, v in cpu.items()}
         return {**summary(result, n), "cpu_s_per_saga": cpu_per_saga}
     except BaseException:
-        for name in list(procs.procs):
-            print(f"--- {name} log tail ---\n{procs.log_tail(name)}")
+        procs.print_log_tails()
         raise
     finally:
         await publisher.close()

@@ -150,8 +150,7 @@ async def run_engine(
             "orchestrator_peak_rss_mb": peak_rss_mb(orch_pid),
         }
     except BaseException:
-        for name in list(procs.procs):
-            print(f"--- {name} log tail ---\n{procs.log_tail(name)}")
+        procs.print_log_tails()
         raise
     finally:
         await publisher.close()

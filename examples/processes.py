@@ -63,6 +63,11 @@ class Processes:
             log.close()
         self._logs.clear()
 
+    def print_log_tails(self) -> None:
+        """Each running process's last log lines on stdout: what a failed run shows."""
+        for name in list(self.procs):
+            print(f"--- {name} log tail ({self.log_dir}) ---\n{self.log_tail(name)}", flush=True)
+
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.log_dir / f"{name}.log"
         if not path.exists():
