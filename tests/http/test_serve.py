@@ -12,7 +12,14 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from adapters.http.serve import Bind, HttpSetupError, UnsafeBind, http_plan, parse_bind
+from adapters.http.serve import (
+    Bind,
+    HttpSetupError,
+    UnsafeBind,
+    http_plan,
+    listen,
+    parse_bind,
+)
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import Orchestrator
 from adapters.settings import Settings
@@ -127,3 +134,18 @@ async def test_saga_run_says_when_its_port_is_taken() -> None:
         )
     assert code == 2
     assert f"cannot serve HTTP on 127.0.0.1:{port}" in err and "SAGA_HTTP_BIND" in err
+
+
+def test_accepted_connections_send_without_waiting_for_acks() -> None:
+    """TCP_NODELAY on the listening socket, which accepted connections inherit: without it a
+    keep-alive GET waited ~40 ms for the client's delayed ACK (bench/GROWTH.md)."""
+    server = listen(Bind("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname()[:2])
+    try:
+        server.setblocking(True)
+        accepted, _ = server.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        client.close()
+        server.close()
