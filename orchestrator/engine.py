@@ -175,6 +175,8 @@ class Engine:
             # instead of waiting for its timeout while the start sits in the dead queue.
             await self._refuse_child(request, exc)
             return StartOutcome(None, created=False, status=None, rejected=str(exc))
+        if not resources:
+            return (await self._start_unlocked({0: (request, trace, definition, input)}, actor))[0]
         now = self.clock()
         written = _Written()
         not_started: StartOutcome | None = None
@@ -192,7 +194,7 @@ class Engine:
                     trace=trace,
                 )
                 # A saga cancelled before it started runs no step: it needs no resource.
-                if resources and cancel_reason is None:
+                if cancel_reason is None:
                     not_started = await self._take_locks(
                         tx, definition, decision.state, resources, written
                     )
@@ -216,13 +218,14 @@ class Engine:
         return StartOutcome(decision.state.saga_id, created=True, status=decision.state.status)
 
     async def starts(
-        self, requests: Sequence[tuple[StartSaga, Mapping[str, str] | None]]
+        self,
+        requests: Sequence[tuple[StartSaga, Mapping[str, str] | None]],
+        actor: str = "broker",
     ) -> list[StartOutcome]:
         """`start` for many (request, trace) at once: their sagas start in one transaction
         (group commit), with the outcome of each in order. A start that needs semantic locks,
         or a child's that cannot start, goes through `start` after it. Raises as `start` does
         for the first start that cannot be made (nothing of the batch is then started)."""
-        outcomes: dict[int, StartOutcome] = {}
         valid: dict[int, tuple[Saga, dict[str, Any]]] = {}
         one_by_one: list[int] = []
         for n, (request, _trace) in enumerate(requests):
@@ -237,37 +240,53 @@ class Engine:
                 one_by_one.append(n)
             else:
                 valid[n] = (definition, input)
-        decisions: dict[int, Decision] = {}
-        inserted: set[UUID] = set()
+        outcomes = await self._start_unlocked(
+            {n: (*requests[n], definition, input) for n, (definition, input) in valid.items()},
+            actor,
+        )
+        for n in one_by_one:
+            request, trace = requests[n]
+            outcomes[n] = await self.start(request, actor, trace=trace)
+        return [outcomes[n] for n in range(len(requests))]
+
+    async def _start_unlocked(
+        self,
+        starts: Mapping[int, tuple[StartSaga, Mapping[str, str] | None, Saga, dict[str, Any]]],
+        actor: str,
+    ) -> dict[int, StartOutcome]:
+        """Start sagas that need no semantic lock, validated already, in one transaction;
+        the outcome of each by its number in `starts`."""
+        if not starts:
+            return {}
+        now = self.clock()
         written = _Written()
-        if valid:
-            now = self.clock()
-            async with self.store.transaction() as tx:
-                held = await tx.take_held_cancels(
-                    [(definition.name, requests[n][0].key) for n, (definition, _) in valid.items()]
+        decisions: dict[int, Decision] = {}
+        async with self.store.transaction() as tx:
+            held = await tx.take_held_cancels(
+                [(definition.name, request.key) for request, _, definition, _ in starts.values()]
+            )
+            for n, (request, trace, definition, input) in starts.items():
+                decisions[n] = machine.start(
+                    definition,
+                    saga_id=self.new_id(),
+                    key=request.key,
+                    input=input,
+                    now=now,
+                    cancel_reason=held.get((definition.name, request.key)),
+                    parent=request.parent,
+                    trace=trace,
                 )
-                for n, (definition, input) in valid.items():
-                    request, trace = requests[n]
-                    decisions[n] = machine.start(
-                        definition,
-                        saga_id=self.new_id(),
-                        key=request.key,
-                        input=input,
-                        now=now,
-                        cancel_reason=held.get((definition.name, request.key)),
-                        parent=request.parent,
-                        trace=trace,
-                    )
-                inserted = await tx.insert_all([d.state for d in decisions.values()])
-                await self._write_all(
-                    tx,
-                    [
-                        _Change(d, "broker", None)
-                        for d in decisions.values()
-                        if d.state.saga_id in inserted
-                    ],
-                    written,
-                )
+            inserted = await tx.insert_all([d.state for d in decisions.values()])
+            await self._write_all(
+                tx,
+                [
+                    _Change(d, actor, None)
+                    for d in decisions.values()
+                    if d.state.saga_id in inserted
+                ],
+                written,
+            )
+        outcomes: dict[int, StartOutcome] = {}
         for n, decision in decisions.items():
             state = decision.state
             if state.saga_id in inserted:
@@ -277,10 +296,7 @@ class Engine:
         for n, decision in decisions.items():
             if n not in outcomes:
                 outcomes[n] = await self._duplicate(decision.state.name, decision.state.key)
-        for n in one_by_one:
-            request, trace = requests[n]
-            outcomes[n] = await self.start(request, trace=trace)
-        return [outcomes[n] for n in range(len(requests))]
+        return outcomes
 
     def _validate(self, request: StartSaga) -> tuple[Saga, dict[str, Any], tuple[str, ...]]:
         """The definition a start names, its input as validated, and the resources it locks;
