@@ -220,7 +220,8 @@ class DatabaseCollector:
             labels=["saga", "status"],
         )
         single = {
-            "saga_outbox_messages": "Messages in the outbox, written but not yet published.",
+            "saga_outbox_messages": "Messages in the outbox: not yet published, or published "
+            "since the last relay sweep (deleted in bulk).",
             "saga_outbox_lag_seconds": "Age of the oldest outbox message (0 when empty): how "
             "far publishing is behind.",
             "saga_timers_due": "Sagas whose next timer (a timeout, a retry, a deadline) is due "

@@ -143,6 +143,9 @@ class Orchestrator:
             faults=self.faults,
             observe=metrics.observe,
         )
+        # On stop, once the consumers have stopped and before the database goes: the rows
+        # published since the last relay sweep, left behind, would be sent again.
+        self._stops.insert(0, self.engine.forget_published)
         consumers: tuple[tuple[str, Handler, BatchHandler | None], ...] = (
             (REQUESTS_QUEUE, self._on_request, self._on_requests if s.batch_size > 1 else None),
             (REPLY_QUEUE, self._on_reply, self._on_replies if s.batch_size > 1 else None),

@@ -152,6 +152,8 @@ class Engine:
         self.faults = faults
         self.new_id = new_id
         self.observe = observe
+        # Outbox rows published after their commit, deleted in bulk by `forget_published`.
+        self._published: list[int] = []
 
     # -- inbound --------------------------------------------------------------------------
 
@@ -208,12 +210,6 @@ class Engine:
         if not_started is not None:
             await self._after_commit(written)
             return not_started
-        log.info(
-            "saga_started",
-            saga_id=str(decision.state.saga_id),
-            saga=definition.name,
-            key=request.key,
-        )
         await self._after_commit(written)
         return StartOutcome(decision.state.saga_id, created=True, status=decision.state.status)
 
@@ -290,7 +286,6 @@ class Engine:
         for n, decision in decisions.items():
             state = decision.state
             if state.saga_id in inserted:
-                log.info("saga_started", saga_id=str(state.saga_id), saga=state.name, key=state.key)
                 outcomes[n] = StartOutcome(state.saga_id, created=True, status=state.status)
         await self._after_commit(written)  # the new sagas' commands first, then the lookups
         for n, decision in decisions.items():
@@ -520,7 +515,10 @@ class Engine:
         return len(expired) + granted
 
     async def relay(self, older_than: timedelta = timedelta(seconds=2), limit: int = 500) -> int:
-        """Publish what a crash (or a broker outage) left in the outbox."""
+        """Delete the rows published since the last sweep, then publish what a crash (or a
+        broker outage) left in the outbox. Sweep more often than `older_than`, so that what
+        this replica sent is gone before any relay considers it left behind."""
+        await self.forget_published()
         async with self.store.transaction() as tx:
             messages = await tx.claim_outbox(older_than, limit)
             if messages:
@@ -529,6 +527,19 @@ class Engine:
         if messages:
             log.info("outbox_relayed", count=len(messages))
         return len(messages)
+
+    async def forget_published(self) -> None:
+        """Delete the outbox rows published after commit since the last call, in one
+        statement. If that fails, they are kept for the next call."""
+        ids, self._published = self._published, []
+        if not ids:
+            return
+        try:
+            async with self.store.transaction() as tx:
+                await tx.delete_outbox(ids)
+        except BaseException:
+            self._published = ids + self._published
+            raise
 
     # -- shell ----------------------------------------------------------------------------
 
@@ -590,6 +601,8 @@ class Engine:
                             "saga": state.name,
                             "saga_id": str(state.saga_id),
                             "step": entry.step,
+                            # The one log line of a start names its key too.
+                            **({"key": state.key} if entry.event == "saga_started" else {}),
                             # Log lines of a timer's transition too name the saga's trace.
                             **trace_log_fields(state.trace),
                         },
@@ -809,18 +822,16 @@ class Engine:
             return
         self.faults("after_commit_before_publish")
         try:
-            # Take the rows (deleted, and locked until commit) while publishing them: a relay
-            # in any replica that finds them old enough skips them instead of publishing them
-            # a second time, and the rows it holds already are left to it. A failed publish
-            # rolls back, and the relay sends them later.
-            async with self.store.transaction() as tx:
-                mine = set(await tx.take_outbox([m.id for m in outbox if m.id is not None]))
-                batch = [m for m in outbox if m.id in mine]
-                if batch:
-                    await self.publisher.publish(batch)
-                    self.faults("after_publish_before_outbox_delete")
+            # Straight to the broker: no transaction on the path from one step to the next.
+            # The rows are deleted later, in bulk, by the next relay sweep of this replica
+            # (`relay` flushes `_published` first); a crash before then leaves them for a
+            # relay to send again, which receivers absorb (they dedup by id).
+            await self.publisher.publish(outbox)
         except Exception as exc:  # the relay republishes; the transition itself is safe
             log.warning("outbox_publish_deferred", count=len(outbox), error=str(exc))
+            return
+        self.faults("after_publish_before_outbox_delete")
+        self._published += [m.id for m in outbox if m.id is not None]
 
 
 def _outbox_messages(decision: Decision, state: SagaState) -> list[OutboxMessage]:

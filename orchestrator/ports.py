@@ -173,11 +173,6 @@ class SagaTransaction(Protocol):
 
     async def delete_outbox(self, ids: Sequence[int]) -> None: ...
 
-    async def take_outbox(self, ids: Sequence[int]) -> list[int]:
-        """Delete these rows in this transaction and return their ids, leaving out rows gone
-        already or held by another transaction (a relay publishing them). Until the
-        transaction commits, they stay locked: a rollback gives them back to the relay."""
-
     # -- semantic locks (orchestrator/locks.py) -------------------------------------------
     # A saga's resources are taken in the transaction that starts it and given back in the
     # one that finishes it; waiting starts are started in that same transaction.

@@ -194,9 +194,6 @@ class MemoryTransaction:
         for i in ids:
             self.data.outbox.pop(i, None)
 
-    async def take_outbox(self, ids: Sequence[int]) -> list[int]:
-        return sorted(i for i in ids if self.data.outbox.pop(i, None) is not None)
-
     # -- semantic locks: adapters/memory/semantic_locks.py --------------------------------
 
     async def acquire_locks(

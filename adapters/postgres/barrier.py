@@ -89,7 +89,8 @@ def barrier_table(name: str = "saga_barrier", schema: str | None = None) -> sa.T
         # An action row written by a compensation is the marker "undone before it was done".
         sa.Column("written_by", sa.Text, nullable=False),
         sa.Column("command_id", sa.Uuid, nullable=False),
-        # NULL only for that marker, or inside the transaction that is still deciding.
+        # NULL only for that marker. A command's own row says success from its claim on,
+        # which only its own transaction sees until the handler has succeeded.
         sa.Column("outcome", sa.Text),
         sa.Column("result", JSONB(none_as_null=True)),
         sa.Column("error", JSONB(none_as_null=True)),
@@ -153,11 +154,7 @@ class Barrier:
             .returning(t.c.kind)
         )
         self._select = sa.select(t.c.written_by, t.c.outcome, t.c.result, t.c.error).where(*key)
-        self._update = (
-            sa.update(t)
-            .where(*key)
-            .values({c: sa.bindparam(f"v_{c}") for c in ("outcome", "result", "error")})
-        )
+        self._update = sa.update(t).where(*key).values(result=sa.bindparam("v_result"))
 
     def __repr__(self) -> str:
         return f"Barrier({self.table.fullname!r})"
@@ -229,9 +226,10 @@ class Barrier:
     async def _action(self, command: Command, fn: GuardedHandler) -> dict[str, Any] | None:
         try:
             async with self._engine.begin() as conn:
-                if await self._claim(conn, command, "action"):
+                if await self._claim(conn, command, "action", "success"):
                     result = await _apply(fn, command, conn)
-                    await self._store(conn, command, "success", result=result)
+                    if result is not None:
+                        await self._store(conn, command, result)
                     return result
                 outcome = await self._answered(conn, command)
         except StepFailed as failure:
@@ -269,18 +267,19 @@ class Barrier:
             # The marker first: if it wins, the action never ran, and it refuses the action
             # later. If the action is in flight, this waits for it to commit or roll back.
             action_missing = await self._claim(conn, command, "action")
-            if not await self._claim(conn, command, "compensation"):
+            if not await self._claim(conn, command, "compensation", "success"):
                 outcome = _replayed(command, await self._row(conn, command, "compensation"))
             elif action_missing or not await self._action_applied(conn, command):
                 _log(command).info("barrier_null_compensation", action_missing=action_missing)
                 null: dict[str, Any] = {NULL_COMPENSATION: True}
-                await self._store(conn, command, "success", result=null)
+                await self._store(conn, command, null)
                 outcome = _Outcome(result=null)
             else:
                 # Any failure rolls everything back, the barrier rows included: a
                 # compensation's failure is never stored (see the module docstring).
                 result = await _apply(fn, command, conn)
-                await self._store(conn, command, "success", result=result)
+                if result is not None:
+                    await self._store(conn, command, result)
                 outcome = _Outcome(result=result)
         return outcome.unwrap()
 
@@ -291,26 +290,25 @@ class Barrier:
         conn: AsyncConnection,
         command: Command,
         kind: Kind,
-        outcome: Literal["failure"] | None = None,
+        outcome: Literal["success", "failure"] | None = None,
         *,
         error: dict[str, Any] | None = None,
     ) -> bool:
-        """Insert the row of (command's saga and step, `kind`), with its outcome if known
-        already; False when it exists. A concurrent insert of the same row blocks this one
-        until that transaction ends."""
-        inserted = await conn.execute(
-            self._insert,
-            {
-                "saga_id": command.saga_id,
-                "step": command.step,
-                "kind": kind,
-                "written_by": command.kind,
-                "command_id": command.command_id,
-                "outcome": outcome,
-                "error": error,
-            },
-        )
-        return inserted.first() is not None
+        """Insert the row of (command's saga and step, `kind`), with its outcome; False when
+        it exists. A concurrent insert of the same row blocks this one until that transaction
+        ends. A command claims its own row as a success before its handler runs: if the
+        handler fails, the row rolls back with it, and if it succeeds with no result there
+        is nothing left to write (one round trip fewer per command)."""
+        params = {
+            "saga_id": command.saga_id,
+            "step": command.step,
+            "kind": kind,
+            "written_by": command.kind,
+            "command_id": command.command_id,
+            "outcome": outcome,
+            "error": error,
+        }
+        return (await conn.execute(self._insert, params)).first() is not None
 
     async def _row(self, conn: AsyncConnection, command: Command, kind: Kind) -> _Stored:
         # A separate statement, not part of the insert: only a new snapshot (READ COMMITTED)
@@ -327,24 +325,9 @@ class Barrier:
         row = await self._row(conn, command, "action")
         return row.written_by == "action" and row.outcome == "success"
 
-    async def _store(
-        self,
-        conn: AsyncConnection,
-        command: Command,
-        outcome: Literal["success", "failure"],
-        *,
-        result: dict[str, Any] | None = None,
-        error: dict[str, Any] | None = None,
-    ) -> None:
-        await conn.execute(
-            self._update,
-            {
-                **_key(command, command.kind),
-                "v_outcome": outcome,
-                "v_result": result,
-                "v_error": error,
-            },
-        )
+    async def _store(self, conn: AsyncConnection, command: Command, result: dict[str, Any]) -> None:
+        """The result of the command whose row this transaction claimed as a success."""
+        await conn.execute(self._update, {**_key(command, command.kind), "v_result": result})
 
 
 _CLAIMED = ("saga_id", "step", "kind", "written_by", "command_id", "outcome", "error")

@@ -287,18 +287,6 @@ class PostgresTransaction:
         if ids:
             await self._execute(sa.delete(outbox).where(any_of(outbox.c.id, ids)))
 
-    async def take_outbox(self, ids: Sequence[int]) -> list[int]:
-        if not ids:
-            return []
-        # One statement: DELETE itself cannot skip locked rows, its subquery can.
-        free = (
-            sa.select(outbox.c.id).where(any_of(outbox.c.id, ids)).with_for_update(skip_locked=True)
-        )
-        taken = await self._execute(
-            sa.delete(outbox).where(outbox.c.id.in_(free.scalar_subquery())).returning(outbox.c.id)
-        )
-        return sorted(taken.scalars())
-
     # -- semantic locks: adapters/postgres/semantic_locks.py ------------------------------
 
     async def acquire_locks(

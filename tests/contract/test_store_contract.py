@@ -514,47 +514,6 @@ class StoreContract:
         async with store.transaction() as tx:
             assert await tx.claim_outbox(future, 10) == []
 
-    async def test_publishing_locks_its_rows_so_a_relay_skips_them(self, store: SagaStore) -> None:
-        async with store.transaction() as tx:
-            added = await tx.add_outbox([message(n) for n in range(3)])
-        ids = [m.id for m in added if m.id is not None]
-        future = timedelta(hours=-1)
-        locked, relay_done = asyncio.Event(), asyncio.Event()
-
-        async def publisher() -> list[int]:
-            async with store.transaction() as tx:
-                mine = await tx.take_outbox([*ids[:2], 10**9])  # one id that is not there
-                locked.set()
-                if self.overlapping:
-                    await asyncio.wait_for(relay_done.wait(), PATIENCE)
-                return mine
-
-        async def relay() -> list[OutboxMessage]:
-            await locked.wait()
-            async with store.transaction() as tx:
-                claimed = await tx.claim_outbox(future, 10)
-            relay_done.set()
-            return claimed
-
-        mine, relayed = await asyncio.wait_for(asyncio.gather(publisher(), relay()), PATIENCE)
-        assert mine == ids[:2]
-        assert relayed == added[2:]
-        async with store.transaction() as tx:
-            assert await tx.take_outbox(ids) == ids[2:]  # the published rows are gone
-
-    async def test_a_failed_publish_gives_its_rows_back_to_the_relay(
-        self, store: SagaStore
-    ) -> None:
-        async with store.transaction() as tx:
-            added = await tx.add_outbox([message(n) for n in range(2)])
-        ids = [m.id for m in added if m.id is not None]
-        with pytest.raises(RuntimeError):
-            async with store.transaction() as tx:
-                assert await tx.take_outbox(ids) == ids
-                raise RuntimeError("the broker refused the publish")
-        async with store.transaction() as tx:
-            assert await tx.claim_outbox(timedelta(hours=-1), 10) == added
-
     async def test_concurrent_outbox_claims_never_share_a_message(self, store: SagaStore) -> None:
         async with store.transaction() as tx:
             added = await tx.add_outbox([message(n) for n in range(4)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,7 @@ async def test_bad_starts_raise_errors_that_explain(
         await engine.start(StartSaga(saga="order", key="k", input={"order_id": "x"}))
 
 
-async def test_full_run_publishes_each_command_once_and_empties_the_outbox(
+async def test_full_run_publishes_each_command_once_and_the_relay_sweep_empties_the_outbox(
     parts: tuple[Engine, MemoryStore, MemoryPublisher],
 ) -> None:
     engine, store, publisher = parts
@@ -95,6 +96,31 @@ async def test_full_run_publishes_each_command_once_and_empties_the_outbox(
         "notifications.order_confirmed",
         "order.completed",
     ]
+    # Published after commit, deleted in bulk by the next sweep, which sends none again.
+    async with store.transaction() as tx:
+        assert len(await tx.claim_outbox(timedelta(days=-1), 100)) == 5
+    assert await engine.relay(older_than=timedelta(days=-1)) == 0
+    assert len(publisher.published) == 5
+    async with store.transaction() as tx:
+        assert await tx.claim_outbox(timedelta(days=-1), 100) == []
+
+
+async def test_published_rows_whose_delete_fails_are_deleted_by_the_next_sweep(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, store, publisher = parts
+    await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    broken = store.transaction
+
+    def down() -> Any:
+        raise ConnectionError("database down")
+
+    monkeypatch.setattr(store, "transaction", down)
+    with pytest.raises(ConnectionError):
+        await engine.forget_published()
+    monkeypatch.setattr(store, "transaction", broken)
+    assert await engine.relay(older_than=timedelta(days=-1)) == 0  # deleted, not sent again
+    assert publisher.routing_keys() == ["customers.reserve_credit"]
     async with store.transaction() as tx:
         assert await tx.claim_outbox(timedelta(days=-1), 100) == []
 
