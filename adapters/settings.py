@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -79,6 +79,18 @@ class Settings(BaseSettings):
         ],
         description='JSON keys (any case) whose values the API shows as "***", comma-separated.',
     )
+
+    @model_validator(mode="after")
+    def _relay_age_exceeds_interval(self) -> Settings:
+        # A process deletes the rows it published at its next relay sweep; a relay that took
+        # rows younger than that would send every fresh message a second time.
+        if self.relay_age <= self.relay_interval:
+            raise ValueError(
+                f"SAGA_RELAY_AGE ({self.relay_age}) must be greater than SAGA_RELAY_INTERVAL "
+                f"({self.relay_interval}): each process deletes what it published at its next "
+                "relay sweep, so a shorter age makes relays send fresh messages twice"
+            )
+        return self
 
     @field_validator("modules", "http_cors_origins", "redact_fields", mode="before")
     @classmethod
