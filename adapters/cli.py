@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from adapters import cli_definitions, cli_locks, cli_operators
+from adapters import cli_definitions, cli_locks, cli_operators, cli_retention
 from adapters import cli_support as cs
 from adapters.cli_api import ApiClient
 from adapters.cli_support import JsonOpt, TokenOpt, UrlOpt
@@ -325,6 +325,7 @@ def _short(value: Any, width: int = 60) -> str:
 cli_operators.register(app)
 cli_definitions.register(app)
 cli_locks.register(app)
+cli_retention.register(app)
 
 
 def main() -> None:

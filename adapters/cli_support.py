@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
+import structlog
 import typer
 
 from adapters import eventloop
@@ -70,6 +71,31 @@ def run(coro: Awaitable[T]) -> T:
     except (DefinitionConflict, DefinitionError, SagaError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc
+    except Exception as exc:
+        message = unreachable(exc)
+        if message is None:
+            raise
+        # One line saying what is wrong, no traceback, exit 2: wrong credentials or address
+        # are fixed by an operator, not by retrying (docs/security.md).
+        typer.secho(f"error: {message}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def unreachable(exc: BaseException) -> str | None:
+    """What to tell an operator if `exc` means RabbitMQ or PostgreSQL refused us or cannot
+    be reached; None for anything else. Logged too, secrets masked."""
+    from sqlalchemy.exc import OperationalError
+
+    from adapters.rabbitmq.connection import BrokerUnavailable
+    from adapters.redaction import redact_text
+
+    if isinstance(exc, BrokerUnavailable):
+        return str(exc)  # logged by connect() already
+    if isinstance(exc, OperationalError):
+        reason = " ".join(redact_text(str(exc.orig or exc)).split())
+        structlog.get_logger(__name__).error("database_connect_failed", reason=reason)
+        return f"cannot use the database: {reason}"
+    return None
 
 
 async def with_store(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:

@@ -95,6 +95,7 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
                 clock=utcnow,
                 prefetch=settings.prefetch,
                 faults=faults,
+                max_message_bytes=settings.max_message_bytes,
             )
             await worker.start()
             workers.append(worker)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from adapters import metrics
 from adapters.faults import fault_hook
 from adapters.postgres.database import make_engine
+from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.consumer import BatchHandler, Delivery, Handler, consume, parse
@@ -161,6 +162,7 @@ class Orchestrator:
                 on_dead_letter=metrics.dead_lettered,
                 batch=batch,
                 max_batch=s.batch_size,
+                max_body_bytes=s.max_message_bytes,
             )
             self._stops.insert(0, consumer.stop)
         self._tasks = [
@@ -172,6 +174,9 @@ class Orchestrator:
             self._tasks.append(
                 asyncio.create_task(self._loop("locks", self._locks, s.timer_interval))
             )
+        if s.retention is not None:
+            sweep = retention_sweep(db, s.retention)
+            self._tasks.append(asyncio.create_task(self._loop("retention", sweep, SWEEP_INTERVAL)))
         if sock is not None:
             from adapters.http.app import create_app
             from adapters.http.serve import serve

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Annotated, Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from adapters.durations import parse_duration
+from adapters.redaction import redact_text
+from adapters.tls import amqp_url_with_tls, database_url_with_tls
 
 
 class Settings(BaseSettings):
@@ -21,6 +27,29 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the engine's database (psycopg 3 driver).",
     )
     amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    # -- TLS (adapters/tls.py, docs/security.md): folded into the URLs above on load ---------
+    amqp_tls_ca_file: str | None = Field(
+        None, description="CA bundle (PEM) to verify RabbitMQ's certificate with; turns TLS on."
+    )
+    amqp_tls_cert_file: str | None = Field(
+        None, description="Client certificate (PEM) for RabbitMQ; turns TLS on."
+    )
+    amqp_tls_key_file: str | None = Field(None, description="The client certificate's key.")
+    amqp_tls_verify: bool = Field(
+        True,
+        description="Verify RabbitMQ's certificate and host name; false turns TLS on without "
+        "verification (testing only).",
+    )
+    database_ssl_mode: str | None = Field(
+        None,
+        pattern="^(disable|allow|prefer|require|verify-ca|verify-full)$",
+        description="libpq sslmode for PostgreSQL; verify-full in production.",
+    )
+    database_ssl_root_cert: str | None = Field(
+        None, description="CA (PEM) to verify PostgreSQL's certificate with (sslrootcert)."
+    )
+    database_ssl_cert: str | None = Field(None, description="Client certificate (sslcert).")
+    database_ssl_key: str | None = Field(None, description="Client key (sslkey).")
     amqp_prefix: str = Field(
         "",
         description="Prefix for every exchange and queue name; empty in production. "
@@ -32,6 +61,12 @@ class Settings(BaseSettings):
     )
     prefetch: int = Field(50, ge=1, le=10_000, description="Unacked messages per consumer.")
     db_pool_size: int = Field(10, ge=1, le=200)
+    max_message_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest AMQP message body (start, cancel, reply, command) a consumer "
+        "reads; a larger one is dead-lettered unparsed, with the reason.",
+    )
     batch_size: int = Field(
         100,
         ge=1,
@@ -42,6 +77,13 @@ class Settings(BaseSettings):
     relay_interval: float = Field(1.0, gt=0, description="Seconds between outbox sweeps.")
     relay_age: float = Field(
         2.0, ge=0, description="Outbox rows older than this (seconds) are republished by the relay."
+    )
+    # Off by default: deleting is irreversible and forgets start keys (a start with a pruned
+    # saga's key begins a new saga), so each deployment chooses its own window.
+    retention: timedelta | None = Field(
+        None,
+        description="Delete completed, compensated and cancelled sagas this long after they "
+        "ended (e.g. 30d, 12h; adapters/postgres/retention.py); unset: keep them forever.",
     )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     log_level: str = Field("info")
@@ -91,6 +133,40 @@ class Settings(BaseSettings):
                 "relay sweep, so a shorter age makes relays send fresh messages twice"
             )
         return self
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = parse_duration(value) if value.strip() else None
+        if isinstance(value, timedelta) and value <= timedelta(0):
+            raise ValueError("SAGA_RETENTION must be positive (unset it to keep sagas forever)")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_into_urls(self) -> Settings:
+        # In the URLs, every consumer of them (migrations, CLI, health checks) gets TLS too.
+        self.amqp_url = amqp_url_with_tls(
+            self.amqp_url,
+            ca_file=self.amqp_tls_ca_file,
+            cert_file=self.amqp_tls_cert_file,
+            key_file=self.amqp_tls_key_file,
+            verify=self.amqp_tls_verify,
+        )
+        self.database_url = database_url_with_tls(
+            self.database_url,
+            mode=self.database_ssl_mode,
+            root_cert=self.database_ssl_root_cert,
+            cert=self.database_ssl_cert,
+            key=self.database_ssl_key,
+        )
+        return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() and str() show the URLs without their passwords: settings get printed in
+        # tracebacks, test failures and debugging sessions.
+        for name, value in super().__repr_args__():
+            yield name, redact_text(value) if isinstance(value, str) else value
 
     @field_validator("modules", "http_cors_origins", "redact_fields", mode="before")
     @classmethod

@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 import aio_pika
+import aiormq
+import structlog
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.common import FieldTable
+
+from adapters.redaction import redact_text
+from adapters.tls import amqp_ssl_context
+
+log = structlog.get_logger(__name__)
+
+
+class BrokerUnavailable(ConnectionError):
+    """The first connection to RabbitMQ failed: wrong credentials, a vhost that does not
+    exist or is not the user's, no broker at that address, or TLS refused. Says which, with
+    the URL's password masked; the process should stop rather than retry (a robust
+    connection reconnects by itself only once it has been connected)."""
 
 
 async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnection:
     """A connection that reconnects by itself and then restores its channels, declarations
-    and consumers. `name` shows up in the broker's connection list."""
+    and consumers. `name` shows up in the broker's connection list. An `amqps` URL connects
+    with TLS (adapters/tls.py). Raises `BrokerUnavailable` at once if it cannot connect."""
     client_properties: FieldTable | None = {"connection_name": name} if name else None
-    return await aio_pika.connect_robust(url, client_properties=client_properties)
+    try:
+        return await aio_pika.connect_robust(
+            url, client_properties=client_properties, ssl_context=amqp_ssl_context(url)
+        )
+    except (aiormq.exceptions.AMQPError, OSError) as exc:
+        reason = _why(url, exc)
+        log.error("amqp_connect_failed", url=redact_text(url), reason=reason)
+        raise BrokerUnavailable(
+            f"cannot connect to RabbitMQ at {redact_text(url)}: {reason}"
+        ) from None
+
+
+def _why(url: str, exc: BaseException) -> str:
+    """What an operator needs to hear of a failed connection attempt."""
+    parts = urlsplit(url)
+    user = unquote(parts.username or "guest")
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        return f"access refused for user {user!r}: wrong user name or password"
+    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+        # RabbitMQ answers Connection.Open on a vhost the user may not use with a close.
+        return (
+            f"access refused to vhost {vhost!r}: it does not exist or user {user!r} has no "
+            "permissions on it"
+        )
+    return redact_text(f"{type(exc).__name__}: {exc}")
 
 
 async def open_channel(connection: AbstractRobustConnection) -> AbstractRobustChannel:

@@ -44,6 +44,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel, ValidationError
 
 from adapters.rabbitmq.publisher import RabbitPublisher
+from adapters.rabbitmq.storable import check_storable
 from adapters.rabbitmq.topology import Topology
 from orchestrator import trace
 from orchestrator.errors import Poison
@@ -55,6 +56,7 @@ M = TypeVar("M", bound=BaseModel)
 
 JSON = "application/json"
 # Far above any saga message; a body this large is an accident or an attack, not a command.
+# The default of SAGA_MAX_MESSAGE_BYTES (docs/security.md).
 MAX_BODY_BYTES = 1024 * 1024
 MAX_REASON_CHARS = 1000
 MAX_REASON_ERRORS = 5
@@ -79,6 +81,8 @@ class Delivery:
     reply_to: str | None = None
     headers: Mapping[str, Any] = field(default_factory=dict)
     redelivered: bool = False
+    # The consumer's size limit: `parse` refuses a larger body unread.
+    max_bytes: int = MAX_BODY_BYTES
 
     @property
     def delivery_count(self) -> int:
@@ -87,7 +91,9 @@ class Delivery:
         return count if isinstance(count, int) else 0
 
     @classmethod
-    def of(cls, message: AbstractIncomingMessage, queue: str) -> Delivery:
+    def of(
+        cls, message: AbstractIncomingMessage, queue: str, max_bytes: int = MAX_BODY_BYTES
+    ) -> Delivery:
         return cls(
             body=message.body,
             routing_key=message.routing_key or "",
@@ -99,6 +105,7 @@ class Delivery:
             reply_to=message.reply_to,
             headers=dict(message.headers or {}),
             redelivered=bool(message.redelivered),
+            max_bytes=max_bytes,
         )
 
 
@@ -124,21 +131,25 @@ def parse(
     message: Delivery | bytes,
     *,
     fields: Mapping[str, Any] | None = None,
-    max_bytes: int = MAX_BODY_BYTES,
+    max_bytes: int | None = None,
 ) -> M:
     """Validate a JSON body into `model`, or raise `Poison` saying what is wrong with it.
 
     Given a `Delivery`, its content type must be JSON (or absent); anything else, pickle
-    above all, is refused unread. `fields` are set on top of the body's (e.g. a command's
-    name, which travels as the routing key).
+    above all, is refused unread, and so is a body over its consumer's size limit
+    (SAGA_MAX_MESSAGE_BYTES; `max_bytes` overrides it). `fields` are set on top of the
+    body's (e.g. a command's name, which travels as the routing key).
     """
     if isinstance(message, Delivery):
         _check_content_type(message.content_type)
         body = message.body
+        limit = message.max_bytes if max_bytes is None else max_bytes
     else:
         body = message
-    if len(body) > max_bytes:
-        raise Poison(f"body of {len(body)} bytes exceeds the limit of {max_bytes} bytes")
+        limit = MAX_BODY_BYTES if max_bytes is None else max_bytes
+    if len(body) > limit:
+        raise Poison(f"body of {len(body)} bytes exceeds the limit of {limit} bytes")
+    check_storable(body)
     try:
         if fields is None:
             return model.model_validate_json(body)
@@ -170,14 +181,22 @@ def describe_invalid(exc: ValidationError) -> str:
 def poison_reason(exc: BaseException) -> str | None:
     """The dead-letter reason if `exc` means the message can never be processed, else None."""
     if isinstance(exc, Poison):
-        return str(exc) or "poison"
+        return printable(str(exc) or "poison")
     if isinstance(exc, ValidationError):
-        return describe_invalid(exc)
+        return printable(describe_invalid(exc))
     if isinstance(exc, json.JSONDecodeError):
-        return f"invalid JSON: {exc}"
+        return printable(f"invalid JSON: {exc}")
     if isinstance(exc, UnicodeDecodeError):
         return f"invalid UTF-8: {exc}"
     return None
+
+
+def printable(text: str) -> str:
+    """`text` with its unprintable characters escaped (ESC as \\x1b): a reason quotes the
+    sender's field names, and operators read it in terminals and log viewers."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _check_content_type(content_type: str | None) -> None:
@@ -202,6 +221,7 @@ class Consumer:
         batch: BatchHandler | None = None,
         max_batch: int = 100,
         batch_workers: int = 2,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.queue = queue
         self.handler = handler
@@ -211,6 +231,7 @@ class Consumer:
         self.batch = batch
         self.max_batch = max_batch
         self.batch_workers = batch_workers
+        self.max_body_bytes = max_body_bytes
         self.consumer_tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._waiting: list[_Waiting] = []
@@ -251,7 +272,7 @@ class Consumer:
                 self._in_flight.discard(task)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        delivery = Delivery.of(message, self.queue.name)
+        delivery = Delivery.of(message, self.queue.name, self.max_body_bytes)
         if self.batch is None:
             await self._one(message, delivery)
             return
@@ -408,6 +429,7 @@ async def consume(
     batch: BatchHandler | None = None,
     max_batch: int = 100,
     batch_workers: int = 2,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> Consumer:
     """Consume the logical queue `queue` (mapped through `topology`) with `handler`.
 
@@ -430,6 +452,7 @@ async def consume(
         batch=batch,
         max_batch=max_batch,
         batch_workers=batch_workers,
+        max_body_bytes=max_body_bytes,
     )
     await consumer.start()
     return consumer

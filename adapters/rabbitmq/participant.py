@@ -8,7 +8,7 @@ import structlog
 from aio_pika.abc import AbstractChannel
 
 from adapters import metrics
-from adapters.rabbitmq.consumer import Consumer, Delivery, consume, parse
+from adapters.rabbitmq.consumer import MAX_BODY_BYTES, Consumer, Delivery, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
 from orchestrator import trace
@@ -33,7 +33,8 @@ class ParticipantWorker:
     may outlast the step's timeout; they stop before the final reply is published.
 
     `faults` is called with `after_handler_before_reply` between the two (crash tests kill the
-    process there: `adapters.faults`); it does nothing by default.
+    process there: `adapters.faults`); it does nothing by default. A command body over
+    `max_message_bytes` is dead-lettered unread.
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class ParticipantWorker:
         clock: Clock,
         prefetch: int = 50,
         faults: FaultHook = _no_faults,
+        max_message_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.participant = participant
         self.channel = channel
@@ -52,6 +54,7 @@ class ParticipantWorker:
         self.clock = clock
         self.prefetch = prefetch
         self.faults = faults
+        self.max_message_bytes = max_message_bytes
         self.publisher = RabbitPublisher(channel, topology)
         self._consumers: list[Consumer] = []
 
@@ -73,6 +76,7 @@ class ParticipantWorker:
                     topology=self.topology,
                     prefetch=self.prefetch,
                     on_dead_letter=metrics.dead_lettered,
+                    max_body_bytes=self.max_message_bytes,
                 )
             )
         log.info("participant_worker_started", service=self.participant.service, queues=services)
