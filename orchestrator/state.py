@@ -131,8 +131,15 @@ class StepState:
 
     @property
     def outcome_uncertain(self) -> bool:
-        """The last attempt timed out: the participant may have acted without telling us."""
-        return self.error is not None and self.error.get("type") == TIMEOUT_ERROR
+        """The participant may have acted without telling us: the last attempt timed out, or
+        its failure was retryable. A retryable failure speaks for one delivery only: another
+        delivery of the same command (a redelivery after a crash, a relay's copy) may have
+        committed the effect before it, so an undo must be sent; a participant whose action
+        never happened answers it as a null compensation (the barrier does). A non-retryable
+        failure is final: the barrier stores it, and any later delivery replays it."""
+        if self.error is None:
+            return False
+        return self.error.get("type") == TIMEOUT_ERROR or self.error.get("retryable") is True
 
     def moved(self, status: StepStatus, **changes: Any) -> StepState:
         check_step_move(self.status, status)

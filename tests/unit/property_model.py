@@ -155,13 +155,22 @@ class Model:
         return list(dict.fromkeys(s.command.step for s in self.sent if s.command.kind == "action"))
 
     def must_compensate(self) -> set[str]:
-        """Units with a compensation whose action succeeded or whose last attempt timed out."""
+        """Units with a compensation whose action may have had an effect: it succeeded, or
+        its last attempt timed out or failed retryably (another delivery of the command may
+        have acted; only a non-retryable failure is final)."""
         return {
             u
             for u in self.acted()
-            if self.spec(u).compensation is not None
-            and self.action_outcome(u) in ("success", "timeout")
+            if self.spec(u).compensation is not None and self._maybe_acted(u)
         }
+
+    def _maybe_acted(self, unit: str) -> bool:
+        last = self.latest(unit, "action")
+        if last is None:
+            return False
+        return last.resolution in ("success", "timeout") or (
+            last.resolution == "failure" and last.retryable
+        )
 
     def pivot(self) -> str | None:
         pivot = self.definition.pivot_index

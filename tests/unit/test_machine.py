@@ -315,11 +315,11 @@ def test_cancel_with_a_step_in_flight_waits_for_it_and_undoes_it_when_it_succeed
     assert ("action", "payments.charge") not in run.sent
 
 
-def test_cancel_with_a_step_in_flight_that_then_fails_does_not_undo_it() -> None:
+def test_cancel_with_a_step_in_flight_that_then_fails_for_good_does_not_undo_it() -> None:
     run = Run()
     succeed_through(run, "reserve_credit")
     run.cancel()
-    run.fail("out of stock", retryable=True)  # no retry once cancelled
+    run.fail("out of stock", retryable=False)  # final: the participant stored it
     assert run.step("reserve_stock").status == StepStatus.FAILED
     assert run.sent[-1] == ("compensation", "customers.release_credit")
     run.succeed()
@@ -328,14 +328,34 @@ def test_cancel_with_a_step_in_flight_that_then_fails_does_not_undo_it() -> None
     assert [c.attempt for c in run.commands if c.step == "reserve_stock"] == [1]
 
 
-def test_cancel_while_waiting_to_retry_stops_the_retry() -> None:
+def test_cancel_with_a_step_in_flight_that_then_fails_retryably_undoes_it_to_be_sure() -> None:
+    # A retryable failure speaks for one delivery: another copy of the command may have acted
+    # (or still act), so the step is undone; a participant that never acted answers the undo
+    # as a null compensation, and its barrier then refuses any late copy.
+    run = Run()
+    succeed_through(run, "reserve_credit")
+    run.cancel()
+    run.fail("database restarting", retryable=True)  # no retry once cancelled
+    assert run.sent[-1] == ("compensation", "inventory.release")
+    run.succeed({"null_compensation": True})
+    assert run.sent[-1] == ("compensation", "customers.release_credit")
+    run.succeed()
+    assert run.state.status == SagaStatus.CANCELLED
+    assert [
+        c.attempt for c in run.commands if c.step == "reserve_stock" and c.kind == "action"
+    ] == [1]
+
+
+def test_cancel_while_waiting_to_retry_stops_the_retry_and_undoes_the_attempt() -> None:
     run = Run()
     run.fail("busy")
     run.cancel()
+    assert run.sent[-1] == ("compensation", "customers.release_credit")
+    run.succeed({"null_compensation": True})
     assert run.state.status == SagaStatus.CANCELLED
     assert run.state.next_due_at is None
     run.later(3600)
-    assert [c.attempt for c in run.commands] == [1]
+    assert [c.attempt for c in run.commands if c.kind == "action"] == [1]
 
 
 def test_cancel_before_start_ends_cancelled_without_any_command() -> None:

@@ -71,7 +71,7 @@ def test_a_failed_item_compensates_the_items_that_succeeded_then_the_earlier_ste
     zero, one = run.commands[-2:]
     run.succeed(command=zero)
     two = run.last
-    run.fail("bad chunk", command=one)
+    run.fail("bad chunk", retryable=False, command=one)
     assert run.status == SagaStatus.COMPENSATING
     assert run.last == two  # item 2 is in flight: wait for it
     run.succeed(command=two)

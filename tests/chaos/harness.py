@@ -1,0 +1,327 @@
+"""One chaos run: its own PostgreSQL and RabbitMQ, TCP proxies in front of them, the relay
+between orchestrators and participants, `saga run` replicas and the shop as real processes,
+a steady stream of orders, the seeded fault schedule, then the invariants and the table.
+
+    deployment processes ──▶ proxy ──▶ own PostgreSQL (temp cluster, free port)
+                         ──▶ proxy ──▶ own RabbitMQ node  ◀── relay (duplicates, reorders,
+                                                              drops) between the prefixes
+    harness (feeder, checks) ─────────▶ both servers directly
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.postgres.database import make_engine
+from adapters.postgres.migrate import upgrade
+from adapters.postgres.store import PostgresStore
+from adapters.postgres.tables import saga_history
+from adapters.rabbitmq.connection import connect, open_channel
+from adapters.rabbitmq.topology import DEAD_QUEUE, REPLIES_QUEUE, REQUESTS_QUEUE, Topology
+from examples.demo import CUSTOMERS, STOCK
+from examples.processes import Processes
+from examples.shop import schema
+from orchestrator.ports import SagaQuery
+from tests.chaos import figures
+from tests.chaos.injector import Injector, Record
+from tests.chaos.invariants import Verdict, verify
+from tests.chaos.profiles import Profile
+from tests.chaos.proxy import FaultyProxy
+from tests.chaos.relay import DroppingRelay
+from tests.chaos.schedule import plan
+from tests.chaos.servers import OwnPostgres, OwnRabbit
+from tests.chaos.workload import Requests, feed, plan_orders
+from tests.e2e.history_check import TERMINAL
+from tests.e2e.test_many_orchestrators import (
+    consumer_count,
+    finished_count,
+    outbox_empty,
+    read_history,
+)
+from tests.fixtures.polling import eventually
+from tests.fixtures.rabbitmq import leftovers
+
+log = structlog.get_logger(__name__)
+
+SERVICES = ("customers", "inventory", "payments", "notifications")
+# How long every saga may take to become terminal once the feeding is over: the order
+# saga's step timeout is 30 s, and a lost reply costs one timeout and a retry.
+SETTLE_SECONDS = 150.0
+
+
+@dataclass
+class Result:
+    seed: int
+    profile: str
+    verdict: Verdict
+    text: str
+    seconds: float
+    workdir: Path
+    notes: list[str] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.verdict.problems()
+
+
+@dataclass
+class Deployment:
+    """Everything a run starts, and stops again whatever happened."""
+
+    profile: Profile
+    seed: int
+    workdir: Path
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    upstream: Topology = field(default_factory=lambda: Topology("chaos-o."))
+    downstream: Topology = field(default_factory=lambda: Topology("chaos-p."))
+    proxies: dict[str, FaultyProxy] = field(default_factory=dict)
+    relay: DroppingRelay | None = None
+    procs: Processes | None = None
+    db: AsyncEngine | None = None
+    requests: Requests | None = None
+
+    def __post_init__(self) -> None:
+        self.pg = OwnPostgres(self.workdir / "postgres")
+        self.rabbit = OwnRabbit(self.workdir / "rabbitmq", node_id=self.run_id)
+
+    async def up(self) -> tuple[AsyncEngine, Injector]:
+        await asyncio.gather(self.pg.start(), self.rabbit.start())
+        await upgrade(self.pg.url("chaos"))
+        db = self.db = make_engine(self.pg.url("chaos"), pool_size=3)
+        await schema.create(db)
+        await schema.seed(db, CUSTOMERS, STOCK)
+        self.proxies = {
+            "postgres": FaultyProxy("postgres", self.pg.port),
+            "rabbitmq": FaultyProxy("rabbitmq", self.rabbit.port),
+        }
+        for proxy in self.proxies.values():
+            await proxy.start()
+        self.relay = DroppingRelay(
+            self.rabbit.url(),
+            self.upstream,
+            self.downstream,
+            SERVICES,
+            copies=self.profile.copies,
+            seed=self.seed,
+            drop_rate=self.profile.drop_rate,
+            lose_replies=self.profile.lost_replies,
+        )
+        await self.relay.start()
+        through_proxy = self.pg.url("chaos", port=self.proxies["postgres"].listen_port)
+        (self.workdir / "logs").mkdir()
+        self.procs = Processes(
+            env={
+                "SAGA_DATABASE_URL": through_proxy,
+                "SAGA_AMQP_URL": self.rabbit.url(port=self.proxies["rabbitmq"].listen_port),
+                "SAGA_AMQP_PREFIX": self.upstream.prefix,
+                "SAGA_LOG_FORMAT": "json",
+                "SAGA_HTTP_BIND": "",
+                "SAGA_TIMER_INTERVAL": "0.2",
+                "SAGA_RELAY_INTERVAL": "0.5",
+                "SAGA_RELAY_AGE": "2.0",
+                "SAGA_DB_POOL_SIZE": "8",
+                "SAGA_PREFETCH": "50",
+                "SHOP_DATABASE_URL": through_proxy,
+                "SHOP_SLOW_SECONDS": "3",
+            },
+            log_dir=self.workdir / "logs",
+        )
+        injector = Injector(
+            self.procs,
+            self.pg,
+            self.rabbit,
+            self.proxies,
+            orchestrators=[f"orchestrator-{i}" for i in range(self.profile.orchestrators)],
+            shops=[f"shop-{i}" for i in range(self.profile.shops)],
+            shop_env={"SAGA_AMQP_PREFIX": self.downstream.prefix, "SAGA_PREFETCH": "20"},
+            seed=self.seed,
+        )
+        injector.start_all()
+        await _consuming(self.rabbit.url(), self.upstream, self.downstream, self.profile)
+        self.requests = Requests(self.rabbit.url(), self.upstream)
+        return db, injector
+
+    async def down(self, *, failed: bool) -> None:
+        if self.procs is not None:
+            if failed:
+                self.procs.print_log_tails()
+            # SIGKILL: a graceful stop is not under test, and with the servers about to go
+            # it would only wait (a process whose broker is gone waits to reconnect).
+            for name in list(self.procs.procs):
+                self.procs.kill(name)
+            self.procs.stop_all()
+        if self.requests is not None:
+            await self.requests.close()
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.stop(), 30)
+        for proxy in self.proxies.values():
+            await proxy.stop()
+        if self.db is not None:
+            await self.db.dispose()
+        await self.rabbit.stop()
+        await self.pg.stop()
+
+
+async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
+    began_run = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="saga-chaos-"))
+    deployment = Deployment(profile, seed, workdir)
+    ok = False
+    try:
+        phases: list[tuple[str, str]] = []
+
+        def phase(name: str, since: float) -> float:
+            phases.append((f"phase: {name}", f"{time.monotonic() - since:.1f} s"))
+            return time.monotonic()
+
+        mark = time.monotonic()
+        db, injector = await deployment.up()
+        mark = phase("servers and processes up", mark)
+        assert deployment.requests is not None and deployment.relay is not None
+        orders = plan_orders(profile.sagas, deployment.run_id, profile.random_cancels, seed)
+        stop = asyncio.Event()
+        supervisor = asyncio.create_task(injector.supervise(stop))
+        began, began_wall = time.monotonic(), time.time()
+        chaos = asyncio.create_task(injector.run(plan(profile, seed), began, stop))
+        fed = await feed(
+            deployment.requests,
+            db,
+            orders,
+            rate=profile.rate,
+            max_in_flight=profile.max_in_flight,
+            began=began,
+            seed=seed,
+        )
+        await chaos
+        mark = phase("feeding (faults included)", began)
+        await _settle(db, len(orders))
+        stop.set()
+        await supervisor
+        mark = phase("settling", mark)
+
+        states = {s.key: s for s in await PostgresStore(db).find(SagaQuery(limit=len(orders) * 2))}
+        dead = await _dead_letters(
+            deployment.rabbit.url(), [deployment.upstream, deployment.downstream]
+        )
+        verdict = await verify(db, orders, states, await read_history(db), dead)
+        terminal = await _terminal_times(db)
+        phase("checking", mark)
+        last_fault = max((r.ended for r in injector.records), default=began_wall)
+        extra = [
+            ("orchestrators / participant processes", f"{profile.orchestrators} / {profile.shops}"),
+            ("offered rate", f"{profile.rate:.0f} starts/s over {fed.feeding_seconds:.0f} s"),
+            ("cancels sent", str(len(fed.cancelled))),
+            ("starts/cancels published again", str(deployment.requests.resent)),
+            (
+                "relay: copies / requeued / lost replies",
+                f"{profile.copies} / {deployment.relay.dropped} / {deployment.relay.lost}",
+            ),
+            ("processes that exited by themselves", str(len(injector.unexpected))),
+            ("faults that could not be injected", str(len(injector.skipped))),
+            *phases,
+            ("run took", f"{time.monotonic() - began_run:.0f} s"),
+        ]
+        text = figures.table(
+            verdict,
+            figures.recoveries(injector.records, terminal, profile.rate),
+            terminal_after_last_fault=max(terminal) - last_fault if terminal else None,
+            extra=extra,
+        )
+        text += "\n\n" + figures.timeline(terminal, injector.records, began_wall)
+        notes = [
+            *(f"skipped: {s}" for s in injector.skipped),
+            *(
+                f"{e.name} exited by itself (rc {e.returncode}):\n{e.log_tail}"
+                for e in injector.unexpected
+            ),
+            *(f"outcome of {k}: {v}" for k, v in list(verdict.unexpected_outcomes.items())[:20]),
+        ]
+        result = Result(
+            seed,
+            profile.name,
+            verdict,
+            text,
+            time.monotonic() - began_run,
+            workdir,
+            notes,
+            injector.records,
+            injector.skipped,
+        )
+        ok = result.ok
+        return result
+    finally:
+        await deployment.down(failed=not ok)
+        if ok and not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _settle(db: AsyncEngine, count: int) -> None:
+    """Wait until every saga is terminal and the outbox is empty, or give up after
+    SETTLE_SECONDS: what is unfinished then is reported by the checks, not raised here."""
+
+    async def settled() -> bool:
+        with contextlib.suppress(Exception):
+            return await finished_count(db) >= count
+        return False
+
+    with contextlib.suppress(AssertionError):
+        await eventually(settled, timeout=SETTLE_SECONDS, interval=0.5, message="settled")
+    with contextlib.suppress(AssertionError):
+        await eventually(lambda: outbox_empty(db), timeout=20, message="outbox empty")
+
+
+async def _consuming(
+    amqp_url: str, upstream: Topology, downstream: Topology, profile: Profile
+) -> None:
+    """Every orchestrator consumes requests and replies, a shop each command queue."""
+    wanted = {upstream.name(REQUESTS_QUEUE): profile.orchestrators}
+    wanted[upstream.name(REPLIES_QUEUE)] = profile.orchestrators
+    wanted |= {downstream.name(Topology.command_queue(s)): profile.shops for s in SERVICES}
+    connection = await connect(amqp_url, name="chaos-probe")
+    try:
+
+        async def consuming() -> bool:
+            for queue, count in wanted.items():
+                if await consumer_count(connection, queue) < count:
+                    return False
+            return True
+
+        await eventually(consuming, timeout=90, interval=0.3, message="every process consuming")
+    finally:
+        await connection.close()
+
+
+async def _dead_letters(amqp_url: str, topologies: list[Topology]) -> list[str]:
+    connection = await connect(amqp_url, name="chaos-dead-letters")
+    try:
+        channel = await open_channel(connection)
+        found = []
+        for topology in topologies:
+            for message in await leftovers(channel, topology.name(DEAD_QUEUE)):
+                headers = message.headers or {}
+                reason = headers.get("x-saga-dead-reason", headers.get("x-first-death-reason"))
+                found.append(f"{topology.prefix} {message.routing_key}: {reason!r}")
+        return found
+    finally:
+        await connection.close()
+
+
+async def _terminal_times(db: AsyncEngine) -> list[float]:
+    h = saga_history.c
+    async with db.connect() as conn:
+        rows = await conn.execute(sa.select(h.at).where(h.event.in_(sorted(TERMINAL))))
+        return [r.at.timestamp() for r in rows]

@@ -1,0 +1,95 @@
+"""How big a chaos run is and how many faults of each kind it injects.
+
+`short` is the CI profile (a pytest test, well under a minute of chaos on a loaded two-core
+machine); `long` is the one whose figures docs/guarantees.md publishes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    sagas: int
+    rate: float  # starts per second, offered at a steady pace
+    # Unfinished sagas at most: the feeder holds back starts beyond it, as a client with
+    # backpressure would. Without it, a machine slower than the rate builds a backlog longer
+    # than the steps' 30 s timeouts and the run collapses into retries (docs/guarantees.md).
+    max_in_flight: int
+    orchestrators: int
+    shops: int
+    # Faults, by kind: how many the schedule holds.
+    orchestrator_kills: int
+    participant_kills: int
+    # Of the killed processes, those restarted with a named fault point armed (they die
+    # again by themselves at that point: between commit and publish, and so on).
+    armed_restarts: float  # share of restarts
+    broker_stop_app: int
+    broker_kill9: int
+    db_fast: int
+    db_immediate: int
+    proxy_resets: int
+    proxy_stalls: int
+    latency_windows: int
+    # The relay: copies of every command and reply, requeued ("dropped") share, replies lost.
+    copies: int
+    drop_rate: float
+    lost_replies: int
+    # Orders cancelled at a random moment after their start (besides the `slow-` orders,
+    # cancelled while their stock reservation is in flight).
+    random_cancels: float
+    # Seconds of steady load before the first fault and after the last one.
+    warmup: float = 4.0
+    cooldown: float = 6.0
+
+
+SHORT = Profile(
+    name="short",
+    sagas=240,
+    rate=12.0,
+    max_in_flight=200,
+    orchestrators=2,
+    shops=1,
+    orchestrator_kills=3,
+    participant_kills=2,
+    armed_restarts=0.4,
+    broker_stop_app=0,
+    broker_kill9=1,
+    db_fast=0,
+    db_immediate=1,
+    proxy_resets=1,
+    proxy_stalls=0,
+    latency_windows=1,
+    copies=2,
+    drop_rate=0.02,
+    lost_replies=0,
+    random_cancels=0.1,
+    warmup=3.0,
+    cooldown=4.0,
+)
+
+LONG = Profile(
+    name="long",
+    sagas=5000,
+    rate=8.0,
+    max_in_flight=250,
+    orchestrators=3,
+    shops=2,
+    orchestrator_kills=24,
+    participant_kills=8,
+    armed_restarts=0.35,
+    broker_stop_app=2,
+    broker_kill9=2,
+    db_fast=2,
+    db_immediate=2,
+    proxy_resets=6,
+    proxy_stalls=3,
+    latency_windows=4,
+    copies=2,
+    drop_rate=0.02,
+    lost_replies=12,
+    random_cancels=0.1,
+)
+
+PROFILES = {p.name: p for p in (SHORT, LONG)}

@@ -1,0 +1,45 @@
+"""The chaos harness's short profile in CI: a few hundred order sagas on the harness's own
+PostgreSQL and RabbitMQ while orchestrators and participants are SIGKILLed (some at named fault
+points), the broker is killed and rebooted, the database restarts in immediate mode, a
+connection reset and a latency window go through the proxy, and the relay duplicates,
+reorders and drops messages. Every invariant must hold (tests/chaos/invariants.py).
+
+SAGA_CHAOS_SEED replays a run's schedule and workload; run with -s to see the table."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import pytest
+
+from tests.chaos.harness import run
+from tests.chaos.profiles import SHORT
+from tests.chaos.servers import PG_BIN, RABBIT_BIN
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(
+        not (PG_BIN / "initdb").exists() or not (RABBIT_BIN / "rabbitmq-server").exists(),
+        reason="needs PostgreSQL's and RabbitMQ's server binaries to run servers of its own",
+    ),
+]
+
+
+async def test_short_chaos_profile_keeps_every_invariant() -> None:
+    assert os.geteuid() != 0 or shutil.which("runuser"), "as root, initdb needs runuser"
+    seed = int(os.environ.get("SAGA_CHAOS_SEED") or random.SystemRandom().randrange(2**31))
+    print(f"\nchaos short: seed {seed} (SAGA_CHAOS_SEED={seed} replays it)")
+    result = await run(SHORT, seed)
+    print(result.text)
+    print("\n".join(result.notes))
+    problems = result.verdict.problems()
+    assert problems == [], f"seed {seed}, work directory {result.workdir}:\n" + "\n".join(
+        problems[:30]
+    )
+    # The run did inject what the profile asks for: a quiet run proves nothing.
+    kinds = {r.kind for r in result.records}
+    assert {"orchestrator kill", "broker kill -9", "db restart immediate"} <= kinds, kinds
+    assert result.skipped == [], result.skipped
