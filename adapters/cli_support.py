@@ -84,6 +84,7 @@ def run(coro: Awaitable[T]) -> T:
 def unreachable(exc: BaseException) -> str | None:
     """What to tell an operator if `exc` means RabbitMQ or PostgreSQL refused us or cannot
     be reached; None for anything else. Logged too, secrets masked."""
+    from aiormq.exceptions import AMQPConnectionError
     from sqlalchemy.exc import OperationalError
 
     from adapters.rabbitmq.connection import BrokerUnavailable
@@ -91,6 +92,12 @@ def unreachable(exc: BaseException) -> str | None:
 
     if isinstance(exc, BrokerUnavailable):
         return str(exc)  # logged by connect() already
+    if isinstance(exc, AMQPConnectionError):
+        # The connection broke before the robust connection took over (while starting): a
+        # supervisor restarts the process; a traceback would only bury the reason.
+        reason = " ".join(redact_text(str(exc)).split())
+        structlog.get_logger(__name__).error("amqp_connection_lost", reason=reason)
+        return f"lost the connection to RabbitMQ: {reason}"
     if isinstance(exc, OperationalError):
         reason = " ".join(redact_text(str(exc.orig or exc)).split())
         structlog.get_logger(__name__).error("database_connect_failed", reason=reason)

@@ -29,6 +29,9 @@ def _run_on(connection: Connection) -> None:
         target_metadata=metadata,
         compare_type=True,
         compare_server_default=True,
+        # One transaction per revision: a revision that builds an index CONCURRENTLY steps
+        # out of it (autocommit_block), and a failure keeps the revisions before it.
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()

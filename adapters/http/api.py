@@ -29,9 +29,10 @@ from adapters.http.models import (
 )
 from adapters.http.problems import ProblemError, problem_responses
 from adapters.http.redact import Redactor
+from adapters.rabbitmq.storable import check_storable
 from orchestrator import trace
 from orchestrator.engine import Engine
-from orchestrator.errors import ConcurrentUpdate, SagaNotFound
+from orchestrator.errors import ConcurrentUpdate, InvalidInput, Poison, SagaNotFound
 from orchestrator.machine import (
     MarkCompensated,
     OperatorEvent,
@@ -227,6 +228,12 @@ async def start_saga(
     request: Request, response: Response, body: StartRequest, caller: Caller = _CALLER
 ) -> StartResponse:
     engine = _engine(request)
+    try:
+        # What validates as JSON but PostgreSQL cannot store (a NUL, a non-finite number)
+        # would fail the start's transaction: say so as a 422, not a 500.
+        check_storable(await request.body())
+    except Poison as exc:
+        raise InvalidInput(str(exc)) from exc
     start = StartSaga(saga=body.saga, key=body.key, input=body.input, version=body.version)
     context = trace.from_headers(request.headers)
     outcome = await _retried(lambda: engine.start(start, actor=_actor(caller, None), trace=context))

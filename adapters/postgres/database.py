@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import URL, make_url, text
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 _DUPLICATE_DATABASE = "42P04"
+_UNIQUE_VIOLATION = "23505"
 
 # Every timestamptz comes back in UTC whatever the server's default time zone is.
 _CONNECT_ARGS = {"options": "-c timezone=UTC"}
@@ -63,9 +64,11 @@ async def ensure_database(url: str | URL) -> bool:
             return False
         try:
             await conn.exec_driver_sql(f"CREATE DATABASE {_quote(conn, name)}")
-        except ProgrammingError as exc:
-            # Another process created it between our check and our CREATE.
-            if getattr(exc.orig, "sqlstate", None) == _DUPLICATE_DATABASE:
+        except (ProgrammingError, IntegrityError) as exc:
+            # Another process created it between our check and our CREATE: PostgreSQL says
+            # duplicate_database, or, when the two CREATEs overlap, a unique violation on
+            # pg_database's name index.
+            if getattr(exc.orig, "sqlstate", None) in (_DUPLICATE_DATABASE, _UNIQUE_VIOLATION):
                 return False
             raise
     return True

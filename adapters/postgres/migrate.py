@@ -34,7 +34,7 @@ async def check(url: str | URL) -> None:
 async def _run(url: str | URL, action: Callable[[Config], None]) -> None:
     engine = single_use_engine(url)
     try:
-        async with engine.begin() as conn:
+        async with engine.connect() as conn:
             await conn.run_sync(_locked, action)
     finally:
         await engine.dispose()
@@ -42,6 +42,14 @@ async def _run(url: str | URL, action: Callable[[Config], None]) -> None:
 
 def _locked(conn: Connection, action: Callable[[Config], None]) -> None:
     # Several `saga migrate` (or replicas migrating on start) may run at once; Alembic itself
-    # does not lock, so they would race to create the same tables.
-    conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK})
-    action(alembic_config(connection=conn))
+    # does not lock, so they would race to create the same tables. The lock is the session's,
+    # not a transaction's: each revision then commits on its own (env.py), so a revision can
+    # leave its transaction for `CREATE INDEX CONCURRENTLY` (alembic's autocommit_block).
+    conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK})
+    conn.commit()
+    try:
+        action(alembic_config(connection=conn))
+    finally:
+        conn.rollback()  # whatever a failed revision left open
+        conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK})
+        conn.commit()

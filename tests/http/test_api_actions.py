@@ -83,6 +83,13 @@ async def test_bad_starts_are_422_problems_that_say_what_to_fix(api: Api) -> Non
     assert_problem(await start(saga="order", key="", input={}), 422, says="body.key")
     assert_problem(await start(saga="order", key="k", input={}, extra=1), 422, says="body.extra")
     assert_problem(await start(saga="order", key="k\x00", input=order_input()), 422, says="NUL")
+    stored_nowhere = order_input(note="a\x00b")
+    assert_problem(await start(saga="order", key="k", input=stored_nowhere), 422, says="NUL")
+    infinite = b'{"saga": "order", "key": "k", "input": {"order_id": "o", "amount": 1e400}}'
+    too_big = await api.client.post(
+        "/api/sagas", content=infinite, headers={"content-type": "application/json"}
+    )
+    assert_problem(too_big, 422, says="finite")
     not_json = await api.client.post(
         "/api/sagas", content=b"{not json", headers={"content-type": "application/json"}
     )
