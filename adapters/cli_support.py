@@ -3,6 +3,7 @@ store or an engine for the length of one command, and finding a saga by id or ke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -134,7 +135,13 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
         channel = await open_channel(connection)
         publisher = RabbitPublisher(channel, Topology(config.amqp_prefix))
         engine = Engine(PostgresStore(db), publisher, load_modules(config.modules), clock=utcnow)
-        return await with_db_retries(lambda: fn(engine))
+        try:
+            return await with_db_retries(lambda: fn(engine))
+        finally:
+            # What it published is deleted now, as `saga run` does at its relay sweeps: left
+            # behind, a relay would send it a second time.
+            with contextlib.suppress(Exception):
+                await engine.forget_published()
     finally:
         await connection.close()
         await db.dispose()

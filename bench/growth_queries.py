@@ -83,9 +83,10 @@ async def _time(
     return {"n": len(took), **percentiles(took)}
 
 
-def _lookups(store: PostgresStore, client: httpx.AsyncClient) -> dict[str, Lookup]:
-    """Each kind as a call that fails when it finds nothing: a lookup that misses would be
-    timed as fast and prove nothing."""
+def store_lookups(store: PostgresStore) -> dict[str, Lookup]:
+    """Each kind of status and list query as a call that fails when it finds nothing: a
+    lookup that misses would be timed as fast and prove nothing. bench.retention uses them
+    too."""
 
     async def get(saga_id: UUID, key: str) -> object:
         return _found(await store.get(saga_id), saga_id)
@@ -100,11 +101,6 @@ def _lookups(store: PostgresStore, client: httpx.AsyncClient) -> dict[str, Looku
     async def history(saga_id: UUID, key: str) -> object:
         return _found(await store.history(saga_id), saga_id)
 
-    async def http_get(saga_id: UUID, key: str) -> object:
-        answer = await client.get(f"/api/sagas/{saga_id}")
-        answer.raise_for_status()
-        return answer
-
     async def first_page(saga_id: UUID, key: str) -> object:
         return _found(await store.find(SagaQuery(limit=51)), saga_id)  # 50 and "more?"
 
@@ -114,8 +110,16 @@ def _lookups(store: PostgresStore, client: httpx.AsyncClient) -> dict[str, Looku
         "find_key": find_key,
         "find_key_any": find_key_any,
         "history": history,
-        "http_get": http_get,
     }
+
+
+def _lookups(store: PostgresStore, client: httpx.AsyncClient) -> dict[str, Lookup]:
+    async def http_get(saga_id: UUID, key: str) -> object:
+        answer = await client.get(f"/api/sagas/{saga_id}")
+        answer.raise_for_status()
+        return answer
+
+    return {**store_lookups(store), "http_get": http_get}
 
 
 def _found(value: object, saga_id: UUID) -> object:

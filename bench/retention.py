@@ -32,7 +32,6 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,8 @@ from adapters.postgres.retention import Pruned, prune
 from adapters.postgres.store import PostgresStore
 from adapters.settings import Settings
 from bench.growth_deploy import database_url, dsn
+from bench.growth_queries import Lookup, store_lookups
 from bench.growth_seed import seed
-from bench.sagas import saga
 from bench.stats import percentiles
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaStatus
@@ -56,44 +55,17 @@ from orchestrator.state import SagaStatus
 KINDS = ("get", "find_key", "find_key_any", "history", "list", "list_status")
 PHASES = ("before", "during", "after", "after_vacuum")
 
-Lookup = Callable[[UUID, str], Awaitable[object]]
-
 
 def lookups(store: PostgresStore) -> dict[str, Lookup]:
-    """Each kind as a call that fails when it finds nothing: a miss would time as fast."""
-
-    async def get(saga_id: UUID, key: str) -> object:
-        return _found(await store.get(saga_id), saga_id)
-
-    async def find_key(saga_id: UUID, key: str) -> object:
-        return _found(await store.find(SagaQuery(saga=saga.name, key=key)), saga_id)
-
-    async def find_key_any(saga_id: UUID, key: str) -> object:
-        return _found(await store.find(SagaQuery(key=key, limit=500)), saga_id)
-
-    async def history(saga_id: UUID, key: str) -> object:
-        return _found(await store.history(saga_id), saga_id)
-
-    async def first_page(saga_id: UUID, key: str) -> object:
-        return _found(await store.find(SagaQuery(limit=51)), saga_id)
+    """bench.growth's status and list queries, plus the list by status."""
 
     async def status_page(saga_id: UUID, key: str) -> object:
-        return _found(await store.find(SagaQuery(status=SagaStatus.COMPLETED, limit=51)), saga_id)
+        found = await store.find(SagaQuery(status=SagaStatus.COMPLETED, limit=51))
+        if not found:
+            raise RuntimeError(f"no completed saga listed (looking for {saga_id})")
+        return found
 
-    return {
-        "get": get,
-        "find_key": find_key,
-        "find_key_any": find_key_any,
-        "history": history,
-        "list": first_page,
-        "list_status": status_page,
-    }
-
-
-def _found(value: object, saga_id: UUID) -> object:
-    if not value:
-        raise RuntimeError(f"lookup of saga {saga_id} found nothing")
-    return value
+    return {**store_lookups(store), "list_status": status_page}
 
 
 async def survivors(conninfo: str, newer_than: datetime, count: int) -> list[tuple[UUID, str]]:

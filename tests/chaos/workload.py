@@ -33,7 +33,7 @@ from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import Topology
 from orchestrator.messages import CancelSaga, StartSaga
 from orchestrator.ports import Exchange
-from tests.e2e.test_many_orchestrators import finished_count, stalled
+from tests.e2e.test_many_orchestrators import finished_count, order_of, stalled
 
 log = structlog.get_logger(__name__)
 
@@ -92,24 +92,10 @@ def plan_orders(count: int, run_id: str, random_cancels: float, seed: int) -> li
     picked = [s for s in [*others, RANDOM_CANCEL] for _ in range(_share(s, random_cancels, count))]
     picked += [normal] * (count - len(picked))
     rng.shuffle(picked)
-    orders = []
-    for i, s in enumerate(picked):
-        order_id = f"{s.prefix}{run_id}-{i:05d}"
-        item = {"sku": s.sku, "qty": 1 + i % 3}
-        orders.append(
-            Order(
-                s,
-                f"order-{order_id}",
-                {
-                    "order_id": order_id,
-                    "customer_id": s.customer,
-                    "amount": f"{10 + i % 90}.50",
-                    "items": [item],
-                },
-                1 if rng.random() < V1_SHARE else None,
-            )
-        )
-    return orders
+    return [
+        Order(s, *order_of(s, f"{run_id}-{i:05d}", i), 1 if rng.random() < V1_SHARE else None)
+        for i, s in enumerate(picked)
+    ]
 
 
 def _share(s: Scenario, random_cancels: float, count: int) -> int:

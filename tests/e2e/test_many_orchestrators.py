@@ -160,22 +160,18 @@ def plan(count: int, run_id: str) -> list[Order]:
     normal, *others = SCENARIOS
     picked = [s for s in others for _ in range(max(1, round(count * s.share)))]
     picked += [normal] * (count - len(picked))
-    orders = []
-    for i, s in enumerate(picked):
-        order_id = f"{s.prefix}{run_id}-{i:04d}"
-        orders.append(
-            Order(
-                s,
-                f"order-{order_id}",
-                {
-                    "order_id": order_id,
-                    "customer_id": s.customer,
-                    "amount": f"{10 + i % 90}.50",
-                    "items": [{"sku": s.sku, "qty": 1 + i % 3}],
-                },
-            )
-        )
-    return orders
+    return [Order(s, *order_of(s, f"{run_id}-{i:04d}", i)) for i, s in enumerate(picked)]
+
+
+def order_of(s: Scenario, number: str, i: int) -> tuple[str, dict[str, Any]]:
+    """(key, input) of the `i`th order of a plan, for scenario `s`."""
+    order_id = f"{s.prefix}{number}"
+    return f"order-{order_id}", {
+        "order_id": order_id,
+        "customer_id": s.customer,
+        "amount": f"{10 + i % 90}.50",
+        "items": [{"sku": s.sku, "qty": 1 + i % 3}],
+    }
 
 
 @pytest.fixture

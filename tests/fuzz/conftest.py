@@ -33,6 +33,7 @@ from orchestrator.messages import Command, Reply
 from orchestrator.participant import Participant
 from orchestrator.ports import Exchange
 from orchestrator.registry import Registry
+from tests.fixtures.settings import fast_settings
 from tests.fuzz.probes import SAGA, SERVICE, Probe
 
 # Small enough that an oversized probe costs the broker little, large enough for any
@@ -148,13 +149,10 @@ async def fuzz_system(
     amqp_connection: AbstractRobustConnection,
     captured_logs: list[dict[str, Any]],
 ) -> AsyncIterator[FuzzSystem]:
-    settings = Settings(
-        database_url=database_url,
-        amqp_url=amqp_url,
-        amqp_prefix=topology.prefix,
-        timer_interval=0.05,
-        relay_interval=0.2,
-        relay_age=0.5,
+    settings = fast_settings(
+        database_url,
+        amqp_url,
+        topology.prefix,
         prefetch=50,
         max_message_bytes=MAX_MESSAGE_BYTES,
     )

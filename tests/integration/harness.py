@@ -32,6 +32,7 @@ from orchestrator.ports import HistoryRecord, SagaQuery
 from orchestrator.registry import Registry
 from orchestrator.state import SagaState
 from tests.fixtures.polling import eventually
+from tests.fixtures.settings import fast_settings
 
 
 def order_input(
@@ -136,15 +137,7 @@ async def drain(queue: AbstractQueue) -> list[dict[str, Any]]:
 async def running_system(
     database_url: str, topology: Topology, amqp_url: str, sagas: Iterable[Saga]
 ) -> AsyncIterator[System]:
-    settings = Settings(
-        database_url=database_url,
-        amqp_url=amqp_url,
-        amqp_prefix=topology.prefix,
-        timer_interval=0.05,
-        relay_interval=0.2,
-        relay_age=0.5,
-        prefetch=20,
-    )
+    settings = fast_settings(database_url, amqp_url, topology.prefix, prefetch=20)
     shop = make_engine(database_url, pool_size=5)
     await schema.create(shop)
     await schema.seed(shop, CUSTOMERS, STOCK)

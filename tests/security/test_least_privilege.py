@@ -23,13 +23,13 @@ from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import Orchestrator, utcnow
-from adapters.settings import Settings
 from orchestrator import Saga
 from orchestrator.messages import Command, StartSaga
 from orchestrator.participant import Participant
 from orchestrator.ports import SagaQuery
 from orchestrator.registry import Registry
 from tests.fixtures.polling import eventually
+from tests.fixtures.settings import fast_settings
 
 migration = importlib.import_module("migrations.versions.0009_least_privilege_role")
 ROLE = migration.ROLE
@@ -94,14 +94,7 @@ async def app_engine(app_url: str) -> AsyncIterator[AsyncEngine]:
 async def test_the_engine_runs_a_saga_as_the_app_role(
     app_url: str, app_engine: AsyncEngine, topology: Topology, amqp_url: str, amqp_connection: Any
 ) -> None:
-    settings = Settings(
-        database_url=app_url,
-        amqp_url=amqp_url,
-        amqp_prefix=topology.prefix,
-        timer_interval=0.05,
-        relay_interval=0.2,
-        relay_age=0.5,
-    )
+    settings = fast_settings(app_url, amqp_url, topology.prefix)
     async with app_engine.connect() as conn:
         assert await conn.scalar(text("SELECT current_user")) != "postgres"
         assert (
