@@ -59,6 +59,8 @@ JSON = "application/json"
 # The default of SAGA_MAX_MESSAGE_BYTES (docs/security.md).
 MAX_BODY_BYTES = 1024 * 1024
 MAX_REASON_CHARS = 1000
+# Seconds `Consumer.stop` waits for the broker to confirm the cancel.
+CANCEL_TIMEOUT = 5.0
 MAX_REASON_ERRORS = 5
 
 DEAD_REASON_HEADER = "x-saga-dead-reason"
@@ -251,7 +253,13 @@ class Consumer:
         if self.consumer_tag is None:
             return
         tag, self.consumer_tag = self.consumer_tag, None
-        await self.queue.cancel(tag)
+        try:
+            # A robust channel waits for the broker to come back before it cancels: with the
+            # broker gone, that is forever, and a SIGTERM would never end the process. A
+            # channel that cannot cancel has lost its deliveries to the broker already.
+            await asyncio.wait_for(self.queue.cancel(tag), CANCEL_TIMEOUT)
+        except Exception as exc:  # TimeoutError, or the channel closed under us
+            log.warning("amqp_consumer_cancel_failed", queue=self.queue.name, error=repr(exc))
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace)
         log.info(
