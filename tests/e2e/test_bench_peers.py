@@ -4,12 +4,13 @@ Every saga must end the way the bench saga says; no timing is asserted."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.bench_cli import run_bench
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -17,20 +18,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 @pytest.mark.parametrize("peer", ["celery", "dbos"])
 def test_peer_runs_and_every_saga_ends(peer: str, tmp_path: Path) -> None:
     pytest.importorskip(peer)
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.run", "--sagas", "20", "--rate", "10"),
-            *("--rate-seconds", "1", "--stats-wait", "0", "--json", str(out)),
-            *("--peers", peer, "--order-sagas", "0"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    figures, printed = run_bench(
+        tmp_path,
+        *("--sagas", "20", "--rate", "10", "--rate-seconds", "1"),
+        *("--peers", peer, "--order-sagas", "0"),
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(out.read_text())
     assert list(figures["peers"]) == [peer]
     side = figures["peers"][peer]
     assert side["saturation"]["statuses"] == {"completed": 18, "compensated": 2}
@@ -40,7 +32,7 @@ def test_peer_runs_and_every_saga_ends(peer: str, tmp_path: Path) -> None:
         assert {"sagas_per_s", "steps_per_s", "latency_ms", "terminal"} <= set(side[phase])
         assert set(side[phase]["latency_ms"]) == {"p50", "p95", "p99"}
     assert "worker" in side["cpu_s_per_saga"]
-    assert f"engine/{peer}" in done.stdout
+    assert f"engine/{peer}" in printed
 
 
 def test_asking_for_a_missing_peer_says_how_to_install_it() -> None:

@@ -3,32 +3,22 @@ ends. No timing is asserted: figures belong to the bench, not to tests."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.bench_cli import run_bench
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 def test_bench_runs_and_every_saga_ends(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "bench.run", "--sagas", "40", "--rate", "20"),
-            *("--rate-seconds", "2", "--stats-wait", "0", "--json", str(out)),
-            # The peers need optional packages (.[bench]): tests/e2e/test_bench_peers.py.
-            *("--peers", "none", "--order-sagas", "20"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    figures, _ = run_bench(
+        tmp_path,
+        *("--sagas", "40", "--rate", "20", "--rate-seconds", "2"),
+        # The peers need optional packages (.[bench]): tests/e2e/test_bench_peers.py.
+        *("--peers", "none", "--order-sagas", "20"),
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(out.read_text())
     engine, floor = figures["engine"], figures["floor"]
     for side in (engine, floor):
         for phase in ("saturation", "rate"):

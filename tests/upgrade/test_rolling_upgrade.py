@@ -48,6 +48,7 @@ from orchestrator.messages import CancelSaga, StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.state import FINISHED
 from tests.e2e.history_check import Entry, check_history
+from tests.e2e.test_many_orchestrators import consumer_count
 from tests.fixtures.polling import eventually
 from tests.fixtures.postgres import SERVER_URL
 from tests.fixtures.rabbitmq import leftovers
@@ -231,24 +232,12 @@ class Feeder:
         await eventually(there, timeout=timeout, interval=0.1, message=f"{limit} orders sent")
 
 
-async def consumers(broker: AbstractRobustConnection, topology: Topology, queue: str) -> int:
-    channel = await broker.channel()
-    try:
-        declared = await channel.declare_queue(topology.name(queue), passive=True)
-        return declared.declaration_result.consumer_count or 0
-    except Exception:  # not declared yet: the processes are still starting
-        return 0
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-
-
 async def consuming(
     broker: AbstractRobustConnection, topology: Topology, wanted: dict[str, int]
 ) -> None:
     async def ready() -> bool:
         for queue, count in wanted.items():
-            if await consumers(broker, topology, queue) < count:
+            if await consumer_count(broker, topology.name(queue)) < count:
                 return False
         return True
 
