@@ -556,9 +556,9 @@ class Engine:
     async def _write_all(
         self, tx: SagaTransaction, changes: Sequence[_Change], written: _Written
     ) -> list[SagaState]:
-        """Persist decisions (of distinct sagas) inside `tx`, with one statement per kind of
-        row for all of them, and return the states as saved; what to publish and report after
-        commit goes into `written`. `before` is None for a saga inserted in `tx` already."""
+        """Persist decisions (of distinct sagas) inside `tx`, all in one `save_batch` (one
+        statement in Postgres), and return the states as saved; what to publish and report
+        after commit goes into `written`. `before` is None for a saga inserted in `tx` already."""
         saved: list[SagaState] = []
         moved: list[tuple[SagaState, SagaState]] = []
         unchanged: set[int] = set()
@@ -573,7 +573,6 @@ class Engine:
                 state = replace(state, revision=before.revision + 1)
                 moved.append((before, state))
             saved.append(state)
-        await tx.save_all(moved)
         appends: list[tuple[UUID, Sequence[HistoryEntry], str]] = []
         messages: list[OutboxMessage] = []
         freed_all: list[str] = []
@@ -608,9 +607,8 @@ class Engine:
                         },
                     )
                 )
-        await tx.append_histories(appends)
-        if messages:
-            written.outbox += await tx.add_outbox(messages)
+        # One call for the whole batch: the Postgres store makes it one statement.
+        written.outbox += await tx.save_batch(moved, appends, messages)
         if freed_all:
             await self._grant(tx, sorted(set(freed_all)), written)
         return saved

@@ -152,6 +152,15 @@ class SagaTransaction(Protocol):
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         """Store messages to publish; returns them with their ids."""
 
+    async def save_batch(
+        self,
+        changes: Sequence[tuple[SagaState, SagaState]],
+        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        messages: Sequence[OutboxMessage],
+    ) -> list[OutboxMessage]:
+        """`save_all`, `append_histories` and `add_outbox` at once, which a store may do in
+        fewer round trips than one by one: everything a batch of transitions writes."""
+
     async def hold_cancel(self, key: str, saga: str | None, reason: str) -> None:
         """Remember a cancel whose saga has not started yet."""
 

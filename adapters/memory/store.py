@@ -141,6 +141,16 @@ class MemoryTransaction:
         for saga_id, entries, actor in appends:
             await self.append_history(saga_id, entries, actor)
 
+    async def save_batch(
+        self,
+        changes: Sequence[tuple[SagaState, SagaState]],
+        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        messages: Sequence[OutboxMessage],
+    ) -> list[OutboxMessage]:
+        await self.save_all(changes)
+        await self.append_histories(appends)
+        return await self.add_outbox(messages)
+
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
     ) -> None:

@@ -61,9 +61,12 @@ from typing import Any, Literal
 import pydantic_core
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from psycopg import sql
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.postgres import driver
+from adapters.postgres.bulk import json_text
 from adapters.postgres.tables import NAMING_CONVENTION
 from orchestrator.messages import Command
 from orchestrator.participant import CommandHandler, StepFailed
@@ -147,14 +150,19 @@ class Barrier:
             t.c.step == sa.bindparam("k_step"),
             t.c.kind == sa.bindparam("k_kind"),
         )
+        # The two statements of every command, as psycopg text (adapters/postgres/driver.py).
+        name = sql.Identifier(*([t.schema] if t.schema else []), t.name).as_string()
         self._insert = (
-            insert(t)
-            .values({c: sa.bindparam(c) for c in _CLAIMED})
-            .on_conflict_do_nothing()
-            .returning(t.c.kind)
+            f"INSERT INTO {name} ({', '.join(_CLAIMED)})"
+            " VALUES (%(saga_id)s, %(step)s, %(kind)s, %(written_by)s, %(command_id)s,"
+            " %(outcome)s, CAST(%(error)s AS jsonb))"
+            " ON CONFLICT DO NOTHING RETURNING kind"
+        )
+        self._update = (
+            f"UPDATE {name} SET result = CAST(%(v_result)s AS jsonb)"
+            " WHERE saga_id = %(k_saga_id)s AND step = %(k_step)s AND kind = %(k_kind)s"
         )
         self._select = sa.select(t.c.written_by, t.c.outcome, t.c.result, t.c.error).where(*key)
-        self._update = sa.update(t).where(*key).values(result=sa.bindparam("v_result"))
 
     def __repr__(self) -> str:
         return f"Barrier({self.table.fullname!r})"
@@ -306,9 +314,9 @@ class Barrier:
             "written_by": command.kind,
             "command_id": command.command_id,
             "outcome": outcome,
-            "error": error,
+            "error": json_text(error),
         }
-        return (await conn.execute(self._insert, params)).first() is not None
+        return bool(await driver.fetch(conn, self._insert, params))
 
     async def _row(self, conn: AsyncConnection, command: Command, kind: Kind) -> _Stored:
         # A separate statement, not part of the insert: only a new snapshot (READ COMMITTED)
@@ -327,7 +335,8 @@ class Barrier:
 
     async def _store(self, conn: AsyncConnection, command: Command, result: dict[str, Any]) -> None:
         """The result of the command whose row this transaction claimed as a success."""
-        await conn.execute(self._update, {**_key(command, command.kind), "v_result": result})
+        params = {**_key(command, command.kind), "v_result": json_text(result)}
+        await driver.fetch(conn, self._update, params)
 
 
 _CLAIMED = ("saga_id", "step", "kind", "written_by", "command_id", "outcome", "error")

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 @dataclass(frozen=True)
 class BulkInsert:
-    statement: sa.TextClause
+    statement: str  # psycopg text (adapters/postgres/driver.py)
     columns: tuple[str, ...]
     json_columns: frozenset[str]
 
@@ -32,7 +32,8 @@ def bulk_insert(table: sa.Table, columns: Sequence[str], suffix: str = "") -> Bu
     """`suffix`: what follows the SELECT (`ON CONFLICT …`, `RETURNING …`)."""
     json_columns = frozenset(c for c in columns if isinstance(table.c[c].type, JSONB))
     arrays = ", ".join(
-        f"CAST(:{c} AS {'text' if c in json_columns else _sql_type(table.c[c])}[])" for c in columns
+        f"CAST(%({c})s AS {'text' if c in json_columns else sql_type(table.c[c])}[])"
+        for c in columns
     )
     selected = ", ".join(
         f"CAST(v.{c} AS jsonb)" if c in json_columns else f"v.{c}" for c in columns
@@ -41,10 +42,10 @@ def bulk_insert(table: sa.Table, columns: Sequence[str], suffix: str = "") -> Bu
         f"INSERT INTO {table.name} ({', '.join(columns)}) "
         f"SELECT {selected} FROM unnest({arrays}) AS v({', '.join(columns)}) {suffix}"
     )
-    return BulkInsert(sa.text(text), tuple(columns), json_columns)
+    return BulkInsert(text, tuple(columns), json_columns)
 
 
-def _sql_type(column: sa.Column[Any]) -> str:
+def sql_type(column: sa.Column[Any]) -> str:
     kind = column.type
     if isinstance(kind, sa.Uuid):
         return "uuid"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -106,8 +106,15 @@ async def load_states(conn: AsyncConnection, rows: Sequence[sa.Row[Any]]) -> lis
         .where(any_of(saga_steps.c.saga_id, ids))
         .order_by(saga_steps.c.saga_id, saga_steps.c.idx)
     )
+    return states_of(rows, found)
+
+
+def states_of(rows: Sequence[Any], step_rows: Iterable[Any]) -> list[SagaState]:
+    """Instance rows and all their step rows (any order of sagas, steps of one saga in idx
+    order) as states. Rows are anything with the columns as attributes: SQLAlchemy's or
+    psycopg's named tuples."""
     steps: defaultdict[UUID, list[StepState]] = defaultdict(list)
-    for step in found:
+    for step in step_rows:
         steps[step.saga_id].append(_step(step))
     return [_state(row, tuple(steps[row.id])) for row in rows]
 
@@ -124,7 +131,7 @@ def outbox_message(row: sa.Row[Any]) -> OutboxMessage:
     )
 
 
-def _state(row: sa.Row[Any], steps: tuple[StepState, ...]) -> SagaState:
+def _state(row: Any, steps: tuple[StepState, ...]) -> SagaState:
     return SagaState(
         saga_id=row.id,
         name=row.name,
@@ -147,7 +154,7 @@ def _state(row: sa.Row[Any], steps: tuple[StepState, ...]) -> SagaState:
     )
 
 
-def _step(row: sa.Row[Any]) -> StepState:
+def _step(row: Any) -> StepState:
     return StepState(
         name=row.name,
         index=row.idx,

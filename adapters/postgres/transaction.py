@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -12,16 +11,16 @@ from uuid import UUID
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.postgres import semantic_locks
-from adapters.postgres.bulk import bulk_insert, json_text
+from adapters.postgres import batch_write, driver, semantic_locks
+from adapters.postgres.batch_write import BatchWrite
+from adapters.postgres.bulk import bulk_insert
 from adapters.postgres.errors import translated
 from adapters.postgres.rows import (
-    PROGRESS_COLUMNS,
     any_of,
     instance_values,
     load_states,
     outbox_message,
-    progress_values,
+    states_of,
     step_values,
 )
 from adapters.postgres.tables import inbox, outbox, saga_instances, saga_steps
@@ -29,77 +28,37 @@ from orchestrator.errors import ConcurrentUpdate
 from orchestrator.locks import LockConflict, LockWaiter
 from orchestrator.machine import HistoryEntry
 from orchestrator.ports import OutboxMessage
-from orchestrator.state import SagaState, StepState
+from orchestrator.state import SagaState
 
 # First half of a two-int advisory lock key: start keys get a key space of their own.
 _START_KEY_LOCK = 0x5A6A
 
-_CHANGING_STEP_COLUMNS = (
-    "status",
-    "attempt",
-    "compensation_attempt",
-    "command_id",
-    "due_at",
-    "result",
-    "error",
-    "started_at",
-    "dispatched_at",
-    "progress",
-    "retry_base",
-)
 _INSERT_INSTANCES = bulk_insert(
     saga_instances,
     [c.name for c in saga_instances.c],
     "ON CONFLICT (name, key) DO NOTHING RETURNING id",
 )
 _INSERT_STEPS = bulk_insert(saga_steps, [c.name for c in saga_steps.c])
-_OUTBOX_COLUMNS = ("exchange", "routing_key", "body", "message_id", "reply_to", "headers")
-_INSERT_OUTBOX = bulk_insert(outbox, _OUTBOX_COLUMNS, "RETURNING id")
-_UPDATE_INSTANCE = (
-    sa.update(saga_instances)
-    .where(
-        saga_instances.c.id == sa.bindparam("w_id"),
-        saga_instances.c.revision == sa.bindparam("w_revision"),
-    )
-    .values({name: sa.bindparam(f"v_{name}") for name in PROGRESS_COLUMNS})
+# The reply path's reads, as psycopg text (adapters/postgres/driver.py). ORDER BY before
+# FOR UPDATE: rows are locked in id order, so lockers of overlapping sets cannot deadlock.
+_LOCK_BY_IDS = (
+    f"SELECT {', '.join(c.name for c in saga_instances.c)} FROM saga_instances"
+    " WHERE id = ANY(CAST(%(ids)s AS uuid[])) ORDER BY id FOR UPDATE"
 )
-# One statement text whatever the number of entries (psycopg prepares it once); each entry's
-# seq counts on from the saga's last one. `n` is 1, 2, ... per saga across the whole call: the
-# subquery sees the history as it was before this statement.
-_APPEND_HISTORY = sa.text(
-    """
-    INSERT INTO saga_history (saga_id, seq, event, step, detail, actor)
-    SELECT v.saga_id,
-           v.n + coalesce((SELECT max(h.seq) FROM saga_history h WHERE h.saga_id = v.saga_id), 0),
-           v.event, v.step, CAST(v.detail AS jsonb), v.actor
-    FROM unnest(
-        CAST(:saga_ids AS uuid[]), CAST(:ns AS int[]), CAST(:events AS text[]),
-        CAST(:steps AS text[]), CAST(:details AS text[]), CAST(:actors AS text[])
-    ) AS v(saga_id, n, event, step, detail, actor)
-    """
+_STEPS_OF = (
+    f"SELECT {', '.join(c.name for c in saga_steps.c)} FROM saga_steps"
+    " WHERE saga_id = ANY(CAST(%(ids)s AS uuid[])) ORDER BY saga_id, idx"
 )
-_TAKE_HELD_CANCELS = sa.text(
-    """
+_TAKE_HELD_CANCELS = """
     DELETE FROM inbox i
-    USING unnest(CAST(:sagas AS text[]), CAST(:keys AS text[])) AS s(saga, key)
+    USING unnest(CAST(%(sagas)s AS text[]), CAST(%(keys)s AS text[])) AS s(saga, key)
     WHERE i.kind = 'cancel' AND i.key = s.key AND (i.saga IS NULL OR i.saga = s.saga)
     RETURNING i.id, i.key, i.saga, i.reason
-    """
-)
-_LOCK_START_KEYS = sa.text(
-    """
-    SELECT pg_advisory_xact_lock(:space, h)
-    FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) s
-    """
-)
-_UPDATE_STEP = (
-    sa.update(saga_steps)
-    .where(
-        saga_steps.c.saga_id == sa.bindparam("w_saga_id"),
-        saga_steps.c.idx == sa.bindparam("w_idx"),
-    )
-    .values({name: sa.bindparam(f"v_{name}") for name in _CHANGING_STEP_COLUMNS})
-)
+"""
+_LOCK_START_KEYS = """
+    SELECT pg_advisory_xact_lock(%(space)s, h)
+    FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(CAST(%(keys)s AS text[])) AS k ORDER BY h) s
+"""
 
 
 class PostgresTransaction:
@@ -112,11 +71,11 @@ class PostgresTransaction:
     async def insert_all(self, states: Sequence[SagaState]) -> set[UUID]:
         if not states:
             return set()
-        inserted = await self._execute(
+        inserted = await self._fetch(
             _INSERT_INSTANCES.statement,
             _INSERT_INSTANCES.params([instance_values(s) for s in states]),
         )
-        ids = set(inserted.scalars().all())
+        ids = {row.id for row in inserted}
         await self._insert_steps(
             [
                 {"saga_id": state.saga_id, **step_values(step)}
@@ -129,15 +88,20 @@ class PostgresTransaction:
 
     async def _insert_steps(self, rows: Sequence[dict[str, Any]]) -> None:
         if rows:
-            await self._execute(_INSERT_STEPS.statement, _INSERT_STEPS.params(rows))
+            await self._fetch(_INSERT_STEPS.statement, _INSERT_STEPS.params(rows))
 
     async def lock(self, saga_id: UUID) -> SagaState | None:
         found = await self.lock_all([saga_id])
         return found[0] if found else None
 
     async def lock_all(self, saga_ids: Sequence[UUID]) -> list[SagaState]:
-        # In id order: two transactions locking overlapping sets cannot deadlock.
-        return await self._locked(any_of(saga_instances.c.id, saga_ids), saga_instances.c.id)
+        rows = await self._fetch(_LOCK_BY_IDS, {"ids": list(saga_ids)})
+        if not rows:
+            return []
+        # A statement of its own, after the lock: under READ COMMITTED it sees what the
+        # previous lock holder committed (rows.load_states says why).
+        steps = await self._fetch(_STEPS_OF, {"ids": [row.id for row in rows]})
+        return states_of(rows, steps)
 
     async def lock_by_key(self, key: str, saga: str | None) -> list[SagaState]:
         await self._serialise_start_key(key)
@@ -160,43 +124,7 @@ class PostgresTransaction:
         await self.save_all([(before, after)])
 
     async def save_all(self, changes: Sequence[tuple[SagaState, SagaState]]) -> None:
-        if not changes:
-            return
-        for before, after in changes:
-            _check_transition(before, after)
-        updated = await self._execute(
-            _UPDATE_INSTANCE,
-            [
-                {
-                    "w_id": before.saga_id,
-                    "w_revision": before.revision,
-                    **{f"v_{k}": v for k, v in progress_values(after).items()},
-                }
-                for before, after in changes
-            ],
-        )
-        if updated.rowcount != len(changes):
-            raise ConcurrentUpdate(
-                f"{len(changes) - updated.rowcount} of sagas "
-                f"{', '.join(str(b.saga_id) for b, _ in changes)} moved on from the revision "
-                "they were read at; reload them and decide again"
-            )
-        changed = [
-            _step_params(after.saga_id, new)
-            for before, after in changes
-            for old, new in zip(before.steps, after.steps[: len(before.steps)], strict=True)
-            if old != new
-        ]
-        if changed:
-            await self._execute(_UPDATE_STEP, changed)
-        # A map step's items, as it begins.
-        await self._insert_steps(
-            [
-                {"saga_id": after.saga_id, **step_values(s)}
-                for before, after in changes
-                for s in after.steps[len(before.steps) :]
-            ]
-        )
+        await self.save_batch(changes, [], [])
 
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
@@ -206,43 +134,40 @@ class PostgresTransaction:
     async def append_histories(
         self, appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
     ) -> None:
-        # Safe without a sequence: every writer holds the saga's row lock (lock, claim_due,
-        # lock_by_key, or the insert that created it), so no two see the same max(seq).
-        n: Counter[UUID] = Counter()
-        columns: dict[str, list[Any]] = {
-            k: [] for k in ("saga_ids", "ns", "events", "steps", "details", "actors")
-        }
-        for saga_id, entries, actor in appends:
-            for entry in entries:
-                n[saga_id] += 1
-                columns["saga_ids"].append(saga_id)
-                columns["ns"].append(n[saga_id])
-                columns["events"].append(entry.event)
-                columns["steps"].append(entry.step)
-                columns["details"].append(json_text(entry.detail))
-                columns["actors"].append(actor)
-        if columns["ns"]:
-            await self._execute(_APPEND_HISTORY, columns)
+        await self.save_batch([], appends, [])
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
-        if not messages:
+        return await self.save_batch([], [], messages)
+
+    async def save_batch(
+        self,
+        changes: Sequence[tuple[SagaState, SagaState]],
+        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        messages: Sequence[OutboxMessage],
+    ) -> list[OutboxMessage]:
+        for before, after in changes:
+            _check_transition(before, after)
+        write = BatchWrite.of(changes, appends, messages)
+        if not (changes or write.params["h_n"] or messages):
             return []
-        rows = [
-            {
-                "exchange": m.exchange,
-                "routing_key": m.routing_key,
-                "body": m.body,
-                "message_id": m.message_id,
-                "reply_to": m.reply_to,
-                "headers": dict(m.headers) if m.headers else None,
-            }
-            for m in messages
-        ]
-        inserted = await self._execute(_INSERT_OUTBOX.statement, _INSERT_OUTBOX.params(rows))
+        (found,) = await self._fetch(batch_write.STATEMENT, write.params)
+        if found.moved != len(changes):
+            raise ConcurrentUpdate(
+                f"{len(changes) - found.moved} of sagas "
+                f"{', '.join(str(b.saga_id) for b, _ in changes)} moved on from the revision "
+                "they were read at; reload them and decide again"
+            )
+        # A map step's items, as it begins.
+        await self._insert_steps(
+            [
+                {"saga_id": after.saga_id, **step_values(s)}
+                for before, after in changes
+                for s in after.steps[len(before.steps) :]
+            ]
+        )
         # The sequence numbers the rows in the order unnest yields them, which is the order
         # of `messages`, whatever order RETURNING lists them in.
-        ids = sorted(inserted.scalars().all())
-        return [replace(m, id=i) for m, i in zip(messages, ids, strict=True)]
+        return [replace(m, id=i) for m, i in zip(messages, found.ids, strict=True)]
 
     async def hold_cancel(self, key: str, saga: str | None, reason: str) -> None:
         await self._execute(
@@ -258,13 +183,13 @@ class PostgresTransaction:
         if not starts:
             return {}
         await self._serialise_start_keys([key for _, key in starts])
-        taken = await self._execute(
+        taken = await self._fetch(
             _TAKE_HELD_CANCELS,
             {"sagas": [saga for saga, _ in starts], "keys": [key for _, key in starts]},
         )
         # As if the starts had come one by one: each takes every cancel held for it that an
         # earlier one did not take, and the oldest of them says why.
-        rows = sorted(taken.all())
+        rows = sorted(taken, key=lambda r: r.id)
         reasons: dict[tuple[str, str], str] = {}
         for saga, key in starts:
             mine = [r for r in rows if r.key == key and r.saga in (None, saga)]
@@ -340,6 +265,10 @@ class PostgresTransaction:
         with translated():
             return await self._conn.execute(statement, params)
 
+    async def _fetch(self, query: str, params: dict[str, Any]) -> list[Any]:
+        with translated():
+            return await driver.fetch(self._conn, query, params)
+
     async def _locked(
         self, where: sa.ColumnElement[bool], order_by: sa.ColumnElement[Any] | None = None
     ) -> list[SagaState]:
@@ -360,7 +289,7 @@ class PostgresTransaction:
         would be lost. Under READ COMMITTED the statement after this one sees the other's
         commit. Many keys are locked in one order, so two batches cannot deadlock on them.
         """
-        await self._execute(_LOCK_START_KEYS, {"space": _START_KEY_LOCK, "keys": list(keys)})
+        await self._fetch(_LOCK_START_KEYS, {"space": _START_KEY_LOCK, "keys": list(keys)})
 
 
 def _check_transition(before: SagaState, after: SagaState) -> None:
@@ -372,12 +301,3 @@ def _check_transition(before: SagaState, after: SagaState) -> None:
         )
     if len(after.steps) < len(before.steps):
         raise ValueError("save: a transition cannot remove steps")
-
-
-def _step_params(saga_id: UUID, step: StepState) -> dict[str, Any]:
-    values = step_values(step)
-    return {
-        "w_saga_id": saga_id,
-        "w_idx": step.index,
-        **{f"v_{name}": values[name] for name in _CHANGING_STEP_COLUMNS},
-    }

@@ -310,6 +310,46 @@ class StoreContract:
         assert await store.get(a.saga_id) == a
         assert await store.get(b.saga_id) == first_step_succeeded(b)
 
+    async def test_save_batch_writes_transitions_history_and_outbox_together(
+        self, store: SagaStore
+    ) -> None:
+        a, b = started("a"), started("b")
+        await self.insert(store, a, b)
+        async with store.transaction() as tx:
+            added = await tx.save_batch(
+                [(b, first_step_succeeded(b)), (a, first_step_succeeded(a))],
+                [(a.saga_id, [HistoryEntry("one"), HistoryEntry("two", "s", {"n": 2})], "x")],
+                [message(1), message(2)],
+            )
+            assert await tx.save_batch([], [], []) == []
+        assert await store.get(a.saga_id) == first_step_succeeded(a)
+        assert await store.get(b.saga_id) == first_step_succeeded(b)
+        assert [(r.seq, r.event, r.detail) for r in await store.history(a.saga_id)] == [
+            (1, "one", None),
+            (2, "two", {"n": 2}),
+        ]
+        assert [replace(m, id=None) for m in added] == [message(1), message(2)]
+        ids = [m.id for m in added if m.id is not None]
+        assert len(ids) == 2 and ids == sorted(ids)
+        async with store.transaction() as tx:
+            assert await tx.claim_outbox(timedelta(hours=-1), 10) == added
+
+    async def test_save_batch_writes_nothing_when_one_saga_moved_on(self, store: SagaStore) -> None:
+        a, b = started("a"), started("b")
+        await self.insert(store, a, b)
+        await self.save(store, b, first_step_succeeded(b))
+        with pytest.raises(ConcurrentUpdate):
+            async with store.transaction() as tx:
+                await tx.save_batch(
+                    [(a, first_step_succeeded(a)), (b, timers_moved(b, NOW + timedelta(hours=1)))],
+                    [(a.saga_id, [HistoryEntry("one")], "x")],
+                    [message(1)],
+                )
+        assert await store.get(a.saga_id) == a
+        assert await store.history(a.saga_id) == []
+        async with store.transaction() as tx:
+            assert await tx.claim_outbox(timedelta(hours=-1), 10) == []
+
     async def test_save_refuses_anything_but_the_next_revision(self, store: SagaStore) -> None:
         before = started()
         await self.insert(store, before)

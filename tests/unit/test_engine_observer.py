@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -16,9 +17,11 @@ from adapters import metrics
 from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
 from orchestrator.engine import Engine
+from orchestrator.machine import HistoryEntry
 from orchestrator.messages import Command, Reply, StartSaga
 from orchestrator.ports import OutboxMessage, SagaTransaction
 from orchestrator.registry import Registry
+from orchestrator.state import SagaState
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 
 ORDER = {
@@ -105,7 +108,7 @@ async def test_what_leaves_no_history_is_observed_too() -> None:
 
 
 class _FailingOutbox:
-    """A store whose transactions fail when the outbox is written: after history, before commit."""
+    """A store whose transactions fail when a transition's rows are written, before commit."""
 
     def __init__(self, inner: MemoryStore) -> None:
         self.inner = inner
@@ -123,7 +126,12 @@ class _Tx:
     def __init__(self, tx: SagaTransaction) -> None:
         self.tx = tx
 
-    async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+    async def save_batch(
+        self,
+        changes: Sequence[tuple[SagaState, SagaState]],
+        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        messages: Sequence[OutboxMessage],
+    ) -> list[OutboxMessage]:
         raise ConnectionError("connection lost before commit")
 
     def __getattr__(self, name: str) -> Any:
