@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -105,6 +105,12 @@ FINISHED = Counter(
     "Sagas that ended, by saga and status: completed, compensated, cancelled, or failed "
     "(parked for an operator; one that is moved on and ends later is counted again).",
     ["saga", "status"],
+    registry=REGISTRY,
+)
+STARTS_HELD = Gauge(
+    "saga_starts_held",
+    "Start messages this process holds unacked, waiting until fewer than SAGA_MAX_ACTIVE "
+    "sagas are running or compensating (admission control); more wait in saga.requests.",
     registry=REGISTRY,
 )
 

@@ -14,6 +14,7 @@ import structlog
 from sqlalchemy.exc import DBAPIError
 
 from adapters import metrics
+from adapters.admission import Admission
 from adapters.faults import fault_hook
 from adapters.postgres.database import make_engine
 from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
@@ -21,7 +22,7 @@ from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.consumer import BatchHandler, Delivery, Handler, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
-from adapters.rabbitmq.topology import Topology
+from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
 from orchestrator import trace
 from orchestrator.engine import Engine
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-REQUESTS_QUEUE = "saga.requests"
 
 
 def utcnow() -> datetime:
@@ -109,6 +108,7 @@ class Orchestrator:
         self._stopping = asyncio.Event()
         self.engine: Engine | None = None
         self.http: HttpServer | None = None  # serving SAGA_HTTP_BIND, once started
+        self.admission: Admission | None = None
 
     async def start(self) -> None:
         from adapters.http.serve import http_plan, listen
@@ -147,8 +147,13 @@ class Orchestrator:
         # On stop, once the consumers have stopped and before the database goes: the rows
         # published since the last relay sweep, left behind, would be sent again.
         self._stops.insert(0, self.engine.forget_published)
+        admission = Admission(store.count_active, s.max_active or None, stopping=self._stopping)
+        metrics.STARTS_HELD.set_function(lambda: admission.held)
+        self.admission = admission
         consumers: tuple[tuple[str, Handler, BatchHandler | None], ...] = (
             (REQUESTS_QUEUE, self._on_request, self._on_requests if s.batch_size > 1 else None),
+            # Cancels one by one: they are rare, and never wait for admission.
+            (CANCELS_QUEUE, self._on_request, None),
             (REPLY_QUEUE, self._on_reply, self._on_replies if s.batch_size > 1 else None),
         )
         for queue, handler, batch in consumers:
@@ -219,6 +224,7 @@ class Orchestrator:
             start = parse(StartSaga, message)
             structlog.contextvars.bind_contextvars(saga=start.saga, key=start.key)
             context = trace.from_headers(message.headers)
+            await self._admit(1)
             try:
                 await with_db_retries(lambda: engine.start(start, trace=context))
             except (UnknownSaga, InvalidInput) as exc:
@@ -252,25 +258,32 @@ class Orchestrator:
         is applied in its place, so their order holds. A poison message or a start that
         cannot be made raises, and the consumer falls back to `_on_request` one by one (the
         starts made already are found again by their keys)."""
-        engine = self._engine()
         run: list[tuple[StartSaga, dict[str, str] | None]] = []
         for message in messages:
             if message.routing_key == "start":
                 run.append((parse(StartSaga, message), trace.from_headers(message.headers)))
                 continue
-            if run:
-                await engine.starts(run)
-                run = []
+            await self._starts(run)
+            run = []
             await self._request(message)
-        if run:
-            await engine.starts(run)
+        await self._starts(run)
         self.faults("after_commit_before_ack")
+
+    async def _starts(self, run: Sequence[tuple[StartSaga, dict[str, str] | None]]) -> None:
+        """Begin a run of starts, as many at a time as admission control lets begin."""
+        while run:
+            admitted = await self._admit(len(run))
+            await self._engine().starts(run[:admitted])
+            run = run[admitted:]
 
     async def _on_replies(self, messages: Sequence[Delivery]) -> None:
         """Group commit: the replies waiting in the queue, applied in one transaction. A
         poison message or a lost race raises, and the consumer falls back to `_on_reply`."""
         await self._engine().replies([parse(Reply, m) for m in messages])
         self.faults("after_commit_before_ack")
+
+    async def _admit(self, starts: int) -> int:
+        return starts if self.admission is None else await self.admission.admit(starts)
 
     def _engine(self) -> Engine:
         assert self.engine is not None, "start() first"

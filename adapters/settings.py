@@ -73,6 +73,13 @@ class Settings(BaseSettings):
         le=1000,
         description="Most messages handled in one transaction (group commit); 1 turns it off.",
     )
+    max_active: int = Field(
+        2000,
+        ge=0,
+        description="Begin a start only while fewer sagas than this are running or "
+        "compensating (all replicas together); the others wait in the broker's queue "
+        "(adapters/admission.py). 0: no limit.",
+    )
     timer_interval: float = Field(0.2, gt=0, description="Seconds between timer sweeps.")
     relay_interval: float = Field(1.0, gt=0, description="Seconds between outbox sweeps.")
     relay_age: float = Field(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +55,11 @@ async def deployed(
     *,
     participant_url: str | None,
     http: bool,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Deployment]:
     """`saga run` on `url` (migrated), plus the participant on `participant_url` unless
-    None, plus the HTTP API on a free loopback port when `http`."""
+    None, plus the HTTP API on a free loopback port when `http`; `env` on top of its
+    environment."""
     settings = base.model_copy(update={"amqp_prefix": prefix})
     await asyncio.to_thread(log_dir.mkdir, parents=True, exist_ok=True)
     procs = Processes(
@@ -69,6 +71,7 @@ async def deployed(
             "SAGA_LOG_FORMAT": "json",
             "SAGA_HTTP_BIND": "127.0.0.1:0" if http else "",
             **({"BENCH_DATABASE_URL": participant_url} if participant_url else {}),
+            **(env or {}),
         },
         log_dir=log_dir,
     )

@@ -49,7 +49,11 @@ async def in_flight(
     timeout: float,
 ) -> dict[str, Any]:
     await upgrade(url)
-    async with deployed(base, prefix, url, log_dir, participant_url=None, http=False) as dep:
+    # The point is 10,000 sagas in flight at once: no admission limit (SAGA_MAX_ACTIVE).
+    unlimited = {"SAGA_MAX_ACTIVE": "0"}
+    async with deployed(
+        base, prefix, url, log_dir, participant_url=None, http=False, env=unlimited
+    ) as dep:
         pid = dep.orchestrator_pid
         idle = _memory(pid)
         publisher, db = Publisher(dep.settings), EngineDb(dsn(url))

@@ -145,6 +145,16 @@ class PostgresStore:
                 found = {status: n for status, n in (await conn.execute(statement)).all()}
         return {status: found.get(status.value, 0) for status in SagaStatus}
 
+    async def count_active(self) -> int:
+        """Sagas running or compensating, read from the status index (admission control)."""
+        i = saga_instances.c
+        statement = sa.select(sa.func.count()).where(
+            i.status.in_([SagaStatus.RUNNING.value, SagaStatus.COMPENSATING.value])
+        )
+        with translated():
+            async with self._engine.connect() as conn:
+                return int(await conn.scalar(statement) or 0)
+
     async def history(self, saga_id: UUID) -> list[HistoryRecord]:
         with translated():
             async with self._engine.connect() as conn:

@@ -25,6 +25,7 @@ from orchestrator.ports import REPLY_QUEUE, Exchange
 log = structlog.get_logger(__name__)
 
 REQUESTS_QUEUE = "saga.requests"
+CANCELS_QUEUE = "saga.cancels"
 REPLIES_QUEUE = REPLY_QUEUE
 DEAD_QUEUE = "saga.dead"
 COMMAND_QUEUE_PREFIX = "commands."
@@ -125,15 +126,22 @@ class Topology:
         return queue
 
     async def declare_core(self, channel: AbstractChannel) -> None:
-        """Every exchange, and the requests, replies and dead queues."""
+        """Every exchange, and the requests, cancels, replies and dead queues."""
         for logical in EXCHANGE_TYPES:
             await self.declare_exchange(channel, logical)
         dead = await self.declare_queue(channel, DEAD_QUEUE)
         await dead.bind(self.name(Exchange.DEAD), routing_key="")
-        # One queue for starts and cancels, so a cancel sent after its start is delivered after it.
+        # Cancels have a queue of their own: starts may wait in theirs for room (admission
+        # control, adapters/admission.py), and a cancel must not wait behind them. A cancel
+        # that overtakes its start is remembered and applied when the start comes.
+        sagas = self.name(Exchange.SAGAS)
         requests = await self.declare_queue(channel, REQUESTS_QUEUE)
-        for key in ("start", "cancel"):
-            await requests.bind(self.name(Exchange.SAGAS), routing_key=key)
+        await requests.bind(sagas, routing_key="start")
+        # Up to 2026-11 starts and cancels shared saga.requests: a broker set up then still
+        # routes cancels there too, and a cancel delivered twice changes nothing.
+        await requests.unbind(sagas, routing_key="cancel")
+        cancels = await self.declare_queue(channel, CANCELS_QUEUE)
+        await cancels.bind(sagas, routing_key="cancel")
         # Replies come through the default exchange, which binds every queue by its name.
         await self.declare_queue(channel, REPLIES_QUEUE)
         log.info("amqp_core_declared", prefix=self.prefix)
@@ -157,7 +165,7 @@ class Topology:
         """
         if not self.prefix:
             raise RuntimeError("delete_all refuses to delete unprefixed (production) names")
-        queues = {self.name(q) for q in (REQUESTS_QUEUE, REPLIES_QUEUE, DEAD_QUEUE)}
+        queues = {self.name(q) for q in (REQUESTS_QUEUE, CANCELS_QUEUE, REPLIES_QUEUE, DEAD_QUEUE)}
         queues |= {self.name(self.command_queue(s)) for s in services}
         queues |= self.declared_queues
         exchanges = {self.name(e) for e in EXCHANGE_TYPES} | self.declared_exchanges

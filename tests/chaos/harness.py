@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -136,6 +136,11 @@ class Deployment:
                 "SAGA_PREFETCH": "50",
                 "SHOP_DATABASE_URL": through_proxy,
                 "SHOP_SLOW_SECONDS": "3",
+                **(
+                    {}
+                    if self.profile.max_active is None
+                    else {"SAGA_MAX_ACTIVE": str(self.profile.max_active)}
+                ),
             },
             log_dir=self.workdir / "logs",
         )
@@ -218,6 +223,7 @@ async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
             deployment.rabbit.url(), [deployment.upstream, deployment.downstream]
         )
         verdict = await verify(db, orders, states, await read_history(db), dead)
+        verdict = replace(verdict, outcomes_must_hold=not profile.injects_faults)
         terminal = await _terminal_times(db)
         phase("checking", mark)
         last_fault = max((r.ended for r in injector.records), default=began_wall)

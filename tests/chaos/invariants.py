@@ -31,6 +31,9 @@ class Verdict:
     parked: list[str]
     unexpected_outcomes: dict[str, str]
     dead_letters: list[str] = field(default_factory=list)
+    # With no fault injected, nothing excuses a saga ending otherwise than planned (a step
+    # timing out in an overloaded queue, say): the overload profiles hold the engine to it.
+    outcomes_must_hold: bool = False
 
     def problems(self) -> list[str]:
         """Every violated invariant, one line each (empty: the run passed)."""
@@ -47,6 +50,10 @@ class Verdict:
             ("dead-lettered", self.dead_letters),
         ):
             found += [f"{label}: {item}" for item in items]
+        if self.outcomes_must_hold:
+            found += [
+                f"outcome other than planned: {k} {v}" for k, v in self.unexpected_outcomes.items()
+            ]
         return found
 
 

@@ -1,11 +1,14 @@
 """How big a chaos run is and how many faults of each kind it injects.
 
 `short` is the CI profile (a pytest test, well under a minute of chaos on a loaded two-core
-machine); `long` is the one whose figures docs/guarantees.md publishes."""
+machine); `long` is the one whose figures docs/guarantees.md publishes. `overload` injects
+no fault: it offers starts well past what the machine carries, with no client-side cap, so
+that the engine's own admission control (SAGA_MAX_ACTIVE) is what keeps the run sane;
+`overload-unlimited` is the same with admission control off, to show what it prevents."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,27 @@ class Profile:
     # Orders cancelled at a random moment after their start (besides the `slow-` orders,
     # cancelled while their stock reservation is in flight).
     random_cancels: float
+    # SAGA_MAX_ACTIVE for the orchestrators: None leaves the default.
+    max_active: int | None = None
+
+    @property
+    def injects_faults(self) -> bool:
+        return any(
+            (
+                self.orchestrator_kills,
+                self.participant_kills,
+                self.broker_stop_app,
+                self.broker_kill9,
+                self.db_fast,
+                self.db_immediate,
+                self.proxy_resets,
+                self.proxy_stalls,
+                self.latency_windows,
+                self.drop_rate,
+                self.lost_replies,
+            )
+        )
+
     # Seconds of steady load before the first fault and after the last one.
     warmup: float = 4.0
     cooldown: float = 6.0
@@ -92,4 +116,29 @@ LONG = Profile(
     random_cancels=0.1,
 )
 
-PROFILES = {p.name: p for p in (SHORT, LONG)}
+OVERLOAD = Profile(
+    name="overload",
+    sagas=2000,
+    rate=60.0,
+    max_in_flight=1_000_000,  # no client-side backpressure: everything offered is sent
+    orchestrators=2,
+    shops=1,
+    orchestrator_kills=0,
+    participant_kills=0,
+    armed_restarts=0.0,
+    broker_stop_app=0,
+    broker_kill9=0,
+    db_fast=0,
+    db_immediate=0,
+    proxy_resets=0,
+    proxy_stalls=0,
+    latency_windows=0,
+    copies=2,
+    drop_rate=0.0,
+    lost_replies=0,
+    random_cancels=0.1,
+    max_active=150,
+)
+OVERLOAD_UNLIMITED = replace(OVERLOAD, name="overload-unlimited", max_active=0)
+
+PROFILES = {p.name: p for p in (SHORT, LONG, OVERLOAD, OVERLOAD_UNLIMITED)}

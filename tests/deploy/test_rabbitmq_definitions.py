@@ -48,6 +48,9 @@ class Recorder:
             async def bind(self, exchange: str, routing_key: str) -> None:
                 recorder.bindings.add((exchange, name, routing_key))
 
+            async def unbind(self, exchange: str, routing_key: str) -> None:
+                recorder.bindings.discard((exchange, name, routing_key))
+
         return Queue()
 
 

@@ -26,6 +26,7 @@ from adapters.rabbitmq.consumer import (
 )
 from adapters.rabbitmq.publisher import PublishFailed, RabbitPublisher
 from adapters.rabbitmq.topology import (
+    CANCELS_QUEUE,
     DEAD_QUEUE,
     DEFAULT_DELIVERY_LIMIT,
     REPLIES_QUEUE,
@@ -181,7 +182,8 @@ async def test_publish_routes_each_message_with_its_properties(
     assert (replied.body, replied.message_id) == (b'{"r":1}', "reply-1")
     assert replied.delivery_mode == DeliveryMode.PERSISTENT
 
-    [cancel] = await collect(amqp_channel, topology.name(REQUESTS_QUEUE), 1)
+    # Cancels have a queue of their own, never behind starts waiting for admission.
+    [cancel] = await collect(amqp_channel, topology.name(CANCELS_QUEUE), 1)
     assert cancel.routing_key == "cancel"
     assert CancelSaga.model_validate_json(cancel.body).reason == "because"
     assert cancel.delivery_mode == DeliveryMode.PERSISTENT

@@ -1,0 +1,76 @@
+"""Admission control end to end: with SAGA_MAX_ACTIVE reached, starts wait in the broker,
+cancels do not, and the waiting starts begin as sagas end — in order, none lost."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+
+from adapters.rabbitmq.topology import REQUESTS_QUEUE, Topology
+from orchestrator.messages import CancelSaga
+from sagas.order import order_v1
+from tests.fixtures.polling import eventually
+from tests.integration.harness import System, order_input, running_system
+
+LIMIT = 2
+
+
+@pytest.fixture
+async def system(database_url: str, topology: Topology, amqp_url: str) -> AsyncIterator[System]:
+    # No participants: a started saga stays running, its first command waiting in its queue.
+    async with running_system(database_url, topology, amqp_url, [order_v1]) as sys_:
+        sys_.settings = sys_.settings.model_copy(update={"max_active": LIMIT})
+        await sys_.restart_orchestrator()
+        yield sys_
+
+
+async def _keys(system: System) -> set[str]:
+    async with system.store.db_engine.connect() as conn:
+        return set((await conn.execute(sa.text("SELECT key FROM saga_instances"))).scalars())
+
+
+async def test_starts_wait_for_room_and_cancels_do_not(system: System) -> None:
+    keys = [f"adm-{n}" for n in range(5)]
+    for key in keys:
+        await system.start_order(key, order_input(key))
+    admission = system.orchestrator.admission
+    assert admission is not None and admission.limit == LIMIT
+
+    async def holding() -> bool:
+        return admission.held > 0 and await _keys(system) == set(keys[:LIMIT])
+
+    await eventually(holding, message=f"the first {LIMIT} started, the others held")
+
+    # A cancel for a start still waiting goes through at once (its own queue), and is
+    # remembered for that start.
+    await system.send("cancel", CancelSaga(key=keys[3], reason="changed my mind"))
+
+    async def cancel_held() -> bool:
+        async with system.store.db_engine.connect() as conn:
+            found = await conn.scalar(
+                sa.text("SELECT count(*) FROM inbox WHERE kind = 'cancel' AND key = :k"),
+                {"k": keys[3]},
+            )
+        return found == 1
+
+    await eventually(cancel_held, message="the cancel of a held start remembered")
+    assert await _keys(system) == set(keys[:LIMIT]), "nothing more started meanwhile"
+
+    # Sagas end (an operator's hand here, the participants' in real life): room again.
+    async with system.store.db_engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE saga_instances SET status = 'completed' WHERE key = ANY(:k)"),
+            {"k": keys[:LIMIT]},
+        )
+    await system.wait_status(keys[2], "running")
+    cancelled = await system.wait_status(keys[3], "cancelled")
+    assert cancelled.cancel_reason == "changed my mind"
+    assert [s.status for s in cancelled.steps].count("pending") == len(cancelled.steps)
+    await system.wait_status(keys[4], "running")
+    # keys[2] and keys[4] run, keys[3] never did: the limit holds again, nothing is left.
+    assert await _keys(system) == set(keys)
+    assert admission.held == 0
+    queue = await system.channel.declare_queue(system.topology.name(REQUESTS_QUEUE), passive=True)
+    assert queue.declaration_result.message_count == 0
