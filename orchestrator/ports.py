@@ -110,6 +110,11 @@ class SagaQuery:
     after: tuple[datetime, UUID] | None = None
 
 
+# (before, after) of one transition per saga; (saga_id, entries, actor) of history appends.
+Transitions = Sequence[tuple[SagaState, SagaState]]
+HistoryAppends = Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
+
+
 class SagaTransaction(Protocol):
     """One database transaction. Everything written through it commits together or not at all."""
 
@@ -136,7 +141,7 @@ class SagaTransaction(Protocol):
     async def save(self, before: SagaState, after: SagaState) -> None:
         """Persist a transition; `after.revision` must be `before.revision + 1`."""
 
-    async def save_all(self, changes: Sequence[tuple[SagaState, SagaState]]) -> None:
+    async def save_all(self, changes: Transitions) -> None:
         """`save` for the transitions of many sagas at once (one each); raises
         ConcurrentUpdate if any of them moved on meanwhile."""
 
@@ -144,9 +149,7 @@ class SagaTransaction(Protocol):
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
     ) -> None: ...
 
-    async def append_histories(
-        self, appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
-    ) -> None:
+    async def append_histories(self, appends: HistoryAppends) -> None:
         """`append_history` for many sagas at once: (saga_id, entries, actor) each."""
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
@@ -154,8 +157,8 @@ class SagaTransaction(Protocol):
 
     async def save_batch(
         self,
-        changes: Sequence[tuple[SagaState, SagaState]],
-        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        changes: Transitions,
+        appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
     ) -> list[OutboxMessage]:
         """`save_all`, `append_histories` and `add_outbox` at once, which a store may do in

@@ -23,10 +23,12 @@ from orchestrator.machine import HistoryEntry
 from orchestrator.ports import (
     Clock,
     DefinitionRecord,
+    HistoryAppends,
     HistoryRecord,
     OutboxMessage,
     RegisteredDefinition,
     SagaQuery,
+    Transitions,
     VersionInUse,
 )
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
@@ -105,7 +107,7 @@ class MemoryTransaction:
         ]
         return sorted(due, key=lambda s: s.next_due_at or now)[:limit]
 
-    async def save_all(self, changes: Sequence[tuple[SagaState, SagaState]]) -> None:
+    async def save_all(self, changes: Transitions) -> None:
         for before, after in changes:
             await self.save(before, after)
 
@@ -135,16 +137,14 @@ class MemoryTransaction:
             )
         )
 
-    async def append_histories(
-        self, appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
-    ) -> None:
+    async def append_histories(self, appends: HistoryAppends) -> None:
         for saga_id, entries, actor in appends:
             await self.append_history(saga_id, entries, actor)
 
     async def save_batch(
         self,
-        changes: Sequence[tuple[SagaState, SagaState]],
-        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        changes: Transitions,
+        appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
     ) -> list[OutboxMessage]:
         await self.save_all(changes)

@@ -29,9 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from adapters.postgres.bulk import json_text, sql_type
 from adapters.postgres.rows import PROGRESS_COLUMNS, progress_values, step_values
 from adapters.postgres.tables import outbox, saga_instances, saga_steps
-from orchestrator.machine import HistoryEntry
-from orchestrator.ports import OutboxMessage
-from orchestrator.state import SagaState
+from orchestrator.ports import HistoryAppends, OutboxMessage, Transitions
 
 # The step columns a transition may change (name, idx, item and payload never do).
 CHANGING_STEP_COLUMNS = (
@@ -128,8 +126,8 @@ class BatchWrite:
     @classmethod
     def of(
         cls,
-        changes: Sequence[tuple[SagaState, SagaState]],
-        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        changes: Transitions,
+        appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
     ) -> BatchWrite:
         params: dict[str, list[Any]] = {}
@@ -173,7 +171,7 @@ def _columns(
         params[prefix + name] = [json_text(r[name]) if json else r[name] for r in rows]
 
 
-def _history(appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]]) -> dict[str, list[Any]]:
+def _history(appends: HistoryAppends) -> dict[str, list[Any]]:
     """Each entry numbered 1, 2, ... per saga across the whole batch; the statement adds the
     saga's last seq. Safe without a sequence: every writer holds the saga's row lock."""
     n: Counter[UUID] = Counter()

@@ -27,7 +27,7 @@ from adapters.postgres.tables import inbox, outbox, saga_instances, saga_steps
 from orchestrator.errors import ConcurrentUpdate
 from orchestrator.locks import LockConflict, LockWaiter
 from orchestrator.machine import HistoryEntry
-from orchestrator.ports import OutboxMessage
+from orchestrator.ports import HistoryAppends, OutboxMessage, Transitions
 from orchestrator.state import SagaState
 
 # First half of a two-int advisory lock key: start keys get a key space of their own.
@@ -123,7 +123,7 @@ class PostgresTransaction:
     async def save(self, before: SagaState, after: SagaState) -> None:
         await self.save_all([(before, after)])
 
-    async def save_all(self, changes: Sequence[tuple[SagaState, SagaState]]) -> None:
+    async def save_all(self, changes: Transitions) -> None:
         await self.save_batch(changes, [], [])
 
     async def append_history(
@@ -131,9 +131,7 @@ class PostgresTransaction:
     ) -> None:
         await self.append_histories([(saga_id, entries, actor)])
 
-    async def append_histories(
-        self, appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
-    ) -> None:
+    async def append_histories(self, appends: HistoryAppends) -> None:
         await self.save_batch([], appends, [])
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
@@ -141,8 +139,8 @@ class PostgresTransaction:
 
     async def save_batch(
         self,
-        changes: Sequence[tuple[SagaState, SagaState]],
-        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        changes: Transitions,
+        appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
     ) -> list[OutboxMessage]:
         for before, after in changes:

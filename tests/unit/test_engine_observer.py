@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import pytest
 
@@ -17,11 +16,9 @@ from adapters import metrics
 from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
 from orchestrator.engine import Engine
-from orchestrator.machine import HistoryEntry
 from orchestrator.messages import Command, Reply, StartSaga
-from orchestrator.ports import OutboxMessage, SagaTransaction
+from orchestrator.ports import HistoryAppends, OutboxMessage, SagaTransaction, Transitions
 from orchestrator.registry import Registry
-from orchestrator.state import SagaState
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 
 ORDER = {
@@ -128,8 +125,8 @@ class _Tx:
 
     async def save_batch(
         self,
-        changes: Sequence[tuple[SagaState, SagaState]],
-        appends: Sequence[tuple[UUID, Sequence[HistoryEntry], str]],
+        changes: Transitions,
+        appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
     ) -> list[OutboxMessage]:
         raise ConnectionError("connection lost before commit")
