@@ -20,7 +20,7 @@ from adapters.postgres.database import make_engine
 from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.connection import connect, open_channel
-from adapters.rabbitmq.consumer import BatchHandler, Delivery, Handler, consume, parse
+from adapters.rabbitmq.consumer import BatchHandler, Consumer, Delivery, Handler, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
@@ -156,6 +156,13 @@ class Orchestrator:
             (CANCELS_QUEUE, self._on_request, None),
             (REPLY_QUEUE, self._on_reply, self._on_replies if s.batch_size > 1 else None),
         )
+        started: list[Consumer] = []
+
+        async def stop_consumers() -> None:
+            # Together: with the broker gone, each waits CANCEL_TIMEOUT for its cancel.
+            await asyncio.gather(*(consumer.stop() for consumer in started))
+
+        self._stops.insert(0, stop_consumers)
         for queue, handler, batch in consumers:
             channel = await open_channel(connection)
             consumer = await consume(
@@ -169,7 +176,7 @@ class Orchestrator:
                 max_batch=s.batch_size,
                 max_body_bytes=s.max_message_bytes,
             )
-            self._stops.insert(0, consumer.stop)
+            started.append(consumer)
         self._tasks = [
             asyncio.create_task(self._loop("timers", self._timers, s.timer_interval)),
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),

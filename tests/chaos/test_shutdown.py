@@ -36,8 +36,8 @@ async def test_stop_ends_while_the_broker_is_down(database_url: str, rabbit: Own
     await orchestrator.start()
     await rabbit.stop()  # kill -9 of the node: every connection to it is gone
     with capture_logs() as logs:
-        # Three consumers (starts, cancels, replies), each giving up on its cancel after
-        # CANCEL_TIMEOUT (5 s).
+        # Three consumers (starts, cancels, replies), stopped together, each giving up on its
+        # cancel after CANCEL_TIMEOUT (5 s).
         await asyncio.wait_for(orchestrator.stop(), 30)
     events = [e["event"] for e in logs]
     assert events.count("amqp_consumer_cancel_failed") == 3
