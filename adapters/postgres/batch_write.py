@@ -19,14 +19,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 
-from adapters.postgres.bulk import json_text, sql_type
+from adapters.postgres.bulk import (
+    array_type,
+    bulk_insert,
+    column_arrays,
+    json_text,
+    selected,
+    sql_type,
+    unnest,
+)
 from adapters.postgres.rows import PROGRESS_COLUMNS, progress_values, step_values
 from adapters.postgres.tables import outbox, saga_instances, saga_steps
 from orchestrator.ports import HistoryAppends, OutboxMessage, Transitions
@@ -56,119 +62,71 @@ _HISTORY_ARRAYS = (
 )
 
 
-def _is_json(table: sa.Table, column: str) -> bool:
-    return isinstance(table.c[column].type, JSONB)
-
-
-def _array_type(table: sa.Table, column: str) -> str:
-    return "text" if _is_json(table, column) else sql_type(table.c[column])
-
-
-def _value(table: sa.Table, column: str) -> str:
-    # JSON travels as text (psycopg has no jsonb[] to adapt a list of dicts to).
-    return f"CAST(v.{column} AS jsonb)" if _is_json(table, column) else f"v.{column}"
-
-
-def _unnest(arrays: Sequence[tuple[str, str]], alias: Sequence[str]) -> str:
-    cast = ", ".join(f"CAST(%({param})s AS {kind}[])" for param, kind in arrays)
-    return f"unnest({cast}) AS v({', '.join(alias)})"
-
-
 def _update(table: sa.Table, prefix: str, keys: Sequence[str], columns: Sequence[str]) -> str:
     """`UPDATE table SET columns FROM unnest(...) WHERE keys match`, one row per array slot.
     Key `w_revision` matches the row's current revision; the others its own column."""
     arrays = [(f"{prefix}w_{k}", sql_type(table.c[k])) for k in keys] + [
-        (f"{prefix}{c}", _array_type(table, c)) for c in columns
+        (f"{prefix}{c}", array_type(table, c)) for c in columns
     ]
     alias = [f"w_{k}" for k in keys] + list(columns)
-    sets = ", ".join(f"{c} = {_value(table, c)}" for c in columns)
+    sets = ", ".join(f"{c} = {selected(table, c)}" for c in columns)
     where = " AND ".join(f"t.{k} = v.w_{k}" for k in keys)
-    return f"UPDATE {table.name} AS t SET {sets} FROM {_unnest(arrays, alias)} WHERE {where}"
+    return f"UPDATE {table.name} AS t SET {sets} FROM {unnest(arrays, alias)} WHERE {where}"
 
 
-def _statement() -> str:
-    outbox_arrays = [(f"o_{c}", _array_type(outbox, c)) for c in OUTBOX_COLUMNS]
-    outbox_values = ", ".join(_value(outbox, c) for c in OUTBOX_COLUMNS)
-    return f"""
-        WITH inst AS (
-            {_update(saga_instances, "i_", ("id", "revision"), PROGRESS_COLUMNS)}
-            RETURNING 1
-        ), steps AS (
-            {_update(saga_steps, "s_", ("saga_id", "idx"), CHANGING_STEP_COLUMNS)}
-        ), hist AS (
-            INSERT INTO saga_history (saga_id, seq, event, step, detail, actor)
-            SELECT v.saga_id,
-                   v.n + coalesce(
-                       (SELECT max(h.seq) FROM saga_history h WHERE h.saga_id = v.saga_id), 0
-                   ),
-                   v.event, v.step, CAST(v.detail AS jsonb), v.actor
-            FROM {_unnest(_HISTORY_ARRAYS, ("saga_id", "n", "event", "step", "detail", "actor"))}
-        ), ob AS (
-            INSERT INTO outbox ({", ".join(OUTBOX_COLUMNS)})
-            SELECT {outbox_values} FROM {_unnest(outbox_arrays, OUTBOX_COLUMNS)}
-            RETURNING id
-        )
-        SELECT (SELECT count(*) FROM inst) AS moved, ARRAY(SELECT id FROM ob ORDER BY id) AS ids
-        """
+_OUTBOX = bulk_insert(outbox, OUTBOX_COLUMNS, "RETURNING id", prefix="o_")
+STATEMENT = f"""
+    WITH inst AS (
+        {_update(saga_instances, "i_", ("id", "revision"), PROGRESS_COLUMNS)}
+        RETURNING 1
+    ), steps AS (
+        {_update(saga_steps, "s_", ("saga_id", "idx"), CHANGING_STEP_COLUMNS)}
+    ), hist AS (
+        INSERT INTO saga_history (saga_id, seq, event, step, detail, actor)
+        SELECT v.saga_id,
+               v.n + coalesce(
+                   (SELECT max(h.seq) FROM saga_history h WHERE h.saga_id = v.saga_id), 0
+               ),
+               v.event, v.step, CAST(v.detail AS jsonb), v.actor
+        FROM {unnest(_HISTORY_ARRAYS, ("saga_id", "n", "event", "step", "detail", "actor"))}
+    ), ob AS (
+        {_OUTBOX.statement}
+    )
+    SELECT (SELECT count(*) FROM inst) AS moved, ARRAY(SELECT id FROM ob ORDER BY id) AS ids
+"""
 
 
-STATEMENT = _statement()
-
-
-@dataclass
-class BatchWrite:
+def params(
+    changes: Transitions, appends: HistoryAppends, messages: Sequence[OutboxMessage]
+) -> dict[str, list[Any]]:
     """The parameters of one `STATEMENT`: one array per column of each kind of row."""
-
-    params: dict[str, list[Any]]
-    moved: int
-    messages: Sequence[OutboxMessage]
-
-    @classmethod
-    def of(
-        cls,
-        changes: Transitions,
-        appends: HistoryAppends,
-        messages: Sequence[OutboxMessage],
-    ) -> BatchWrite:
-        params: dict[str, list[Any]] = {}
-        instances = [
-            {"w_id": before.saga_id, "w_revision": before.revision, **progress_values(after)}
-            for before, after in changes
-        ]
-        _columns(params, "i_", saga_instances, instances, ("w_id", "w_revision", *PROGRESS_COLUMNS))
-        steps = [
-            {"w_saga_id": after.saga_id, "w_idx": new.index, **step_values(new)}
-            for before, after in changes
-            for old, new in zip(before.steps, after.steps[: len(before.steps)], strict=True)
-            if old != new
-        ]
-        _columns(params, "s_", saga_steps, steps, ("w_saga_id", "w_idx", *CHANGING_STEP_COLUMNS))
-        params.update(_history(appends))
-        rows = [
-            {
-                "exchange": m.exchange,
-                "routing_key": m.routing_key,
-                "body": m.body,
-                "message_id": m.message_id,
-                "reply_to": m.reply_to,
-                "headers": dict(m.headers) if m.headers else None,
-            }
-            for m in messages
-        ]
-        _columns(params, "o_", outbox, rows, OUTBOX_COLUMNS)
-        return cls(params, len(changes), messages)
-
-
-def _columns(
-    params: dict[str, list[Any]],
-    prefix: str,
-    table: sa.Table,
-    rows: Sequence[dict[str, Any]],
-    columns: Sequence[str],
-) -> None:
-    for name in columns:
-        json = not name.startswith("w_") and _is_json(table, name)
-        params[prefix + name] = [json_text(r[name]) if json else r[name] for r in rows]
+    instances = [
+        {"w_id": before.saga_id, "w_revision": before.revision, **progress_values(after)}
+        for before, after in changes
+    ]
+    steps = [
+        {"w_saga_id": after.saga_id, "w_idx": new.index, **step_values(new)}
+        for before, after in changes
+        for old, new in zip(before.steps, after.steps[: len(before.steps)], strict=True)
+        if old != new
+    ]
+    rows = [
+        {
+            "exchange": m.exchange,
+            "routing_key": m.routing_key,
+            "body": m.body,
+            "message_id": m.message_id,
+            "reply_to": m.reply_to,
+            "headers": dict(m.headers) if m.headers else None,
+        }
+        for m in messages
+    ]
+    return {
+        **column_arrays(saga_instances, instances, ("w_id", "w_revision", *PROGRESS_COLUMNS), "i_"),
+        **column_arrays(saga_steps, steps, ("w_saga_id", "w_idx", *CHANGING_STEP_COLUMNS), "s_"),
+        **_history(appends),
+        **_OUTBOX.params(rows),
+    }
 
 
 def _history(appends: HistoryAppends) -> dict[str, list[Any]]:

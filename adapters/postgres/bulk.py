@@ -17,32 +17,60 @@ from sqlalchemy.dialects.postgresql import JSONB
 @dataclass(frozen=True)
 class BulkInsert:
     statement: str  # psycopg text (adapters/postgres/driver.py)
+    table: sa.Table
     columns: tuple[str, ...]
-    json_columns: frozenset[str]
+    prefix: str
 
     def params(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-        """One array per column; JSON values go as text and are cast in the statement."""
-        return {
-            name: [json_text(row[name]) if name in self.json_columns else row[name] for row in rows]
-            for name in self.columns
-        }
+        return column_arrays(self.table, rows, self.columns, self.prefix)
 
 
-def bulk_insert(table: sa.Table, columns: Sequence[str], suffix: str = "") -> BulkInsert:
-    """`suffix`: what follows the SELECT (`ON CONFLICT …`, `RETURNING …`)."""
-    json_columns = frozenset(c for c in columns if isinstance(table.c[c].type, JSONB))
-    arrays = ", ".join(
-        f"CAST(%({c})s AS {'text' if c in json_columns else sql_type(table.c[c])}[])"
-        for c in columns
-    )
-    selected = ", ".join(
-        f"CAST(v.{c} AS jsonb)" if c in json_columns else f"v.{c}" for c in columns
-    )
+def bulk_insert(
+    table: sa.Table, columns: Sequence[str], suffix: str = "", *, prefix: str = ""
+) -> BulkInsert:
+    """`suffix`: what follows the SELECT (`ON CONFLICT …`, `RETURNING …`); `prefix`: of the
+    parameter names, for a statement that holds several of these (batch_write.py)."""
+    arrays = [(prefix + c, array_type(table, c)) for c in columns]
     text = (
         f"INSERT INTO {table.name} ({', '.join(columns)}) "
-        f"SELECT {selected} FROM unnest({arrays}) AS v({', '.join(columns)}) {suffix}"
+        f"SELECT {', '.join(selected(table, c) for c in columns)} "
+        f"FROM {unnest(arrays, columns)} {suffix}"
     )
-    return BulkInsert(text, tuple(columns), json_columns)
+    return BulkInsert(text, table, tuple(columns), prefix)
+
+
+def column_arrays(
+    table: sa.Table, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], prefix: str = ""
+) -> dict[str, list[Any]]:
+    """One array per column, named `prefix + column`; JSON values go as text and are cast in
+    the statement (`selected`). Names that are not the table's columns (keys to match rows
+    by, say) go as they are."""
+    return {
+        prefix + name: [json_text(r[name]) for r in rows]
+        if name in table.c and is_json(table, name)
+        else [r[name] for r in rows]
+        for name in columns
+    }
+
+
+def unnest(arrays: Sequence[tuple[str, str]], alias: Sequence[str]) -> str:
+    """`unnest(CAST(%(param)s AS type[]), ...) AS v(alias...)` for (param, type) pairs."""
+    cast = ", ".join(f"CAST(%({param})s AS {kind}[])" for param, kind in arrays)
+    return f"unnest({cast}) AS v({', '.join(alias)})"
+
+
+def is_json(table: sa.Table, column: str) -> bool:
+    return isinstance(table.c[column].type, JSONB)
+
+
+def array_type(table: sa.Table, column: str) -> str:
+    # JSON travels as text: psycopg has no jsonb[] to adapt a list of dicts to.
+    return "text" if is_json(table, column) else sql_type(table.c[column])
+
+
+def selected(table: sa.Table, column: str) -> str:
+    """The column's value from `unnest`'s row `v`, JSON cast back from text."""
+    return f"CAST(v.{column} AS jsonb)" if is_json(table, column) else f"v.{column}"
 
 
 def sql_type(column: sa.Column[Any]) -> str:

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.postgres import batch_write, driver, semantic_locks
-from adapters.postgres.batch_write import BatchWrite
 from adapters.postgres.bulk import bulk_insert
 from adapters.postgres.errors import translated
 from adapters.postgres.rows import (
@@ -145,10 +144,10 @@ class PostgresTransaction:
     ) -> list[OutboxMessage]:
         for before, after in changes:
             _check_transition(before, after)
-        write = BatchWrite.of(changes, appends, messages)
-        if not (changes or write.params["h_n"] or messages):
+        if not (changes or any(entries for _, entries, _ in appends) or messages):
             return []
-        (found,) = await self._fetch(batch_write.STATEMENT, write.params)
+        params = batch_write.params(changes, appends, messages)
+        (found,) = await self._fetch(batch_write.STATEMENT, params)
         if found.moved != len(changes):
             raise ConcurrentUpdate(
                 f"{len(changes) - found.moved} of sagas "
