@@ -94,6 +94,8 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
                 topology,
                 clock=utcnow,
                 prefetch=settings.prefetch,
+                detach_after=settings.detach_after,
+                max_detached=settings.max_detached,
                 faults=faults,
                 max_message_bytes=settings.max_message_bytes,
             )

@@ -60,6 +60,20 @@ class Settings(BaseSettings):
         description="Python modules holding saga definitions, comma-separated.",
     )
     prefetch: int = Field(50, ge=1, le=10_000, description="Unacked messages per consumer.")
+    detach_after: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a participant's handler runs holding its command unacked; past "
+        "it the worker acks the command and the saga's timeouts cover a crash, so no step "
+        "depends on the broker's consumer_timeout. A step with a heartbeat_timeout is acked "
+        "once its start report is confirmed (docs/time-limits.md).",
+    )
+    max_detached: int = Field(
+        100,
+        ge=0,
+        description="Most acked commands whose handlers still run, per participant; beyond "
+        "it a command stays unacked until its handler ends.",
+    )
     db_pool_size: int = Field(10, ge=1, le=200)
     max_message_bytes: int = Field(
         1_048_576,

@@ -29,6 +29,16 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 COMMAND_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
 
 DEFAULT_TIMEOUT = 30.0
+# The SDK heartbeats every third of a heartbeat timeout; below a second that is a flood.
+MIN_HEARTBEAT_TIMEOUT = 1.0
+# Time limits a step has only when its definition sets them (absent from older fingerprints).
+_OPTIONAL_LIMITS = (
+    "schedule_to_start",
+    "heartbeat_timeout",
+    "schedule_to_close",
+    "compensation_heartbeat_timeout",
+    "compensation_schedule_to_close",
+)
 DEFAULT_RETRY = Retry()
 DEFAULT_COMPENSATION_RETRY = Retry(max_attempts=10, initial_interval=1.0, max_interval=60.0)
 
@@ -89,7 +99,8 @@ class StepDefinition:
     command: str | None
     compensation: str | None
     pivot: bool
-    # Start-to-close: how long an attempt may run once started; each heartbeat restarts it.
+    # Start-to-close: the most one attempt may take from its start. Heartbeats never extend
+    # it; the participant cancels a handler that reaches it.
     timeout: float
     retry: Retry
     compensation_timeout: float
@@ -98,6 +109,13 @@ class StepDefinition:
     # Schedule-to-start: how long a command may wait in its queue before a participant takes
     # it (seen from its first heartbeat or reply). None: queue time counts against `timeout`.
     schedule_to_start: float | None = None
+    # The longest gap between two heartbeats of a started attempt: a participant that died
+    # or lost its connection is noticed after this, not at the end of `timeout`.
+    heartbeat_timeout: float | None = None
+    # The step's whole budget, from its first dispatch across every attempt and retry wait.
+    schedule_to_close: float | None = None
+    compensation_heartbeat_timeout: float | None = None
+    compensation_schedule_to_close: float | None = None
     guard: Guard | None = field(default=None, compare=False)
     on_guard_false: OnGuardFalse = "skip"
     sleep_seconds: float | None = None
@@ -139,8 +157,9 @@ class StepDefinition:
             "compensation_timeout": self.compensation_timeout,
             "compensation_retry": _policy(self.compensation_retry),
         }
-        if self.schedule_to_start is not None:
-            doc["schedule_to_start"] = self.schedule_to_start
+        for label in _OPTIONAL_LIMITS:
+            if getattr(self, label) is not None:
+                doc[label] = getattr(self, label)
         if self.guard is not None:
             doc["guard"] = _qualname(self.guard)
             doc["on_guard_false"] = self.on_guard_false
@@ -287,6 +306,10 @@ class Saga:
         compensation_timeout: float | None = None,
         compensation_retry: Retry | None = None,
         schedule_to_start: float | None = None,
+        heartbeat_timeout: float | None = None,
+        schedule_to_close: float | None = None,
+        compensation_heartbeat_timeout: float | None = None,
+        compensation_schedule_to_close: float | None = None,
         guard: Guard | None = None,
         on_guard_false: OnGuardFalse = "skip",
     ) -> Saga:
@@ -315,8 +338,17 @@ class Saga:
                 command=command,
                 compensation=compensation,
                 pivot=False,
-                **self._policies(timeout, retry, compensation_timeout, compensation_retry),
-                schedule_to_start=schedule_to_start,
+                **self._policies(
+                    timeout,
+                    retry,
+                    compensation_timeout,
+                    compensation_retry,
+                    schedule_to_start=schedule_to_start,
+                    heartbeat_timeout=heartbeat_timeout,
+                    schedule_to_close=schedule_to_close,
+                    compensation_heartbeat_timeout=compensation_heartbeat_timeout,
+                    compensation_schedule_to_close=compensation_schedule_to_close,
+                ),
                 guard=guard,
                 on_guard_false=on_guard_false,
                 items=items,
@@ -338,10 +370,20 @@ class Saga:
         compensation_timeout: float | None = None,
         compensation_retry: Retry | None = None,
         schedule_to_start: float | None = None,
+        heartbeat_timeout: float | None = None,
+        schedule_to_close: float | None = None,
+        compensation_heartbeat_timeout: float | None = None,
+        compensation_schedule_to_close: float | None = None,
         guard: Guard | None = None,
         on_guard_false: OnGuardFalse = "skip",
     ) -> Saga:
         """Add a step whose command is routed to a participant service by its name.
+
+        Time limits (seconds; docs/time-limits.md): `timeout` is the most one attempt may
+        take from its start (heartbeats do not extend it); `heartbeat_timeout` the longest
+        silence between heartbeats of a started attempt; `schedule_to_start` how long the
+        command may wait in its queue; `schedule_to_close` the step's whole budget across
+        attempts and retry waits. The `compensation_` ones are the same for its undo.
 
         `guard`: a precondition on the saga's state, checked just before dispatch; when it
         is false the step is skipped (`on_guard_false="skip"`) or fails without being sent
@@ -352,8 +394,17 @@ class Saga:
                 command=command,
                 compensation=compensation,
                 pivot=pivot,
-                **self._policies(timeout, retry, compensation_timeout, compensation_retry),
-                schedule_to_start=schedule_to_start,
+                **self._policies(
+                    timeout,
+                    retry,
+                    compensation_timeout,
+                    compensation_retry,
+                    schedule_to_start=schedule_to_start,
+                    heartbeat_timeout=heartbeat_timeout,
+                    schedule_to_close=schedule_to_close,
+                    compensation_heartbeat_timeout=compensation_heartbeat_timeout,
+                    compensation_schedule_to_close=compensation_schedule_to_close,
+                ),
                 guard=guard,
                 on_guard_false=on_guard_false,
             )
@@ -414,6 +465,10 @@ class Saga:
         compensation_timeout: float | None = None,
         compensation_retry: Retry | None = None,
         schedule_to_start: float | None = None,
+        heartbeat_timeout: float | None = None,
+        schedule_to_close: float | None = None,
+        compensation_heartbeat_timeout: float | None = None,
+        compensation_schedule_to_close: float | None = None,
         guard: Guard | None = None,
         on_guard_false: OnGuardFalse = "skip",
     ) -> Callable[[F], F]:
@@ -432,9 +487,18 @@ class Saga:
                     command=command,
                     compensation=f"{command}.compensate" if compensate else None,
                     pivot=pivot,
-                    **self._policies(timeout, retry, compensation_timeout, compensation_retry),
+                    **self._policies(
+                        timeout,
+                        retry,
+                        compensation_timeout,
+                        compensation_retry,
+                        schedule_to_start=schedule_to_start,
+                        heartbeat_timeout=heartbeat_timeout,
+                        schedule_to_close=schedule_to_close,
+                        compensation_heartbeat_timeout=compensation_heartbeat_timeout,
+                        compensation_schedule_to_close=compensation_schedule_to_close,
+                    ),
                     local=True,
-                    schedule_to_start=schedule_to_start,
                     guard=guard,
                     on_guard_false=on_guard_false,
                     handler=fn,
@@ -499,8 +563,10 @@ class Saga:
         retry: Retry | None,
         compensation_timeout: float | None,
         compensation_retry: Retry | None,
+        **limits: float | None,
     ) -> dict[str, Any]:
-        """A step's time limits and retry policies, the saga's defaults where not given."""
+        """A step's time limits and retry policies, the saga's defaults where not given;
+        `limits` are the optional ones (`schedule_to_start`, `heartbeat_timeout`, ...)."""
         return {
             "timeout": self.timeout if timeout is None else timeout,
             "retry": retry or self.retry,
@@ -508,6 +574,7 @@ class Saga:
                 self.timeout if compensation_timeout is None else compensation_timeout
             ),
             "compensation_retry": compensation_retry or self.compensation_retry,
+            **limits,
         }
 
     def _add(self, step: StepDefinition) -> None:
@@ -524,10 +591,7 @@ class Saga:
                     f"{where}: {label} {cmd!r} is not a valid command name: use "
                     "'<service>.<command>' in lowercase, e.g. 'payments.charge'"
                 )
-        _check_timeout(where, "timeout", step.timeout)
-        _check_timeout(where, "compensation_timeout", step.compensation_timeout)
-        if step.schedule_to_start is not None:
-            _check_timeout(where, "schedule_to_start", step.schedule_to_start)
+        _check_limits(where, step)
         if step.guard is not None and not callable(step.guard):
             raise DefinitionError(
                 f"{where}: guard= must be a function of the saga's GuardContext returning a "
@@ -610,6 +674,38 @@ def _policy(retry: Retry) -> dict[str, Any]:
 
 def _qualname(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _check_limits(where: str, step: StepDefinition) -> None:
+    """A step's time limits, each positive, and together able to hold: a heartbeat timeout
+    inside its attempt's timeout, a step's whole budget at least one attempt long."""
+    _check_timeout(where, "timeout", step.timeout)
+    _check_timeout(where, "compensation_timeout", step.compensation_timeout)
+    for label in _OPTIONAL_LIMITS:
+        value = getattr(step, label)
+        if value is not None:
+            _check_timeout(where, label, value)
+    for prefix, timeout in (("", step.timeout), ("compensation_", step.compensation_timeout)):
+        beat: float | None = getattr(step, f"{prefix}heartbeat_timeout")
+        close: float | None = getattr(step, f"{prefix}schedule_to_close")
+        if beat is not None and beat < MIN_HEARTBEAT_TIMEOUT:
+            raise DefinitionError(
+                f"{where}: {prefix}heartbeat_timeout={beat:g} is too short: participants "
+                f"heartbeat every third of it; use at least {MIN_HEARTBEAT_TIMEOUT:g} s"
+            )
+        if beat is not None and beat >= timeout:
+            raise DefinitionError(
+                f"{where}: {prefix}heartbeat_timeout={beat:g} must be shorter than "
+                f"{prefix}timeout={timeout:g}, or it can never fire first. For a long step "
+                f"set a long {prefix}timeout (the most one attempt may take) and a short "
+                f"{prefix}heartbeat_timeout (how soon a dead participant is noticed)"
+            )
+        if close is not None and close < timeout:
+            raise DefinitionError(
+                f"{where}: {prefix}schedule_to_close={close:g} is shorter than one attempt's "
+                f"{prefix}timeout={timeout:g}: it is the step's whole budget across attempts "
+                f"and retry waits; raise it, or lower {prefix}timeout"
+            )
 
 
 def _check_timeout(where: str, label: str, value: float) -> None:

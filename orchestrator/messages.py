@@ -70,7 +70,14 @@ class CancelSaga(_Wire):
 
 
 class Command(_Wire):
-    """`saga.commands` exchange, routing key = the command name."""
+    """`saga.commands` exchange, routing key = the command name.
+
+    Unknown fields are ignored, as in replies: commands come from the engine, and a field a
+    newer orchestrator adds must not make this participant dead-letter the command. A field
+    added later is left out of the body while unset, for participants older than this rule.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     command_id: UUID
     saga_id: UUID
@@ -83,10 +90,15 @@ class Command(_Wire):
     # Do not start the command after this moment (the step's schedule-to-start window, or
     # its whole timeout): the orchestrator has stopped waiting for this attempt by then.
     expires_at: datetime
-    # Seconds the attempt may run once started; every heartbeat restarts the clock.
+    # Seconds the attempt may run from its start (start-to-close); heartbeats do not extend
+    # it. The participant cancels a handler that reaches it and answers a timeout failure.
     timeout: float | None = Field(None, gt=0)
-    # Send a heartbeat as soon as the command is taken: the step has a schedule-to-start
-    # timeout, and only that heartbeat tells the orchestrator the command left the queue.
+    # Seconds the orchestrator waits between heartbeats of the started attempt before it
+    # treats the participant as dead; heartbeat more often (a third of it). Optional on the
+    # wire (older senders): without it, heartbeats only carry progress.
+    heartbeat_timeout: float | None = Field(None, gt=0, exclude_if=lambda v: v is None)
+    # Send a heartbeat as soon as the command is taken: the step has a schedule-to-start or
+    # heartbeat timeout, and only that heartbeat tells the orchestrator the command started.
     report_start: bool = False
     # The details of the last heartbeat of an earlier attempt (a checkpoint to resume from).
     progress: Any = None

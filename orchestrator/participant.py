@@ -14,8 +14,11 @@ command with a reply, so the saga can always move on:
 Handlers run at least once per command (a crash before the reply is acked redelivers it);
 use `command.idempotency_key` to make the effect happen once.
 
-While a handler runs, the transport sends heartbeats (`heartbeats()` below), so a handler may
-take longer than the step's timeout as long as its process is alive.
+A handler gets the step's start-to-close timeout (`command.timeout`) and no more: past it,
+it is cancelled (its `finally` blocks run, its transaction rolls back) and the reply is a
+retryable `timeout` failure. While it runs, the transport sends heartbeats (`heartbeats()`
+below): they tell the orchestrator the process is alive and carry `report_progress`
+checkpoints, but never buy the handler more time.
 """
 
 from __future__ import annotations
@@ -107,6 +110,11 @@ class Participant:
         """The services whose command queues this participant consumes."""
         return {c.split(".", 1)[0] for c in self._handlers}
 
+    @staticmethod
+    def expired(command: Command, now: datetime) -> bool:
+        """Received at or past its `expires_at`: refused, not run."""
+        return aware_utc(now) >= aware_utc(command.expires_at)
+
     async def handle(self, command: Command, now: datetime) -> Reply:
         """Run the command's handler and turn whatever happened into a reply. Never raises
         (cancellation aside): every command gets an answer."""
@@ -128,7 +136,7 @@ class Participant:
                 f"it handles {self.commands()}",
                 retryable=False,
             )
-        if aware_utc(now) >= aware_utc(command.expires_at):
+        if self.expired(command, now):
             # The orchestrator has stopped waiting (or soon will): acting now would act on a
             # decision that may no longer hold. A retry gets a fresh command and deadline.
             bound.warning("participant_command_expired", expires_at=command.expires_at.isoformat())
@@ -139,8 +147,22 @@ class Participant:
                 f"{now.isoformat()}; not executed",
                 retryable=True,
             )
+        limit = asyncio.timeout(command.timeout)
         try:
-            result = await handler(command)
+            async with limit:
+                result = await handler(command)
+        except TimeoutError:
+            if not limit.expired():
+                bound.exception("participant_handler_crashed")  # the handler's own timeout
+                return _failure(command, "TimeoutError", "a timeout inside the handler")
+            bound.warning("participant_handler_timed_out", timeout=command.timeout)
+            return _failure(
+                command,
+                "timeout",
+                f"the handler ran past the step's start-to-close timeout of "
+                f"{command.timeout:g}s and was cancelled",
+                retryable=True,
+            )
         except StepFailed as exc:
             bound.info("participant_step_failed", error_type=exc.type, retryable=exc.retryable)
             return _failure(command, exc.type, exc.message, retryable=exc.retryable)
@@ -169,7 +191,7 @@ class Participant:
         )
 
 
-def _failure(command: Command, type: str, message: str, *, retryable: bool) -> Reply:
+def _failure(command: Command, type: str, message: str, *, retryable: bool = True) -> Reply:
     return Reply(
         command_id=command.command_id,
         saga_id=command.saga_id,
@@ -238,20 +260,29 @@ def report_progress(details: Any) -> None:
 
 
 @asynccontextmanager
-async def heartbeats(command: Command, now: datetime, send: SendReply) -> AsyncIterator[None]:
+async def heartbeats(
+    command: Command, now: datetime, send: SendReply, *, reported: bool = False
+) -> AsyncIterator[None]:
     """Send heartbeats for `command` through `send` while the block runs.
 
     The first one goes out at once when the command asks for a start report (its step has a
-    schedule-to-start timeout), else after `heartbeat_interval`, so a quick handler sends
-    none. Then every third of the step's timeout (`command.timeout`), which each heartbeat
-    restarts. When the block ends (returns, raises or is cancelled) the heartbeats stop
-    before this returns, so one can never follow the final reply the caller sends next.
+    schedule-to-start or heartbeat timeout) and the caller has not sent it (`reported`), else
+    after `heartbeat_interval`, so a quick handler sends none. Then every third of the
+    heartbeat timeout (`command.heartbeat_timeout`), or without one every third of the step's
+    timeout, at most 10 s apart. When the block ends (returns, raises or is cancelled) the
+    heartbeats stop before this returns, so one can never follow the final reply the caller
+    sends next.
     """
     interval = heartbeat_interval(command.expires_at, now)
-    first = 0.0 if command.report_start else interval
-    # Without a timeout (an older sender), keep the pace the deadline gives; never the
-    # start report's 0, which would send a heartbeat every MIN_HEARTBEAT_INTERVAL.
-    every = _bounded(command.timeout / 3) if command.timeout is not None else interval
+    every = interval
+    if command.heartbeat_timeout is not None:
+        # Two heartbeats inside every heartbeat timeout, as a third of the time left gives.
+        every = max(MIN_HEARTBEAT_INTERVAL, command.heartbeat_timeout / 3)
+        interval = min(interval, every)
+    elif command.timeout is not None:
+        # Without a timeout (an older sender), keep the pace the deadline gives.
+        every = _bounded(command.timeout / 3)
+    first = 0.0 if command.report_start and not reported else interval
     beat = _Beat()
     token = _current_beat.set(beat)
     task = asyncio.create_task(

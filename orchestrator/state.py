@@ -116,6 +116,9 @@ class StepState:
     # when the map step begins, after the definition's steps, named `<map step>[<item>]`.
     item: int | None = None
     payload: Any = None
+    # The end of the step's schedule-to-close budget (its action's, or once it is being
+    # undone its compensation's): no attempt runs and no retry is scheduled past it.
+    close_at: datetime | None = None
 
     @property
     def of(self) -> str | None:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
+from orchestrator import time_limits
 from orchestrator.definition import GuardContext, Saga, StepDefinition
 from orchestrator.events import (
     Decision,
@@ -41,6 +42,7 @@ from orchestrator.state import (
     check_saga_move,
     step_results,
 )
+from orchestrator.time_limits import Limits
 
 
 class Transition:
@@ -225,36 +227,33 @@ class Transition:
         """Send the step's next attempt. `retry_base`: an operator's retry starts the retry
         policy's count afresh from there."""
         spec = self.spec(step)
-        schedule_to_start = None
+        limits = Limits.of(spec, kind)
         if kind == "action":
             assert spec.command is not None
             attempt = step.attempt + 1
-            name, timeout, status = spec.command, spec.timeout, StepStatus.RUNNING
-            schedule_to_start = spec.schedule_to_start
+            name, status = spec.command, StepStatus.RUNNING
         else:
             assert spec.compensation is not None
             attempt = step.compensation_attempt + 1
-            name, timeout, status = (
-                spec.compensation,
-                spec.compensation_timeout,
-                StepStatus.COMPENSATING,
-            )
+            name, status = spec.compensation, StepStatus.COMPENSATING
         cid = command_id(self.original.saga_id, step.name, kind, attempt)
-        # Until the participant is heard from, the deadline is the start window: the
-        # schedule-to-start timeout if the step has one, else the whole timeout. A command
-        # taken after it is refused by the participant (expires_at), not run on stale data.
-        expires = self.now + timedelta(
-            seconds=schedule_to_start if schedule_to_start is not None else timeout
+        # The budget begins with the phase's first attempt, and afresh on an operator's retry.
+        close = (
+            time_limits.close_at(limits, self.now)
+            if attempt == 1 or retry_base is not None
+            else step.close_at
         )
+        window = time_limits.dispatch_window(limits, self.now, close)
         counters = {"attempt": attempt} if kind == "action" else {"compensation_attempt": attempt}
         if retry_base is not None:
             counters["retry_base"] = retry_base
         self.steps[step.index] = step.moved(
             status,
             command_id=cid,
-            due_at=expires,
+            due_at=window.due_at,
             started_at=None,
             dispatched_at=self.now,
+            close_at=close,
             **counters,
         )
         self.record(
@@ -275,9 +274,10 @@ class Transition:
                 attempt=attempt,
                 idempotency_key=idempotency_key(self.original.saga_id, step.name, kind),
                 payload=dict(self.original.input),
-                expires_at=expires,
-                timeout=timeout,
-                report_start=schedule_to_start is not None,
+                expires_at=window.expires_at,
+                timeout=window.timeout,
+                heartbeat_timeout=limits.heartbeat,
+                report_start=limits.report_start,
                 progress=step.progress if kind == "action" else None,
                 item=step.payload,
                 version=self.original.version,
@@ -512,23 +512,7 @@ class Transition:
             self.ignore(step, reply)
             return
         if reply.outcome == "heartbeat":
-            spec = self.spec(step)
-            if step.status == StepStatus.COMPENSATING:
-                # A compensation's heartbeat only extends its deadline: the start report and
-                # the progress checkpoint belong to the action.
-                due = self.now + timedelta(seconds=spec.compensation_timeout)
-                self.steps[step.index] = replace(step, due_at=due)
-                return
-            # The participant has taken the command: from now the start-to-close timeout runs,
-            # restarted by each heartbeat. Details are a checkpoint for the next attempt.
-            self.steps[step.index] = replace(
-                step,
-                due_at=self.now + timedelta(seconds=spec.timeout),
-                started_at=step.started_at or self.now,
-                progress=step.progress if reply.result is None else reply.result,
-            )
-            if step.started_at is None:
-                self.record("step_started", step.name, {"attempt": step.attempt})
+            self.heard(step, reply)
             return
         if step.status == StepStatus.RUNNING:
             if reply.outcome == "success":
@@ -562,6 +546,24 @@ class Transition:
             )
             self.compensation_failed(step, err)
 
+    def heard(self, step: StepState, reply: Reply) -> None:
+        """A heartbeat: the participant has taken the command (the first one ends the start
+        window) and is alive. It never extends the start-to-close timeout; with a heartbeat
+        timeout it moves the next heartbeat's latest moment. An action's details are a
+        checkpoint for its next attempt."""
+        kind: Literal["action", "compensation"] = (
+            "compensation" if step.status == StepStatus.COMPENSATING else "action"
+        )
+        heard = replace(step, started_at=step.started_at or self.now)
+        if kind == "action" and reply.result is not None:
+            heard = replace(heard, progress=reply.result)
+        limits = Limits.of(self.spec(step), kind)
+        self.steps[step.index] = replace(
+            heard, due_at=time_limits.heard_due(limits, heard, self.now)
+        )
+        if step.started_at is None and kind == "action":
+            self.record("step_started", step.name, {"attempt": step.attempt})
+
     def took(self, step: StepState) -> dict[str, float]:
         """How long the command took, dispatch to reply (the step latency operators watch)."""
         if step.dispatched_at is None:
@@ -579,10 +581,13 @@ class Transition:
             self.record("reply_ignored", step.name, {"reason": reason, **_ids(reply)})
 
     def action_failed(self, step: StepState, error: dict[str, Any]) -> None:
-        if self.phase == SagaStatus.RUNNING and self.retry_later(
-            step, self.spec(step).retry, step.attempt, StepStatus.RUNNING, error
-        ):
-            return
+        if self.phase == SagaStatus.RUNNING:
+            final = self.retry_later(
+                step, self.spec(step).retry, step.attempt, StepStatus.RUNNING, error
+            )
+            if final is None:
+                return
+            error = final
         self.steps[step.index] = step.moved(
             StepStatus.FAILED, command_id=None, due_at=None, error=error
         )
@@ -596,13 +601,26 @@ class Transition:
         attempt: int,
         status: StepStatus,
         error: dict[str, Any],
-    ) -> bool:
+    ) -> dict[str, Any] | None:
         """Schedule the next attempt of an action (RUNNING) or compensation (COMPENSATING)
-        if its policy allows one; False when it has run out or the error is not retryable."""
+        if its policy allows one: None. Else the error it fails with: `error` when the policy
+        has run out or the error is not retryable, a schedule-to-close timeout when the step's
+        budget has no room for the next attempt."""
         if not retry.retries(error) or retry.exhausted(attempt - step.retry_base):
-            return False
+            return error
         assert step.command_id is not None
         due = self.now + retry.delay(attempt, str(step.command_id))
+        if not time_limits.retry_fits(step, due):
+            if error.get("timeout") == "schedule_to_close":
+                return error
+            kind: time_limits.Kind = "action" if status == StepStatus.RUNNING else "compensation"
+            budget = Limits.of(self.spec(step), kind).seconds("schedule_to_close")
+            return {
+                **_timeout(budget, "schedule_to_close"),
+                "message": f"the step's schedule-to-close budget of {budget:g}s leaves no room "
+                f"for attempt {attempt + 1}; last attempt: {_message(error)}",
+                "cause": error,
+            }
         self.steps[step.index] = step.moved(status, command_id=None, due_at=due, error=error)
         event = "step" if status == StepStatus.RUNNING else "compensation"
         self.record(
@@ -610,7 +628,7 @@ class Transition:
             step.name,
             {"attempt": attempt, "error": error, "due_at": due.isoformat()},
         )
-        return True
+        return None
 
     def failed_for_good(self, step: StepState, error: dict[str, Any]) -> None:
         """A step's action will not be tried again: undo what came before, or park."""
@@ -634,14 +652,16 @@ class Transition:
         self.advance()
 
     def compensation_failed(self, step: StepState, error: dict[str, Any]) -> None:
-        if self.retry_later(
+        final = self.retry_later(
             step,
             self.spec(step).compensation_retry,
             step.compensation_attempt,
             StepStatus.COMPENSATING,
             error,
-        ):
+        )
+        if final is None:
             return
+        error = final
         # Parked: the step stays `compensating` (it is not undone) and the saga waits for a human.
         self.steps[step.index] = replace(step, command_id=None, due_at=None, error=error)
         if self.status == SagaStatus.FAILED:
@@ -747,21 +767,7 @@ class Transition:
             spec = self.spec(step)
             if step.status == StepStatus.RUNNING:
                 if step.in_flight:
-                    started = step.started_at is not None or spec.schedule_to_start is None
-                    self.record(
-                        "step_timed_out",
-                        step.name,
-                        {
-                            "attempt": step.attempt,
-                            "timeout": "start_to_close" if started else "schedule_to_start",
-                        },
-                    )
-                    self.action_failed(
-                        step,
-                        _timeout(spec.timeout)
-                        if started
-                        else _timeout(spec.schedule_to_start or 0, "schedule_to_start"),
-                    )
+                    self.action_failed(step, self.timed_out(step, "action"))
                 elif spec.sleep:
                     self.steps[index] = step.moved(StepStatus.SUCCEEDED, due_at=None)
                     self.record("sleep_finished", step.name)
@@ -770,12 +776,20 @@ class Transition:
                     self.dispatch(step, "action")
             elif step.status == StepStatus.COMPENSATING:
                 if step.in_flight:
-                    self.record(
-                        "compensation_timed_out", step.name, {"attempt": step.compensation_attempt}
-                    )
-                    self.compensation_failed(step, _timeout(self.spec(step).compensation_timeout))
+                    self.compensation_failed(step, self.timed_out(step, "compensation"))
                 elif self.status == SagaStatus.COMPENSATING:
                     self.dispatch(step, "compensation")
+
+    def timed_out(self, step: StepState, kind: Literal["action", "compensation"]) -> dict[str, Any]:
+        """Record which limit ended the attempt in flight; its timeout error."""
+        limits = Limits.of(self.spec(step), kind)
+        which = time_limits.expired(limits, step, self.now)
+        if kind == "action":
+            event, attempt = "step_timed_out", step.attempt
+        else:
+            event, attempt = "compensation_timed_out", step.compensation_attempt
+        self.record(event, step.name, {"attempt": attempt, "timeout": which})
+        return _timeout(limits.seconds(which), which)
 
     def deadline_passed(self) -> None:
         assert self.deadline_at is not None
@@ -837,10 +851,11 @@ def due(moment: datetime | None, now: datetime) -> bool:
 
 
 def _timeout(seconds: float, kind: str = "start_to_close") -> dict[str, Any]:
+    what = {"heartbeat": "no heartbeat", "schedule_to_close": "not finished"}
     return {
         "type": TIMEOUT_ERROR,
         "timeout": kind,
-        "message": f"no reply within {seconds:g}s ({kind.replace('_', '-')})",
+        "message": f"{what.get(kind, 'no reply')} within {seconds:g}s ({kind.replace('_', '-')})",
         "retryable": True,
     }
 

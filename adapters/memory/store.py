@@ -387,6 +387,7 @@ def _stored_step(step: StepState) -> StepState:
         due_at=_utc_or_none(step.due_at),
         started_at=_utc_or_none(step.started_at),
         dispatched_at=_utc_or_none(step.dispatched_at),
+        close_at=_utc_or_none(step.close_at),
     )
 
 

@@ -50,6 +50,7 @@ CHANGING_STEP_COLUMNS = (
     "dispatched_at",
     "progress",
     "retry_base",
+    "close_at",
 )
 OUTBOX_COLUMNS = ("exchange", "routing_key", "body", "message_id", "reply_to", "headers")
 _HISTORY_ARRAYS = (

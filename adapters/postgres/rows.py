@@ -81,6 +81,7 @@ def step_values(step: StepState) -> dict[str, Any]:
         "retry_base": step.retry_base,
         "item": step.item,
         "payload": step.payload,
+        "close_at": step.close_at,
     }
 
 
@@ -171,4 +172,5 @@ def _step(row: Any) -> StepState:
         retry_base=row.retry_base,
         item=row.item,
         payload=row.payload,
+        close_at=row.close_at,
     )

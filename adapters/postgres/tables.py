@@ -118,6 +118,8 @@ saga_steps = sa.Table(
     # A map step's item rows: the item's number, and the item its command carries.
     sa.Column("item", sa.Integer),
     sa.Column("payload", _Json),
+    # The end of the step's schedule-to-close budget (orchestrator/time_limits.py).
+    sa.Column("close_at", _Timestamp),
     _one_of("status", [s.value for s in StepStatus]),
     sa.CheckConstraint("attempt >= 0 AND compensation_attempt >= 0", name="attempts"),
     sa.CheckConstraint(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -64,4 +65,15 @@ async def open_channel(connection: AbstractRobustConnection) -> AbstractRobustCh
     success, handing back the returned message instead of raising, so a command for a service
     with no queue would vanish. With it, such a publish raises `aio_pika.exceptions.PublishError`.
     """
-    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    channel.close_callbacks.add(_closed)
+    return channel
+
+
+def _closed(_channel: object, exc: BaseException | None = None) -> None:
+    """Say why the broker closed a channel (a consumer timeout, a refused declaration, ...):
+    the robust channel reopens and consumes again, but the unacked messages it had go back
+    to their queues, and an operator should know why."""
+    if exc is None or isinstance(exc, asyncio.CancelledError) or exc.args == (None, None):
+        return  # closed by us (aiormq's ChannelClosed(None, None))
+    log.warning("amqp_channel_closed", reason=redact_text(f"{type(exc).__name__}: {exc}"))

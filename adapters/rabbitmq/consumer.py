@@ -5,6 +5,8 @@ the message in the queue to be delivered again (at-least-once; handlers deduplic
 What happens to a message, by how its handler ended:
 
 - returned: ack.
+- took the message early (`Delivery.take`, not in batches): acked then; whatever the handler
+  does afterwards is its own to answer for, as the broker no longer holds the message.
 - raised `Poison` (or a JSON / pydantic validation error escaped it): the message can never
   be processed, so it is published to the dead exchange with the reason in a header, and
   acked once the broker confirmed that copy.
@@ -34,7 +36,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -85,6 +87,10 @@ class Delivery:
     redelivered: bool = False
     # The consumer's size limit: `parse` refuses a larger body unread.
     max_bytes: int = MAX_BODY_BYTES
+    # Acknowledge the message now, before the handler returns: from then on the handler
+    # alone answers for it (a crash no longer brings it back, the broker's consumer timeout
+    # no longer applies). True once acked. None where the consumer does not offer it.
+    take: Callable[[], Awaitable[bool]] | None = field(default=None, compare=False)
 
     @property
     def delivery_count(self) -> int:
@@ -333,9 +339,15 @@ class Consumer:
             message_id=delivery.message_id,
             delivery_count=delivery.delivery_count,
         )
+        custody = _Custody(message, bound)
         try:
-            await self.handler(delivery)
+            await self.handler(replace(delivery, take=custody.take))
         except Exception as exc:
+            if custody.taken:
+                # Acked already: nothing to requeue or dead-letter. The handler's own answer
+                # (a saga's timeout and retry, for a command) covers it.
+                bound.exception("message_handler_failed_after_take")
+                return
             reason = poison_reason(exc)
             if reason is None:
                 bound.exception("message_handler_failed")
@@ -346,7 +358,8 @@ class Consumer:
                 return
             await self._dead_letter(message, delivery, reason[:MAX_REASON_CHARS], bound)
             return
-        await _settle(message.ack(), bound)
+        if not custody.taken:
+            await _settle(message.ack(), bound)
 
     async def _dead_letter(
         self,
@@ -388,6 +401,26 @@ class Consumer:
         bound.warning("message_dead_lettered", reason=reason)
         self.on_dead_letter(delivery.queue)
         await _settle(message.ack(), bound)
+
+
+class _Custody:
+    """Who holds one message: the broker until `take` acks it, the handler from then on."""
+
+    def __init__(self, message: AbstractIncomingMessage, bound: Any) -> None:
+        self.message = message
+        self.bound = bound
+        self.taken = False
+
+    async def take(self) -> bool:
+        if not self.taken:
+            try:
+                await self.message.ack()
+            except Exception as exc:
+                # The channel is gone: the broker requeues the message, which comes again.
+                self.bound.warning("message_take_failed", error=str(exc))
+                return False
+            self.taken = True
+        return True
 
 
 @dataclass(frozen=True)

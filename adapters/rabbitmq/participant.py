@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 from aio_pika.abc import AbstractChannel
@@ -14,10 +17,18 @@ from adapters.rabbitmq.topology import Topology
 from orchestrator import trace
 from orchestrator.errors import Poison
 from orchestrator.messages import Command, Reply
-from orchestrator.participant import Participant, heartbeats
+from orchestrator.participant import Participant, SendReply, heartbeat, heartbeats
 from orchestrator.ports import Clock, FaultHook
 
 log = structlog.get_logger(__name__)
+
+
+# A command's handler holds its message unacked this long at most (SAGA_DETACH_AFTER): well
+# under any broker's consumer_timeout (RabbitMQ's default is 30 minutes).
+DETACH_AFTER = 60.0
+MAX_DETACHED = 100
+# How long a detached command's reply is retried through a broker outage.
+REPLY_PATIENCE = 60.0
 
 
 def _no_faults(_point: str) -> None:
@@ -27,10 +38,22 @@ def _no_faults(_point: str) -> None:
 class ParticipantWorker:
     """Consumes the command queues of the participant's services and answers each command.
 
-    The reply is published (and confirmed) before the command is acked, so a crash in between
-    redelivers the command: the handler may run again, the saga never waits forever.
-    While a handler runs, heartbeats for its command go to the same `reply_to`, so a handler
-    may outlast the step's timeout; they stop before the final reply is published.
+    A short command is held unacked while its handler runs: the reply is published (and
+    confirmed) before the command is acked, so a crash in between redelivers it and the
+    handler may run again (the barrier answers from what it stored). A long one must not
+    depend on the broker's `consumer_timeout`, so the worker takes custody of it (acks it)
+    and from then on the saga's timeouts cover a crash, with a retry whose effect the
+    barrier keeps to one:
+
+    - a command with a `heartbeat_timeout` is acked once its start report is confirmed: a
+      dead worker is noticed when its heartbeats stop;
+    - any other command is acked once its handler has run `detach_after` seconds: then its
+      start-to-close timeout covers a crash.
+
+    At most `max_detached` acked commands run at once (each acked one frees a prefetch slot
+    for the next command); beyond that a command stays unacked until its handler ends.
+    While a handler runs, heartbeats for its command go to the same `reply_to`; they stop
+    before the final reply is published.
 
     `faults` is called with `after_handler_before_reply` between the two (crash tests kill the
     process there: `adapters.faults`); it does nothing by default. A command body over
@@ -45,6 +68,8 @@ class ParticipantWorker:
         *,
         clock: Clock,
         prefetch: int = 50,
+        detach_after: float = DETACH_AFTER,
+        max_detached: int = MAX_DETACHED,
         faults: FaultHook = _no_faults,
         max_message_bytes: int = MAX_BODY_BYTES,
     ) -> None:
@@ -53,9 +78,12 @@ class ParticipantWorker:
         self.topology = topology
         self.clock = clock
         self.prefetch = prefetch
+        self.detach_after = detach_after
+        self.max_detached = max_detached
         self.faults = faults
         self.max_message_bytes = max_message_bytes
         self.publisher = RabbitPublisher(channel, topology)
+        self.detached = 0
         self._consumers: list[Consumer] = []
 
     async def start(self) -> None:
@@ -88,7 +116,8 @@ class ParticipantWorker:
         log.info("participant_worker_stopped", service=self.participant.service)
 
     async def handle(self, delivery: Delivery) -> None:
-        """One command: run it, publish the reply, return (the consumer then acks)."""
+        """One command: run it, publish the reply, return (the consumer then acks, unless
+        the worker took the command earlier)."""
         command = parse(Command, delivery, fields={"command": delivery.routing_key})
         if not delivery.reply_to:
             raise Poison("no reply_to property: the reply would have nowhere to go")
@@ -121,12 +150,98 @@ class ParticipantWorker:
             redelivered=delivery.redelivered,
             **trace.log_fields(context),
         ):
-            async with heartbeats(command, now, send):
-                # A command whose routing key has no handler gets a failure reply from the core
-                # rather than the dead queue: the saga then compensates instead of waiting for
-                # its timeout.
-                reply = await self.participant.handle(command, now)
-            # The effect is committed, the reply not yet sent: a crash here must be answered
-            # from the barrier when the command comes back, never applied a second time.
-            self.faults("after_handler_before_reply")
+            custody = _Detach(self, delivery)
+            reported = False
+            if command.report_start and not self.participant.expired(command, now):
+                # The start report first, confirmed: from then on the orchestrator counts the
+                # heartbeat timeout, so the command can leave the broker's care.
+                await send(heartbeat(command))
+                reported = True
+                if command.heartbeat_timeout is not None:
+                    await custody.take("heartbeat_timeout")
+            try:
+                async with (
+                    custody.after(self.detach_after),
+                    heartbeats(command, now, send, reported=reported),
+                ):
+                    # A command whose routing key has no handler gets a failure reply from the
+                    # core rather than the dead queue: the saga then compensates instead of
+                    # waiting for its timeout.
+                    reply = await self.participant.handle(command, now)
+                # The effect is committed, the reply not yet sent: a crash here must be
+                # answered from the barrier when the command comes back (or, once taken, by
+                # the retry the orchestrator sends), never applied a second time.
+                self.faults("after_handler_before_reply")
+                if custody.taken:
+                    await _send_until_sent(send, reply)
+                else:
+                    await send(reply)
+            except asyncio.CancelledError:
+                # The worker is stopping, or the broker closed the channel (its reason is
+                # logged as amqp_channel_closed): the command comes back unless it was taken.
+                log.warning("participant_command_cancelled", detached=custody.taken)
+                raise
+            finally:
+                custody.release()
+
+
+class _Detach:
+    """Takes one command from the broker's care: at once, or after the handler has run a
+    while; counts it among the worker's detached commands until released."""
+
+    def __init__(self, worker: ParticipantWorker, delivery: Delivery) -> None:
+        self.worker = worker
+        self.delivery = delivery
+        self.taken = False
+
+    async def take(self, why: str) -> None:
+        if self.taken or self.delivery.take is None:
+            return
+        if self.worker.detached >= self.worker.max_detached:
+            log.warning("participant_detach_limit", detached=self.worker.detached, why=why)
+            return
+        self.worker.detached += 1
+        self.taken = True
+        if await self.delivery.take():
+            log.info("participant_command_detached", why=why)
+        else:  # the channel is gone: the broker hands the command out again
+            self.release()
+
+    def release(self) -> None:
+        if self.taken:
+            self.taken = False
+            self.worker.detached -= 1
+
+    @asynccontextmanager
+    async def after(self, seconds: float) -> AsyncIterator[None]:
+        """Take the command if the block runs longer than `seconds`."""
+
+        async def later() -> None:
+            await asyncio.sleep(seconds)
+            await self.take("detach_after")
+
+        task = asyncio.create_task(later(), name="saga-detach")
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.wait([task])
+
+
+async def _send_until_sent(send: SendReply, reply: Reply) -> None:
+    """Publish the reply of a command the broker no longer holds: nothing would bring the
+    command back, so a broker outage is waited out (the robust channel reconnects) for a
+    while; past that the orchestrator's timeout and retry answer for it."""
+    delay = 0.1
+    deadline = asyncio.get_running_loop().time() + REPLY_PATIENCE
+    while True:
+        try:
             await send(reply)
+            return
+        except Exception as exc:
+            if asyncio.get_running_loop().time() + delay > deadline:
+                log.error("participant_reply_lost", error=str(exc))
+                return
+            log.warning("participant_reply_retry", error=str(exc), delay=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

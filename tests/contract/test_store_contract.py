@@ -192,6 +192,20 @@ class StoreContract:
         assert saved.steps[1].command_id is not None
         assert saved.revision == 1
 
+    async def test_a_steps_budget_end_is_kept_and_changed(self, store: SagaStore) -> None:
+        before = started()
+        await self.insert(store, before)
+        close = NOW + timedelta(minutes=10)
+        step = replace(before.steps[0], close_at=close)
+        budgeted = replace(before, steps=(step, *before.steps[1:]), revision=1)
+        await self.save(store, before, budgeted)
+        saved = await store.get(before.saga_id)
+        assert saved is not None and saved.steps[0].close_at == close
+        cleared = replace(saved, steps=(replace(step, close_at=None), *saved.steps[1:]))
+        await self.save(store, saved, replace(cleared, revision=2))
+        again = await store.get(before.saga_id)
+        assert again is not None and again.steps[0].close_at is None
+
     async def test_a_saga_keeps_the_trace_context_it_started_with(self, store: SagaStore) -> None:
         trace = {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}
         before = replace(started(), trace=trace)

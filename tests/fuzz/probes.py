@@ -272,6 +272,10 @@ def broken(
             # break it differently.
             message["outcome"] = "maybe"
             pattern = r"field outcome"
+        elif kind == "command":
+            # Commands ignore unknown fields too (newer orchestrators).
+            message["kind"] = "maybe"
+            pattern = r"field kind"
         else:
             message[f"zz_{draw(st.integers(0, 999))}"] = draw(json_values)
             pattern = r"Extra inputs are not permitted"

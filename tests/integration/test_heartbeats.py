@@ -1,5 +1,6 @@
-"""Heartbeats on real RabbitMQ and PostgreSQL: a handler that runs far longer than its step's
-timeout keeps the step alive, and its heartbeats never outlive it."""
+"""Heartbeats on real RabbitMQ: they go to the command's reply_to while its handler runs, and
+never outlive it. (A long handler kept alive by them, and a hung one cut off despite them:
+test_hung_and_long_steps.py.)"""
 
 from __future__ import annotations
 
@@ -15,62 +16,17 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from pydantic import BaseModel
 
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import REPLIES_QUEUE, Topology
 from adapters.runtime import utcnow
-from orchestrator import Retry, Saga
 from orchestrator.messages import Command, Reply
 from orchestrator.participant import Participant
 from orchestrator.ports import REPLY_QUEUE, Exchange, OutboxMessage
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import take
-from tests.integration.harness import System, running_system
-from tests.integration.hosted import events, host
-
-
-class Job(BaseModel):
-    job_id: str
-
-
-# A timeout ends this saga: one attempt, nothing to compensate.
-long_step = Saga("long_step", version=1, input=Job)
-# The timeout leaves room for a heartbeat (sent every timeout/3) to be delayed by a loaded
-# machine (the full suite runs beside other processes) without the step timing out.
-long_step.remote("crunch", command="batch.crunch", timeout=1.0, retry=Retry(max_attempts=1))
-
-WORK_SECONDS = 5.0  # 5x the step's timeout
-
-
-@pytest.fixture
-async def system(database_url: str, topology: Topology, amqp_url: str) -> AsyncIterator[System]:
-    async with running_system(database_url, topology, amqp_url, [long_step]) as sys_:
-        yield sys_
-
-
-async def test_a_handler_far_longer_than_its_timeout_completes(system: System) -> None:
-    calls: list[int] = []
-    batch = Participant("batch")
-
-    @batch.handler("batch.crunch")
-    async def crunch(cmd: Command) -> dict[str, Any]:
-        calls.append(cmd.attempt)
-        await asyncio.sleep(WORK_SECONDS)  # the work itself, not a wait for a condition
-        return {"crunched": cmd.payload["job_id"]}
-
-    await host(system, batch)
-    await system.start_order("job-1", {"job_id": "j1"}, saga="long_step")
-
-    state = await system.wait_status("job-1", "completed", "compensated", timeout=20)
-    history = events(await system.history(state.saga_id))
-    assert ("step_timed_out", "crunch") not in history
-    assert state.status == "completed"
-    assert state.steps[0].result == {"crunched": "j1"}
-    assert calls == [1], "one attempt, run once"
-
 
 # -- the worker alone: what goes to reply_to, and when ---------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from orchestrator.definition import GuardContext, Saga, StepDefinition
@@ -29,6 +29,21 @@ class Sent:
     deadline: datetime
     resolution: Outcome | None = None  # None while in flight
     retryable: bool = True
+    # When its first heartbeat came (the start report, when the command asks for one).
+    started: datetime | None = None
+
+    def heard(self, now: datetime) -> None:
+        """A heartbeat: it never extends the start-to-close timeout, which runs from the
+        start report when the command asks for one (else from the dispatch: no change);
+        with a heartbeat timeout, the next heartbeat is due within it."""
+        cmd = self.command
+        if not cmd.report_start or cmd.timeout is None:
+            return
+        self.started = self.started or now
+        deadline = self.started + timedelta(seconds=cmd.timeout)
+        if cmd.heartbeat_timeout is not None:
+            deadline = min(deadline, now + timedelta(seconds=cmd.heartbeat_timeout))
+        self.deadline = deadline
 
     @property
     def key(self) -> tuple[str, str]:

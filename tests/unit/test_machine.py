@@ -238,17 +238,18 @@ def test_backoff_grows_between_attempts() -> None:
         assert base * 0.8 <= wait <= base * 1.2
 
 
-def test_heartbeat_extends_the_timeout() -> None:
+def test_heartbeats_never_extend_the_timeout() -> None:
     run = Run()
     run.now = T0 + timedelta(seconds=20)
     beat = run.heartbeat()
     assert beat.commands == () and beat.events == ()
-    assert run.step("reserve_credit").due_at == T0 + timedelta(seconds=50)
+    assert run.step("reserve_credit").due_at == T0 + timedelta(seconds=30)
 
-    assert run.at(T0 + timedelta(seconds=30)).history == ()  # the old deadline passes quietly
-    assert run.step("reserve_credit").command_id == run.last.command_id
-    timed_out = run.at(T0 + timedelta(seconds=50))
+    run.now = T0 + timedelta(seconds=29)
+    run.heartbeat()  # alive, but a hung handler heartbeats too: the limit holds
+    timed_out = run.at(T0 + timedelta(seconds=30))
     assert timed_out.history[0].event == "step_timed_out"
+    assert run.detail("step_timed_out") == {"attempt": 1, "timeout": "start_to_close"}
 
 
 def test_heartbeat_for_an_old_attempt_changes_nothing() -> None:

@@ -73,11 +73,22 @@ def test_a_saga_that_finishes_in_time_ignores_its_deadline() -> None:
 
 
 def test_deadline_before_the_pivot_cuts_off_the_step_in_flight_and_undoes_it() -> None:
-    run = Run(two_reservations())
+    s = shop(deadline=DEADLINE)
+    s.remote("reserve_a", command="stock.reserve", compensation="stock.release", retry=ONCE)
+    # A long step, heartbeating every 8 s: alive past the saga's deadline.
+    s.remote(
+        "reserve_b",
+        command="credit.reserve",
+        compensation="credit.release",
+        timeout=3600,
+        heartbeat_timeout=10,
+    )
+    s.remote("charge", command="payments.charge", pivot=True, retry=ONCE)
+    run = Run(s)
     run.succeed()  # reserve_a done
     in_flight = run.last
     assert in_flight.step == "reserve_b"
-    for second in (8, 16):  # heartbeats keep reserve_b alive past the deadline
+    for second in (8, 16):
         run.now = T0 + timedelta(seconds=second)
         run.heartbeat()
     assert run.later(DEADLINE - 16 - 0.001).history == ()

@@ -111,6 +111,21 @@ retries = st.builds(
     jitter=st.sampled_from([0.0, 0.2, 0.5]),
 )
 timeouts = st.sampled_from([1.0, 5.0, 10.0])
+
+
+@st.composite
+def limits(draw: st.DrawFn) -> dict[str, float | None]:
+    """An action's and a compensation's timeouts, each maybe with a heartbeat timeout."""
+    drawn: dict[str, float | None] = {}
+    for prefix in ("", "compensation_"):
+        timeout = draw(timeouts)
+        drawn[f"{prefix}timeout"] = timeout
+        drawn[f"{prefix}heartbeat_timeout"] = draw(
+            st.sampled_from([None, None] + [b for b in (1.0, 2.0) if b < timeout])
+        )
+    return drawn
+
+
 # Mostly none: a deadline ends a run early, and the other paths need runs that go on.
 deadlines = st.sampled_from([None, None, 3.0, 15.0])
 
@@ -154,10 +169,9 @@ def random_sagas(draw: st.DrawFn) -> Saga:
             command=f"svc{i}.act",
             compensation=f"svc{i}.undo" if compensated else None,
             pivot=i == pivot,
-            timeout=draw(timeouts),
             retry=draw(retries),
-            compensation_timeout=draw(timeouts),
             compensation_retry=draw(retries),
+            **draw(limits()),
         )
     saga.validate()
     return saga
@@ -190,10 +204,9 @@ def staged_sagas(draw: st.DrawFn) -> Saga:
         compensated = before_pivot and compensated
         return {
             "compensation": undo if compensated else None,
-            "timeout": draw(timeouts),
             "retry": draw(retries),
-            "compensation_timeout": draw(timeouts),
             "compensation_retry": draw(retries),
+            **draw(limits()),
         }
 
     for i, kind in enumerate(kinds):
@@ -506,7 +519,6 @@ class SagaRun(RuleBasedStateMachine):
     )
     def reply_in_flight(self, data: st.DataObject, outcome: str) -> None:
         sent = data.draw(st.sampled_from(self.m.in_flight()))
-        spec = self.m.spec(sent.command.step)
         if self.calm and outcome != "heartbeat":
             self.answer(sent)
             return
@@ -514,8 +526,7 @@ class SagaRun(RuleBasedStateMachine):
         before = self.s
         self.m.replies.append(reply)
         if outcome == "heartbeat":
-            timeout = spec.timeout if sent.command.kind == "action" else spec.compensation_timeout
-            sent.deadline = self.now + timedelta(seconds=timeout)
+            sent.heard(self.now)
         else:
             sent.resolution = "success" if outcome == "success" else "failure"
             sent.retryable = outcome != "fatal"
