@@ -11,11 +11,13 @@ from typing import Annotated, Any
 
 import typer
 
-from adapters import cli_definitions, cli_locks, cli_operators, cli_retention
+from adapters import cli_definitions, cli_locks, cli_operators, cli_retention, cli_status
 from adapters import cli_support as cs
 from adapters.cli_api import ApiClient
 from adapters.cli_support import JsonOpt, TokenOpt, UrlOpt
 from adapters.text_table import render_table
+from orchestrator.errors import DefinitionError
+from orchestrator.ports import HistoryRecord
 from orchestrator.state import SagaState, SagaStatus
 
 app = typer.Typer(
@@ -27,12 +29,12 @@ app = typer.Typer(
 
 @app.command()
 def migrate() -> None:
-    """Create the database if missing and apply every migration."""
+    """Create the database if missing and apply every migration; say what was done."""
     from adapters.postgres.migrate import upgrade
 
     config = cs.settings()
-    cs.run(upgrade(config.database_url))
-    typer.echo("database is up to date")
+    done = cs.run(upgrade(config.database_url))
+    typer.echo("\n".join(done.report()))
 
 
 @app.command()
@@ -41,7 +43,7 @@ def run() -> None:
     from adapters.http.serve import HttpSetupError
     from adapters.runtime import Orchestrator, run_until_signalled
 
-    config = cs.settings()
+    config = cs.settings(long_running=True)
     try:
         cs.run(run_until_signalled(Orchestrator(config)))
     except HttpSetupError as exc:
@@ -71,7 +73,7 @@ def worker() -> None:
     from adapters.participants import local_steps, serve
     from orchestrator.registry import load_modules
 
-    config = cs.settings()
+    config = cs.settings(long_running=True)
     participant = local_steps(load_modules(config.modules))
     if not participant.commands():
         typer.secho("no local steps in the loaded saga modules; nothing to do", err=True)
@@ -102,15 +104,26 @@ def start(
             "--version", min=1, help="Pin a saga version; the newest one loaded by default."
         ),
     ] = None,
+    *,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Publish a start request to the `sagas` exchange, as any service would."""
+    """Publish a start request to the `sagas` exchange, as any service would, and print its
+    key. The saga name and the input are checked against the definitions of SAGA_MODULES
+    first: if either is wrong, nothing is published (exit 2). With --url, the HTTP API
+    starts it and says what came of it (a key that has a saga already, with other input,
+    is reported)."""
+    from adapters import cli_start
     from adapters.rabbitmq.client import send_request
-    from orchestrator.messages import StartSaga
 
-    config = cs.settings()
     raw = Path(input[1:]).read_text() if input.startswith("@") else input
     payload = cs.parse_json("--input", raw)
-    request = StartSaga(saga=saga, key=key or f"cli-{uuid.uuid4()}", input=payload, version=version)
+    request = cli_start.request(saga, key or f"cli-{uuid.uuid4()}", payload, version)
+    if url:
+        cli_start.over_api(url, token, request)
+        return
+    config = cs.settings()
+    cli_start.check(config, request)
     cs.run(send_request(config, "start", request))
     typer.echo(request.key)
 
@@ -121,30 +134,29 @@ def status(
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
+    wide: cli_status.WideOpt = False,
 ) -> None:
-    """Show a saga and its steps."""
+    """Show a saga, its steps and how each one's compensation went; --wide adds the history
+    and cuts nothing short."""
+    history: list[HistoryRecord] = []
     if url:
         with ApiClient(url, token) as api:
             state = api.saga(saga)
+            if not as_json:
+                history = api.history(state.saga_id)
     else:
-        state = cs.run(cs.find_one(cs.settings(), saga))
+
+        async def read(store: Any) -> SagaState:
+            found = await cs.find_in(store, saga)
+            if not as_json:
+                history.extend(await store.history(found.saga_id))
+            return found
+
+        state = cs.run(cs.with_store(cs.settings(), read))
     if as_json:
         typer.echo(json.dumps(_state_json(state), indent=2))
         return
-    typer.echo(
-        f"{state.name} v{state.version}  {state.saga_id}  key={state.key}  status={state.status}"
-    )
-    if state.parent is not None:
-        typer.echo(f"child of saga {state.parent.saga_id}, step {state.parent.step}")
-    if state.error:
-        typer.echo(f"error: {state.error.get('message', state.error)}")
-    rows = [
-        [s.name, s.status, str(s.attempt), str(s.compensation_attempt), _short(s.error or s.result)]
-        for s in state.steps
-    ]
-    typer.echo(
-        render_table(["step", "status", "attempts", "comp. attempts", "result / error"], rows)
-    )
+    typer.echo(cli_status.render(state, history, wide=wide))
 
 
 @app.command("list")
@@ -245,34 +257,66 @@ def _list_row(
 @app.command()
 def cancel(
     saga: Annotated[str, typer.Argument(help="Saga id or start key.")],
+    *,
     reason: Annotated[
         str, typer.Option(help="Why; recorded in the saga's history.")
     ] = "cancelled by operator",
     who: Annotated[str, typer.Option(help="Who asks; recorded in history.")] = "cli",
+    hold: Annotated[
+        bool,
+        typer.Option(
+            "--hold",
+            help="If no saga has this key yet, hold the cancel: it applies when a start with "
+            "this key arrives. Without it, an unknown key is refused (exit 3).",
+        ),
+    ] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Cancel a saga before its pivot; compensations run in reverse. Exit 1 when refused.
-    On the database, a cancel for a key no saga has yet waits for its start; over --url the
-    saga must exist."""
+    """Cancel a saga before its pivot; compensations run in reverse. Exit 1 when refused, 3
+    when no saga (nor a start waiting for a semantic lock) has this id or key: a typo, most
+    likely. A cancel for a start still to come needs --hold."""
+    from orchestrator.engine import CancelOutcome, Engine
+    from orchestrator.errors import SagaNotFound
     from orchestrator.messages import CancelSaga
 
+    try:
+        saga_id: uuid.UUID | None = uuid.UUID(saga)
+    except ValueError:
+        saga_id = None
+    held_line = (
+        f"no saga has key {saga!r} yet: the cancel is held and applies when a start with "
+        "this key arrives"
+    )
     if url:
         with ApiClient(url, token) as api:
-            target = api.saga(saga)
-            done = api.cancel(target.saga_id, reason, who)
-        typer.echo(f"{done.saga_id}: {done.status}")
+            if saga_id is not None:
+                done = api.cancel(saga_id, reason, who)
+                typer.echo(f"{done.saga_id}: {done.status}")
+                return
+            held, states = api.cancel_key(saga, reason, who, hold=hold)
+        typer.echo(held_line if held else "\n".join(f"{s.saga_id}: {s.status}" for s in states))
         return
     config = cs.settings()
-    try:
-        request = CancelSaga(saga_id=uuid.UUID(saga), reason=reason)
-    except ValueError:
-        request = CancelSaga(key=saga, reason=reason)
-    outcome = cs.run(
-        cs.with_engine(config, lambda engine: engine.cancel(request, actor=f"operator:{who}"))
+    request = (
+        CancelSaga(key=saga, reason=reason)
+        if saga_id is None
+        else CancelSaga(saga_id=saga_id, reason=reason)
     )
+
+    async def act(engine: Engine) -> CancelOutcome:
+        try:
+            return await engine.cancel(request, actor=f"operator:{who}", hold=hold)
+        except SagaNotFound as exc:
+            if request.key is None:
+                raise
+            raise SagaNotFound(
+                f"{exc}; check the key, or pass --hold to hold the cancel for a start still to come"
+            ) from exc
+
+    outcome = cs.run(cs.with_engine(config, act))
     if outcome.held:
-        typer.echo(f"no saga has key {saga!r} yet: the cancel is held and applies when it starts")
+        typer.echo(held_line)
     elif outcome.refused:
         typer.secho(f"refused: {outcome.refused}", fg="yellow", err=True)
         raise typer.Exit(1)
@@ -313,15 +357,6 @@ def _current_steps(state: SagaState) -> list[str]:
     return [s.name for s in state.steps if s.status in ("running", "compensating")]
 
 
-def _short(value: Any, width: int = 60) -> str:
-    if value is None:
-        return ""
-    text = (
-        value.get("message") or json.dumps(value) if isinstance(value, dict) else json.dumps(value)
-    )
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 cli_operators.register(app)
 cli_definitions.register(app)
 cli_locks.register(app)
@@ -333,6 +368,11 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except DefinitionError as exc:
+        # The saga modules (SAGA_MODULES) fail to import or break a rule, before any command
+        # that loads them gets going: what to change, not a traceback.
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any, NoReturn
+from urllib.parse import quote
 from uuid import UUID
 
 import httpx
@@ -49,8 +50,10 @@ class ApiClient:
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         return self._send("GET", path, params=params)
 
-    def post(self, path: str, body: Mapping[str, Any]) -> Any:
-        return self._send("POST", path, json=body)
+    def post(
+        self, path: str, body: Mapping[str, Any], params: Mapping[str, Any] | None = None
+    ) -> Any:
+        return self._send("POST", path, json=body, params=params)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -112,6 +115,18 @@ class ApiClient:
         return state_from_api(
             self.post(f"/api/sagas/{saga_id}/cancel", {"reason": reason, "who": who})
         )
+
+    def cancel_key(
+        self, key: str, reason: str, who: str, *, hold: bool
+    ) -> tuple[bool, list[SagaState]]:
+        """Cancel the sagas of a start key: whether the cancel was held (`hold`, and no saga
+        had the key yet), and the sagas it applied to."""
+        done = self.post(
+            f"/api/sagas/by-key/{quote(key, safe='')}/cancel",
+            {"reason": reason, "who": who},
+            {"hold": "true"} if hold else None,
+        )
+        return done["held"], [state_from_api(s) for s in done["items"]]
 
     def operate(self, saga_id: UUID, action: OperatorEvent, who: str) -> SagaState:
         body: dict[str, Any] = {"reason": action.reason, "who": who}

@@ -16,8 +16,8 @@ import typer
 
 from adapters import cli_support as cs
 from adapters.cli_api import ApiClient
+from adapters.cli_status import WideOpt, history_table
 from adapters.cli_support import JsonOpt, TokenOpt, UrlOpt
-from adapters.text_table import render_table
 from orchestrator.machine import (
     MarkCompensated,
     OperatorEvent,
@@ -113,9 +113,14 @@ def resume(
 
 
 def history(
-    saga: SagaArg, as_json: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None
+    saga: SagaArg,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    wide: WideOpt = False,
 ) -> None:
-    """A saga's history: every transition and operator action, with who and why."""
+    """A saga's history: every transition and operator action, with who and why; --wide
+    prints each detail in full."""
     if url:
         with ApiClient(url, token) as api:
             records = api.history(api.saga(saga).saga_id)
@@ -140,18 +145,7 @@ def history(
         ]
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = [
-        [
-            str(r.seq),
-            r.at.strftime("%H:%M:%S.%f")[:-3],
-            r.event,
-            r.step or "",
-            r.actor,
-            _detail(r.detail),
-        ]
-        for r in records
-    ]
-    typer.echo(render_table(["seq", "at", "event", "step", "actor", "detail"], table))
+    typer.echo(history_table(records, wide=wide))
 
 
 def _act(
@@ -173,10 +167,3 @@ def _act(
 
     state = cs.run(cs.with_engine(cs.settings(), act))
     typer.echo(f"{state.saga_id}: {state.status}")
-
-
-def _detail(detail: dict[str, Any] | None, width: int = 70) -> str:
-    if not detail:
-        return ""
-    text = json.dumps(detail, separators=(",", ":"))
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -14,6 +14,7 @@ from adapters.durations import parse_duration
 from adapters.postgres import retention
 from adapters.postgres.database import make_engine
 from adapters.postgres.retention import DEFAULT_BATCH, Pruned
+from adapters.postgres.schema import require_schema
 
 
 def register(app: typer.Typer) -> None:
@@ -66,6 +67,7 @@ def _age(text: str) -> timedelta:
 async def _count(url: str, age: timedelta) -> tuple[int, int]:
     db = make_engine(url, pool_size=1)
     try:
+        await require_schema(db)
         return await retention.prunable(db, age)
     finally:
         await db.dispose()
@@ -74,6 +76,7 @@ async def _count(url: str, age: timedelta) -> tuple[int, int]:
 async def _prune(url: str, age: timedelta, batch: int) -> Pruned:
     db = make_engine(url, pool_size=1)
     try:
+        await require_schema(db)
         return await retention.prune(db, age, batch=batch)
     finally:
         await db.dispose()

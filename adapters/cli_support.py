@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -12,9 +13,11 @@ from typing import Annotated, Any, TypeVar
 
 import structlog
 import typer
+from pydantic import ValidationError
 
 from adapters import eventloop
 from adapters.logging import configure_logging
+from adapters.redaction import redact
 from adapters.settings import Settings
 from orchestrator.errors import (
     DefinitionConflict,
@@ -26,6 +29,9 @@ from orchestrator.errors import (
 from orchestrator.state import SagaState
 
 T = TypeVar("T")
+# PostgreSQL's refusal of a connection to a database that does not exist (no SQLSTATE comes
+# with a refused connection, so its text is all there is).
+_NO_DATABASE = re.compile(r'database ".*" does not exist')
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 # The read and act commands talk to the HTTP API instead of the database when given a URL
@@ -51,10 +57,37 @@ TokenOpt = Annotated[
 ]
 
 
-def settings() -> Settings:
-    loaded = Settings()
-    configure_logging(loaded.log_format, loaded.log_level)
+def settings(*, long_running: bool = False) -> Settings:
+    """The SAGA_* settings, with logging set up; a bad one is a line saying which and why,
+    exit 2. A command's output is on stdout and its log lines on stderr: in console format
+    for the one-shot commands, whose logs a person reads beside the output, unless
+    SAGA_LOG_FORMAT names a format; `auto` for the long-running ones (`saga run`,
+    `saga worker`: JSON when stderr is not a terminal)."""
+    try:
+        loaded = Settings()
+    except ValidationError as exc:
+        for problem in setting_problems(exc):
+            typer.secho(f"error: {problem}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    fmt = "console" if loaded.log_format == "auto" and not long_running else loaded.log_format
+    configure_logging(fmt, loaded.log_level)
     return loaded
+
+
+def setting_problems(exc: ValidationError) -> list[str]:
+    """One line per bad setting, named as its variable, with the value given (secrets
+    masked); a rule across settings says in its own words which ones it names."""
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems = []
+    for error in exc.errors(include_url=False):
+        why = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:
+            problems.append(why)
+            continue
+        field = str(error["loc"][0])
+        given = redact(error["input"], field)
+        problems.append(f"{prefix}{field.upper()}={given!r}: {why}")
+    return problems
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -84,13 +117,17 @@ def run(coro: Awaitable[T]) -> T:
 
 def unreachable(exc: BaseException) -> str | None:
     """What to tell an operator if `exc` means RabbitMQ or PostgreSQL refused us or cannot
-    be reached; None for anything else. Logged too, secrets masked."""
+    be reached, or the database lacks this release's schema; None for anything else.
+    Logged too (but for the schema, which only `saga migrate` fixes), secrets masked."""
     from aiormq.exceptions import AMQPConnectionError
     from sqlalchemy.exc import OperationalError
 
+    from adapters.postgres.schema import SchemaNotReady
     from adapters.rabbitmq.connection import BrokerUnavailable
     from adapters.redaction import redact_text
 
+    if isinstance(exc, SchemaNotReady):
+        return str(exc)
     if isinstance(exc, BrokerUnavailable):
         return str(exc)  # logged by connect() already
     if isinstance(exc, AMQPConnectionError):
@@ -102,16 +139,20 @@ def unreachable(exc: BaseException) -> str | None:
     if isinstance(exc, OperationalError):
         reason = " ".join(redact_text(str(exc.orig or exc)).split())
         structlog.get_logger(__name__).error("database_connect_failed", reason=reason)
+        if _NO_DATABASE.search(reason):
+            return f"cannot use the database: {reason}: run `saga migrate`, which creates it"
         return f"cannot use the database: {reason}"
     return None
 
 
 async def with_store(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     from adapters.postgres.database import make_engine
+    from adapters.postgres.schema import require_schema
     from adapters.postgres.store import PostgresStore
 
     db = make_engine(config.database_url, pool_size=1)
     try:
+        await require_schema(db)
         return await fn(PostgresStore(db))
     finally:
         await db.dispose()
@@ -121,6 +162,7 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     """An Engine on the configured database and broker, for one operator action: what it
     decides is published like any transition (outbox, confirms). Lost races are retried."""
     from adapters.postgres.database import make_engine
+    from adapters.postgres.schema import require_schema
     from adapters.postgres.store import PostgresStore
     from adapters.rabbitmq.connection import connect, open_channel
     from adapters.rabbitmq.publisher import RabbitPublisher
@@ -129,9 +171,12 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     from orchestrator.engine import Engine
     from orchestrator.registry import load_modules
 
-    db = make_engine(config.database_url, pool_size=1)
-    connection = await connect(config.amqp_url)
-    try:
+    async with contextlib.AsyncExitStack() as cleanup:
+        db = make_engine(config.database_url, pool_size=1)
+        cleanup.push_async_callback(db.dispose)
+        await require_schema(db)  # before connecting to the broker
+        connection = await connect(config.amqp_url)
+        cleanup.push_async_callback(connection.close)
         channel = await open_channel(connection)
         publisher = RabbitPublisher(channel, Topology(config.amqp_prefix))
         engine = Engine(PostgresStore(db), publisher, load_modules(config.modules), clock=utcnow)
@@ -142,9 +187,6 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
             # behind, a relay would send it a second time.
             with contextlib.suppress(Exception):
                 await engine.forget_published()
-    finally:
-        await connection.close()
-        await db.dispose()
 
 
 async def find_in(store: Any, ident: str) -> SagaState:
@@ -159,11 +201,6 @@ async def find_in(store: Any, ident: str) -> SagaState:
     if state is None:
         raise SagaNotFound(f"no saga with id or key {ident!r}")
     return state
-
-
-async def find_one(config: Settings, ident: str) -> SagaState:
-    """`find_in` on a store of its own, for a command that needs nothing else."""
-    return await with_store(config, lambda store: find_in(store, ident))
 
 
 def parse_time(label: str, raw: str | None) -> datetime | None:

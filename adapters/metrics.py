@@ -6,7 +6,9 @@ HTTP `/metrics` endpoint renders exactly this with `render()`.
 
 The engine knows nothing of Prometheus: it reports what happened through its `observe`
 callback (orchestrator.engine.Observer) and `observe` below turns that into counts and step
-latencies. The consumers report dead-lettered messages through `dead_lettered`.
+latencies. The consumers report dead-lettered messages through `dead_lettered`, the command
+queue check (adapters/rabbitmq/command_queues.py) what it counted through
+`command_queue_consumers`.
 
 What only the database knows (sagas by status, outbox lag, due timers, ...) is read at scrape
 time: `await refresh_gauges(engine)` and then `render()` (adapters/http/observability.py).
@@ -52,7 +54,8 @@ MESSAGES_DEAD_LETTERED = Counter(
 TRANSITIONS = Counter(
     "saga_transitions",
     "Saga history events committed, by event (step_dispatched, saga_completed, "
-    "reply_ignored, cancel_ignored, ...); reply_ignored for an unknown saga counts too.",
+    "reply_ignored, cancel_ignored, ...); reply_ignored for an unknown saga counts too, and "
+    "saga_start_invalid (a start dead-lettered and announced as <saga>.rejected).",
     ["event"],
     registry=REGISTRY,
 )
@@ -113,6 +116,14 @@ STARTS_HELD = Gauge(
     "sagas are running or compensating (admission control); more wait in saga.requests.",
     registry=REGISTRY,
 )
+COMMAND_QUEUE_CONSUMERS = Gauge(
+    "saga_command_queue_consumers",
+    "Consumers of each command queue the loaded sagas send to, as this process last counted "
+    "them (every SAGA_CONSUMER_CHECK_INTERVAL). 0: the queue's commands only wait for their "
+    "timeouts; its participant is not running, or a command names a misspelled service.",
+    ["queue"],
+    registry=REGISTRY,
+)
 
 _NO_HISTORY = "saga_start_duplicate"
 # Starts that found a resource held: no saga (yet), so no history either.
@@ -166,6 +177,10 @@ def step_label(step: object) -> str:
 
 def dead_lettered(queue: str) -> None:
     MESSAGES_DEAD_LETTERED.labels(queue=queue).inc()
+
+
+def command_queue_consumers(queue: str, consumers: int) -> None:
+    COMMAND_QUEUE_CONSUMERS.labels(queue=queue).set(consumers)
 
 
 def value(name: str, **labels: str) -> float:

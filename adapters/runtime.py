@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -18,14 +19,27 @@ from adapters.admission import Admission
 from adapters.faults import fault_hook
 from adapters.postgres.database import make_engine
 from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
+from adapters.postgres.schema import SchemaNotReady, require_schema
 from adapters.postgres.store import PostgresStore
+from adapters.rabbitmq.command_queues import CommandQueueWatch
 from adapters.rabbitmq.connection import connect, open_channel
-from adapters.rabbitmq.consumer import BatchHandler, Consumer, Delivery, Handler, consume, parse
+from adapters.rabbitmq.consumer import (
+    MAX_REASON_CHARS,
+    BatchHandler,
+    Consumer,
+    Delivery,
+    Handler,
+    consume,
+    json_object,
+    parse,
+    printable,
+)
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
 from orchestrator import trace
-from orchestrator.engine import Engine
+from orchestrator.definition import NAME_RE
+from orchestrator.engine import Engine, start_error
 from orchestrator.errors import (
     ConcurrentUpdate,
     DefinitionConflict,
@@ -35,12 +49,20 @@ from orchestrator.errors import (
     SagaNotFound,
     UnknownSaga,
 )
-from orchestrator.messages import CancelSaga, Reply, StartSaga
-from orchestrator.ports import REPLY_QUEUE
+from orchestrator.messages import (
+    MAX_KEY_LENGTH,
+    MAX_NAME_LENGTH,
+    CancelSaga,
+    Reply,
+    StartSaga,
+)
+from orchestrator.ports import REPLY_QUEUE, Registration
 from orchestrator.registry import Registry, load_modules
 from orchestrator.versioning import require_loaded
 
 if TYPE_CHECKING:
+    from aio_pika.abc import AbstractRobustConnection
+
     from adapters.http.serve import HttpServer
 
 log = structlog.get_logger(__name__)
@@ -51,16 +73,25 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def register_definitions(store: PostgresStore, registry: Registry) -> None:
-    """Record every loaded definition; a changed definition under a known version stops start-up."""
+async def register_definitions(
+    store: PostgresStore, registry: Registry, *, redefine: bool = False
+) -> None:
+    """Record every loaded definition. A changed definition under a known version stops
+    start-up, saying what changed; with `redefine` (SAGA_DEV_REDEFINE, development
+    databases) it replaces the registered one if no unfinished instance runs on it."""
     for record in registry.records():
-        if await store.register(record):
-            log.info(
-                "definition_registered",
-                saga=record.name,
-                version=record.version,
-                fingerprint=record.fingerprint[:12],
-            )
+        done = await store.register(record, replace_unused=redefine)
+        if done == Registration.UNCHANGED:
+            continue
+        fields = {
+            "saga": record.name,
+            "version": record.version,
+            "fingerprint": record.fingerprint[:12],
+        }
+        if done == Registration.NEW:
+            log.info("definition_registered", **fields)
+        else:  # the old definition of this version is gone: say so loudly
+            log.warning("definition_replaced", **fields)
 
 
 async def with_db_retries(call: Callable[[], Awaitable[T]], *, patience: float = 600.0) -> T:
@@ -102,6 +133,11 @@ class Orchestrator:
         self.settings = settings
         self.registry = registry or load_modules(settings.modules)
         self.topology = Topology(settings.amqp_prefix)
+        # Which command queues have no consumer: logged, counted, told to /readyz and to the
+        # timeouts of the commands concerned.
+        self.command_queues = CommandQueueWatch(
+            self.registry, self.topology, metrics.command_queue_consumers
+        )
         self.faults = fault_hook(settings.fault)
         self._tasks: list[asyncio.Task[None]] = []
         self._stops: list[Callable[[], Awaitable[Any]]] = []
@@ -122,10 +158,11 @@ class Orchestrator:
         self._stops.append(db.dispose)
         store = PostgresStore(db)
         try:
-            await register_definitions(store, self.registry)
+            await require_schema(db)  # un-migrated, or a release behind: `saga migrate`
+            await register_definitions(store, self.registry, redefine=self.settings.dev_redefine)
             # Unfinished instances finish on their own version: refuse to run without it.
             require_loaded(await store.versions_in_use(), self.registry)
-        except (DefinitionConflict, MissingDefinition):
+        except (DefinitionConflict, MissingDefinition, SchemaNotReady):
             await db.dispose()
             if sock is not None:
                 sock.close()
@@ -143,6 +180,7 @@ class Orchestrator:
             clock=utcnow,
             faults=self.faults,
             observe=metrics.observe,
+            unconsumed=self.command_queues.unconsumed_commands,
         )
         # On stop, once the consumers have stopped and before the database goes: the rows
         # published since the last relay sweep, left behind, would be sent again.
@@ -180,6 +218,7 @@ class Orchestrator:
         self._tasks = [
             asyncio.create_task(self._loop("timers", self._timers, s.timer_interval)),
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),
+            asyncio.create_task(self._watch_command_queues(connection)),
         ]
         if any(saga.locks for saga in self.registry.all()):
             # Expires waiting starts on time, and starts those a release left behind.
@@ -193,7 +232,10 @@ class Orchestrator:
             from adapters.http.app import create_app
             from adapters.http.serve import serve
 
-            self.http = await serve(create_app(s, store, self.engine), sock)
+            app = create_app(
+                s, store, self.engine, unconsumed_queues=self.command_queues.unconsumed_queues
+            )
+            self.http = await serve(app, sock)
             self._stops.insert(0, self.http.stop)
         log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
 
@@ -228,13 +270,14 @@ class Orchestrator:
     async def _request(self, message: Delivery) -> None:
         engine = self._engine()
         if message.routing_key == "start":
-            start = parse(StartSaga, message)
+            start = await self._parse_start(message)
             structlog.contextvars.bind_contextvars(saga=start.saga, key=start.key)
             context = trace.from_headers(message.headers)
             await self._admit(1)
             try:
                 await with_db_retries(lambda: engine.start(start, trace=context))
             except (UnknownSaga, InvalidInput) as exc:
+                await self._announce_rejected(message, start.saga, start.key, start_error(exc))
                 raise Poison(str(exc)) from exc
         elif message.routing_key == "cancel":
             cancel = parse(CancelSaga, message)
@@ -250,6 +293,38 @@ class Orchestrator:
             raise Poison(
                 f"unknown routing key {message.routing_key!r}: expected 'start' or 'cancel'"
             )
+
+    async def _parse_start(self, message: Delivery) -> StartSaga:
+        """The start in `message`, or Poison. A JSON object that is no valid start is
+        announced first; a body that is no JSON object (or one over the size limit, or
+        unstorable) names no one to tell, and is only dead-lettered."""
+        try:
+            return parse(StartSaga, message)
+        except Poison as exc:
+            body = json_object(message)
+            if body is not None:
+                error = {"type": "invalid_start", "message": printable(str(exc))[:MAX_REASON_CHARS]}
+                await self._announce_rejected(message, body.get("saga"), body.get("key"), error)
+            raise
+
+    async def _announce_rejected(
+        self, message: Delivery, saga: object, key: object, error: dict[str, str]
+    ) -> None:
+        """Tell the sender of a start that will be dead-lettered why, on `saga.events`
+        (`<saga>.rejected`): the name only if it is a valid saga name (it becomes part of the
+        routing key), the key only if it is a valid key. The event's message id comes from
+        the body, so a redelivered start announces the same event again, not a new one."""
+        name = (
+            saga
+            if isinstance(saga, str) and len(saga) <= MAX_NAME_LENGTH and NAME_RE.match(saga)
+            else None
+        )
+        usable = key if isinstance(key, str) and 0 < len(key) <= MAX_KEY_LENGTH else None
+        message_id = f"start-rejected:{hashlib.sha256(message.body).hexdigest()[:32]}"
+        engine = self._engine()
+        await with_db_retries(
+            lambda: engine.reject_start(name, usable, error, message_id=message_id)
+        )
 
     async def _on_reply(self, message: Delivery) -> None:
         engine = self._engine()
@@ -310,6 +385,19 @@ class Orchestrator:
         limit = 500
         age = timedelta(seconds=self.settings.relay_age)
         return await self._engine().relay(age, limit) == limit
+
+    async def _watch_command_queues(self, connection: AbstractRobustConnection) -> None:
+        """Count the command queues' consumers every SAGA_CONSUMER_CHECK_INTERVAL, the first
+        time one interval after start-up: participants may come up after the orchestrator."""
+        interval = self.settings.consumer_check_interval
+
+        async def check() -> bool:
+            await self.command_queues.check(connection)
+            return False
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), interval)
+        await self._loop("command_queues", check, interval)
 
     async def _loop(self, name: str, sweep: Callable[[], Awaitable[bool]], interval: float) -> None:
         """Run `sweep` every `interval`, at once again while it reports a full batch."""

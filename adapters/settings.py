@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         description="Python modules holding saga definitions, comma-separated.",
     )
     prefetch: int = Field(50, ge=1, le=10_000, description="Unacked messages per consumer.")
+    dev_redefine: bool = Field(
+        False,
+        description="Development databases only: a saga version whose definition changed "
+        "replaces the registered one at start-up when no unfinished instance runs on it, "
+        "instead of refusing to start (docs/versioning.md).",
+    )
     detach_after: float = Field(
         60.0,
         gt=0,
@@ -98,6 +104,13 @@ class Settings(BaseSettings):
     relay_interval: float = Field(1.0, gt=0, description="Seconds between outbox sweeps.")
     relay_age: float = Field(
         2.0, ge=0, description="Outbox rows older than this (seconds) are republished by the relay."
+    )
+    consumer_check_interval: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds between checks that every command queue the loaded sagas send to "
+        "has a consumer (adapters/rabbitmq/command_queues.py); the first check waits this long "
+        "after start-up too, so participants may come up after the orchestrator.",
     )
     # Off by default: deleting is irreversible and forgets start keys (a start with a pruned
     # saga's key begins a new saga), so each deployment chooses its own window.

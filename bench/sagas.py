@@ -27,4 +27,4 @@ def fails(n: int) -> bool:
 saga = Saga("bench", version=1, input=BenchInput, timeout=60)
 saga.remote("a", command="bench.a", compensation="bench.undo_a")
 saga.remote("b", command="bench.b", compensation="bench.undo_b")
-saga.remote("c", command="bench.c", retry=Retry(max_attempts=1))
+saga.remote("c", command="bench.c", retry=Retry(max_attempts=1), compensation=None)

@@ -7,6 +7,7 @@ their policy is exhausted).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import math
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -43,6 +44,16 @@ DEFAULT_RETRY = Retry()
 DEFAULT_COMPENSATION_RETRY = Retry(max_attempts=10, initial_interval=1.0, max_interval=60.0)
 
 LocalHandler = Callable[["StepContext"], Awaitable[Any]]
+
+
+class Unset(enum.Enum):
+    """The default of `compensation=`: not given, which a step the saga may undo must not
+    leave (`compensation=None` says there is nothing to undo)."""
+
+    UNSET = "unset"
+
+
+UNSET: Final = Unset.UNSET
 F = TypeVar("F", bound=LocalHandler)
 OnGuardFalse = Literal["skip", "fail"]
 
@@ -298,7 +309,8 @@ class Saga:
         *,
         command: str,
         items: Items,
-        compensation: str | None = None,
+        compensation: str | Unset | None = UNSET,
+        cross_service_compensation: bool = False,
         concurrency: int = DEFAULT_CONCURRENCY,
         max_items: int = DEFAULT_MAX_ITEMS,
         timeout: float | None = None,
@@ -332,11 +344,12 @@ class Saga:
             raise DefinitionError(
                 f"{where}: a map step fans out by itself; move it out of the parallel() block"
             )
+        undo = self._undo(name, command, compensation, False, cross_service_compensation)
         self._add(
             StepDefinition(
                 name=name,
                 command=command,
-                compensation=compensation,
+                compensation=undo,
                 pivot=False,
                 **self._policies(
                     timeout,
@@ -363,7 +376,8 @@ class Saga:
         name: str,
         *,
         command: str,
-        compensation: str | None = None,
+        compensation: str | Unset | None = UNSET,
+        cross_service_compensation: bool = False,
         pivot: bool = False,
         timeout: float | None = None,
         retry: Retry | None = None,
@@ -388,11 +402,12 @@ class Saga:
         `guard`: a precondition on the saga's state, checked just before dispatch; when it
         is false the step is skipped (`on_guard_false="skip"`) or fails without being sent
         (`"fail"`: the saga compensates, or is parked past the pivot)."""
+        undo = self._undo(name, command, compensation, pivot, cross_service_compensation)
         self._add(
             StepDefinition(
                 name=name,
                 command=command,
-                compensation=compensation,
+                compensation=undo,
                 pivot=pivot,
                 **self._policies(
                     timeout,
@@ -458,7 +473,7 @@ class Saga:
         self,
         name: str | None = None,
         *,
-        compensate: LocalHandler | None = None,
+        compensate: LocalHandler | Unset | None = UNSET,
         pivot: bool = False,
         timeout: float | None = None,
         retry: Retry | None = None,
@@ -481,11 +496,13 @@ class Saga:
         def decorate(fn: F) -> F:
             step_name = name or fn.__name__
             command = f"local.{self.name}.{step_name}"
+            undo = f"{command}.compensate" if callable(compensate) else compensate
+            undo = self._undo(step_name, command, undo, pivot, False, local=True)
             self._add(
                 StepDefinition(
                     name=step_name,
                     command=command,
-                    compensation=f"{command}.compensate" if compensate else None,
+                    compensation=undo,
                     pivot=pivot,
                     **self._policies(
                         timeout,
@@ -502,7 +519,7 @@ class Saga:
                     guard=guard,
                     on_guard_false=on_guard_false,
                     handler=fn,
-                    compensation_handler=compensate,
+                    compensation_handler=compensate if callable(compensate) else None,
                 )
             )
             return fn
@@ -556,6 +573,48 @@ class Saga:
             )
         )
         return self
+
+    def _undo(
+        self,
+        name: str,
+        command: str,
+        compensation: str | Unset | None,
+        pivot: bool,
+        cross_service: bool,
+        *,
+        local: bool = False,
+    ) -> str | None:
+        """A step's compensation, checked where a mistake would cost money: a step the saga
+        may have to undo (before the pivot, or in a saga without one) states its undo or
+        says there is none; the undo goes to the service that did the action."""
+        where = f"saga {self.name!r} v{self.version}, step {name!r}"
+        arg = "compensate" if local else "compensation"
+        if not (NAME_RE.match(name) and COMMAND_RE.match(command)):
+            return None if compensation is UNSET else compensation  # _add says what is wrong
+        if compensation is UNSET:
+            if pivot or self.pivot_index is not None:
+                return None
+            service = command.split(".", 1)[0]
+            undo_example = (
+                "compensate=<undo function>" if local else f"compensation='{service}.<undo>'"
+            )
+            raise DefinitionError(
+                f"{where}: it comes before the pivot (or the saga has none), so if a later "
+                "step fails the saga undoes it, and it has no compensation. Name its undo "
+                f"({undo_example}), or say there is nothing to undo with {arg}=None"
+            )
+        if compensation is None or local or not COMMAND_RE.match(compensation):
+            return compensation  # a malformed name is reported by _add
+        ours, theirs = command.split(".", 1)[0], compensation.split(".", 1)[0]
+        if ours != theirs and not cross_service:
+            raise DefinitionError(
+                f"{where}: its compensation {compensation!r} goes to service {theirs!r}, its "
+                f"action {command!r} to {ours!r}. A participant's barrier pairs an action "
+                "with its undo in its own database: another service would find the action "
+                f"never done and answer a null compensation. Use a command of {ours!r}, or "
+                "pass cross_service_compensation=True if that service really undoes it"
+            )
+        return compensation
 
     def _policies(
         self,

@@ -11,7 +11,6 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from pydantic import ValidationError
 
 from orchestrator import locks, machine
 from orchestrator.definition import Saga
@@ -64,7 +63,8 @@ log = structlog.get_logger("orchestrator.engine")
 Observer = Callable[[str, Mapping[str, Any]], None]
 """Told `(event, detail)` for every history entry once its transaction has committed, and for
 what leaves no history: `reply_ignored` with reason `unknown saga` (there is no saga row to
-record it in), `saga_start_duplicate`, and the starts a semantic lock kept from starting:
+record it in), `saga_start_duplicate`, `saga_start_invalid` (a start announced as rejected
+before its caller dead-letters it), and the starts a semantic lock kept from starting:
 `saga_start_rejected`, `saga_start_queued`, `lock_wait_expired`. Adapters count these
 (adapters/metrics.py), so the core needs no metrics library; it must not raise, and must not
 block."""
@@ -87,19 +87,24 @@ ACTION_NAMES: dict[type[OperatorEvent], str] = {
 }
 # Waiting starts begun per transaction; a release frees few resources, so few are ever due.
 _GRANT_BATCH = 100
+# An input field one of two inputs lacks: unequal to any value, null included.
+_ABSENT = object()
 
 
 @dataclass(frozen=True)
 class StartOutcome:
     """`saga_id` and `status` are None when no saga was started because a semantic lock is
     held: `rejected` says which resource and who holds it, or `queued` says the start waits
-    for its resources (it starts when they are free, or is rejected when its wait runs out)."""
+    for its resources (it starts when they are free, or is rejected when its wait runs out).
+    `input_differs`: a saga had this key already, started with other input (nothing new
+    started: the key was reused, most likely by mistake)."""
 
     saga_id: UUID | None
     created: bool
     status: SagaStatus | None
     rejected: str | None = None
     queued: bool = False
+    input_differs: bool = False
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,10 @@ class Engine:
         faults: FaultHook = lambda _point: None,
         new_id: Callable[[], UUID] = uuid.uuid4,
         observe: Observer = _ignore,
+        unconsumed: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
+        """`unconsumed`: command -> queue, for the commands whose queue had no consumer at
+        the last look (adapters/rabbitmq/command_queues.py); a timeout of one says so."""
         self.store = store
         self.publisher = publisher
         self.registry = registry
@@ -152,6 +160,7 @@ class Engine:
         self.faults = faults
         self.new_id = new_id
         self.observe = observe
+        self.unconsumed = unconsumed
         # Outbox rows published after their commit, deleted in bulk by `forget_published`.
         self._published: list[int] = []
 
@@ -206,7 +215,7 @@ class Engine:
                         raise _AlreadyStarted
                     await self._write(tx, decision, actor, written)
         except _AlreadyStarted:
-            return await self._duplicate(definition.name, request.key)
+            return await self._duplicate(definition.name, request.key, input, actor)
         if not_started is not None:
             await self._after_commit(written)
             return not_started
@@ -290,36 +299,63 @@ class Engine:
         await self._after_commit(written)  # the new sagas' commands first, then the lookups
         for n, decision in decisions.items():
             if n not in outcomes:
-                outcomes[n] = await self._duplicate(decision.state.name, decision.state.key)
+                state = decision.state
+                outcomes[n] = await self._duplicate(state.name, state.key, state.input, actor)
         return outcomes
 
     def _validate(self, request: StartSaga) -> tuple[Saga, dict[str, Any], tuple[str, ...]]:
         """The definition a start names, its input as validated, and the resources it locks;
         raises UnknownSaga or InvalidInput saying what is wrong."""
-        definition = self.registry.get(request.saga, request.version)
-        try:
-            validated = definition.input.model_validate(request.input)
-        except ValidationError as exc:
-            raise InvalidInput(
-                f"input for saga {definition.name!r} is invalid: "
-                + "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
-                )
-            ) from exc
-        input = validated.model_dump(mode="json")
+        definition, input = self.registry.validate_start(
+            request.saga, request.version, request.input
+        )
         return definition, input, locks.resources(definition.name, definition.locks, input)
 
-    async def _duplicate(self, saga: str, key: str) -> StartOutcome:
-        """What a start whose key has a saga already comes to: that saga."""
+    async def _duplicate(
+        self, saga: str, key: str, input: Mapping[str, Any], actor: str
+    ) -> StartOutcome:
+        """What a start whose key has a saga already comes to: that saga. A start with other
+        input than that saga's (validated `input`) is flagged, as the key was most likely
+        reused by mistake: see `_flag_reused_key`."""
         existing = await self.store.find(SagaQuery(saga=saga, key=key, limit=1))
         if not existing:  # pragma: no cover - the conflicting row vanished: retention ran
             raise ConcurrentUpdate(f"saga {saga!r} key {key!r} vanished while starting; retry")
-        saga_id = str(existing[0].saga_id)
+        found = existing[0]
+        saga_id = str(found.saga_id)
         log.info("saga_start_duplicate", saga_id=saga_id, key=key)
         self._notify([("saga_start_duplicate", {"saga": saga, "key": key, "saga_id": saga_id})])
-        return StartOutcome(existing[0].saga_id, created=False, status=existing[0].status)
+        differs = found.input != input
+        if differs:
+            await self._flag_reused_key(found, input, actor)
+        return StartOutcome(
+            found.saga_id, created=False, status=found.status, input_differs=differs
+        )
 
-    async def cancel(self, request: CancelSaga, actor: str = "broker") -> CancelOutcome:
+    async def _flag_reused_key(self, saga: SagaState, input: Mapping[str, Any], actor: str) -> None:
+        """A start with other input than its key's saga started nothing: a warning, and a
+        `start_repeated` entry in that saga's history naming the top-level input fields that
+        differ (not their values: the input may hold what must not be logged)."""
+        fields = sorted(
+            k for k in {*saga.input, *input} if saga.input.get(k, _ABSENT) != input.get(k, _ABSENT)
+        )
+        detail = {"same_input": False, "differing_fields": fields}
+        async with self.store.transaction() as tx:
+            if await tx.lock(saga.saga_id) is None:  # pragma: no cover - retention ran
+                return
+            await tx.append_history(
+                saga.saga_id, [HistoryEntry("start_repeated", None, detail)], actor
+            )
+        about = {"saga": saga.name, "saga_id": str(saga.saga_id), "key": saga.key}
+        log.warning("start_key_reused_with_other_input", **about, differing_fields=fields)
+        self._notify([("start_repeated", {**detail, **about})])
+
+    async def cancel(
+        self, request: CancelSaga, actor: str = "broker", *, hold: bool = True
+    ) -> CancelOutcome:
+        """Cancel the sagas `request` names. A key that no saga, nor a start waiting for its
+        semantic locks, has yet: with `hold`, the cancel is held and applies to the start
+        when it comes (a message may overtake its start); without (an operator, for whom
+        such a key is most likely a typo), SagaNotFound and nothing is held."""
         now = self.clock()
         written = _Written()
         results: list[tuple[UUID, SagaStatus]] = []
@@ -338,6 +374,12 @@ class Engine:
                     # running a step; its place in the queue goes to whoever waits behind it.
                     waiting = await tx.remove_lock_waiters(request.key, request.saga)
                     if not waiting:
+                        if not hold:
+                            where = "" if request.saga is None else f" for saga {request.saga!r}"
+                            raise SagaNotFound(
+                                f"no saga has key {request.key!r}{where}, and no start with it "
+                                "waits for a semantic lock: nothing to cancel"
+                            )
                         await tx.hold_cancel(request.key, request.saga, request.reason)
                         log.info("saga_cancel_held", key=request.key, saga=request.saga)
                         return CancelOutcome(sagas=(), held=True)
@@ -474,14 +516,13 @@ class Engine:
     async def fire_timers(self, limit: int = 100) -> int:
         """Handle sagas whose timeout or retry time has come; returns how many."""
         now = self.clock()
+        due = TimersDue(self.unconsumed())
         written = _Written()
         async with self.store.transaction() as tx:
             states = await tx.claim_due(now, limit)
             changes = [
                 _Change(
-                    machine.decide(
-                        self.registry.get(state.name, state.version), state, TimersDue(), now
-                    ),
+                    machine.decide(self.registry.get(state.name, state.version), state, due, now),
                     "engine",
                     state,
                 )
@@ -666,34 +707,54 @@ class Engine:
         written.observed.append((event, {**fields, "held_by": held_by, "queued": True}))
         return StartOutcome(None, created=False, status=None, queued=True)
 
-    async def _refuse_child(self, request: StartSaga, exc: Exception) -> None:
+    async def _refuse_child(self, request: StartSaga, exc: UnknownSaga | InvalidInput) -> None:
         written = _Written()
-        error = {
-            "type": "invalid_input" if isinstance(exc, InvalidInput) else "unknown_saga",
-            "message": str(exc),
-        }
         async with self.store.transaction() as tx:
             await self._reject(
                 tx,
                 request.saga,
                 request.key,
-                error,
+                start_error(exc),
                 parent=request.parent,
                 event="saga_start_rejected",
                 written=written,
             )
         await self._after_commit(written)
 
+    async def reject_start(
+        self, saga: str | None, key: str | None, error: dict[str, Any], *, message_id: str
+    ) -> None:
+        """Announce a start its caller dead-letters (an unknown saga, invalid input, a body
+        that is no valid start: `error` says which and why) as a `<saga>.rejected` outcome
+        event, through the outbox as a lock's rejection is: a sender in any language hears
+        why nothing started. `saga` None (no valid saga name in the body) makes it
+        `saga.rejected`; `key` None, a start without a usable key. `message_id`: the
+        event's, the same when the same start is judged again (a redelivery)."""
+        written = _Written()
+        async with self.store.transaction() as tx:
+            await self._reject(
+                tx,
+                saga,
+                key,
+                error,
+                parent=None,
+                event="saga_start_invalid",
+                written=written,
+                message_id=message_id,
+            )
+        await self._after_commit(written)
+
     async def _reject(
         self,
         tx: SagaTransaction,
-        saga: str,
-        key: str,
+        saga: str | None,
+        key: str | None,
         error: dict[str, Any],
         *,
         parent: ParentRef | None,
         event: str,
         written: _Written,
+        message_id: str | None = None,
     ) -> None:
         """Tell the starter through a `<saga>.rejected` outcome event: there is no saga, so
         no history either; the event, the log line and the observer are the trace. A child
@@ -705,7 +766,7 @@ class Engine:
                 exchange=Exchange.EVENTS,
                 routing_key=outcome.routing_key,
                 body=outcome.model_dump_json().encode(),
-                message_id=f"{saga}:{key}:rejected:{self.new_id()}",
+                message_id=message_id or f"{saga}:{key}:rejected:{self.new_id()}",
             )
         ]
         if parent is not None:
@@ -880,6 +941,12 @@ def _outbox_messages(decision: Decision, state: SagaState) -> list[OutboxMessage
             for r in decision.replies
         ]
     )
+
+
+def start_error(exc: UnknownSaga | InvalidInput) -> dict[str, Any]:
+    """The `error` of the `<saga>.rejected` event for a start that cannot be made."""
+    kind = "invalid_input" if isinstance(exc, InvalidInput) else "unknown_saga"
+    return {"type": kind, "message": str(exc)}
 
 
 def _holding(

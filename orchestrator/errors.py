@@ -16,7 +16,20 @@ class MissingDefinition(DefinitionError):
 
 
 class DefinitionConflict(SagaError):
-    """A registered (name, version) exists with different steps: bump the version."""
+    """A registered (name, version) exists with different contents: bump the version. Says
+    what changed (orchestrator/definition_diff.py)."""
+
+    def __init__(self, name: str, version: int, changes: list[str]) -> None:
+        self.name = name
+        self.version = version
+        self.changes = changes
+        listed = "; ".join(changes) or "the fingerprint differs"
+        super().__init__(
+            f"saga {name!r} version {version} is registered already with other contents "
+            f"({listed}): bump the version in the definition (running instances keep the "
+            f"old one), or on a development database with no unfinished instance of "
+            f"v{version}, set SAGA_DEV_REDEFINE=true to replace it"
+        )
 
 
 class UnknownSaga(SagaError):

@@ -9,7 +9,8 @@ crash yields the same ids.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
@@ -31,7 +32,14 @@ class ReplyReceived:
 
 @dataclass(frozen=True)
 class TimersDue:
-    """The clock passed the saga's `next_due_at`: timeouts and retry waits are handled."""
+    """The clock passed the saga's `next_due_at`: timeouts and retry waits are handled.
+
+    `unconsumed`: command name -> the queue it is sent to, for the commands whose queue had
+    no consumer when the shell last looked. A timeout of such a command says so: waiting
+    longer will not help while nobody takes the command (a participant not running, or a
+    misspelled service in the command's name)."""
+
+    unconsumed: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

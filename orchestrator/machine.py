@@ -104,7 +104,7 @@ def decide(definition: Saga, state: SagaState, event: Event, now: datetime) -> D
     elif isinstance(event, CancelRequested):
         b.on_cancel(event.reason)
     elif isinstance(event, TimersDue):
-        b.on_timers()
+        b.on_timers(event.unconsumed)
     elif isinstance(event, UndoRequested):
         b.on_undo(event)
     else:

@@ -22,6 +22,7 @@ def aware_utc(moment: datetime) -> datetime:
 
 
 MAX_KEY_LENGTH = 200
+MAX_NAME_LENGTH = 100
 
 
 class _Wire(BaseModel):
@@ -42,7 +43,7 @@ class ParentRef(_Wire):
 class StartSaga(_Wire):
     """`sagas` exchange, routing key `start`. `key` is the caller's idempotency key."""
 
-    saga: str = Field(min_length=1, max_length=100)
+    saga: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     key: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
     input: dict[str, Any]
     version: int | None = Field(None, ge=1, description="Pin a version; newest when omitted.")
@@ -132,16 +133,21 @@ class Reply(_Wire):
 
 
 class OutcomeEvent(_Wire):
-    """`saga.events` exchange, routing key `<saga>.<status>`."""
+    """`saga.events` exchange, routing key `<saga>.<status>`.
 
-    # None only in `<saga>.rejected`: a start refused by a semantic lock created no saga.
+    `<saga>.rejected` announces a start that created no saga, so its `saga_id` is None: a
+    semantic lock refused it, or it was dead-lettered as an unknown saga, invalid input or
+    an invalid start body (`error.type` says which). `saga` is None (routing key
+    `saga.rejected`) when that body named no valid saga name, and `key` None when it had no
+    usable key."""
+
     saga_id: UUID | None
-    saga: str
-    key: str
+    saga: str | None
+    key: str | None
     status: str
     result: Any = None
     error: dict[str, Any] | None = None
 
     @property
     def routing_key(self) -> str:
-        return f"{self.saga}.{self.status}"
+        return f"{self.saga or 'saga'}.{self.status}"

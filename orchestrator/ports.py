@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -47,6 +48,14 @@ class OutboxMessage:
     id: int | None = None  # assigned by the store
     # Message headers to send along: the saga's W3C trace context (orchestrator/trace.py).
     headers: Mapping[str, str] | None = None
+
+
+class Registration(StrEnum):
+    """What registering a definition did."""
+
+    NEW = "new"
+    UNCHANGED = "unchanged"
+    REPLACED = "replaced"  # a development database's changed version (SAGA_DEV_REDEFINE)
 
 
 @dataclass(frozen=True)
@@ -239,9 +248,12 @@ class SagaTransaction(Protocol):
 class SagaStore(Protocol):
     def transaction(self) -> AbstractAsyncContextManager[SagaTransaction]: ...
 
-    async def register(self, record: DefinitionRecord) -> bool:
-        """Record a definition; True if new. Raises DefinitionConflict when the
-        (name, version) exists with another fingerprint."""
+    async def register(
+        self, record: DefinitionRecord, *, replace_unused: bool = False
+    ) -> Registration:
+        """Record a definition. When the (name, version) exists with another fingerprint,
+        replace it if `replace_unused` and no unfinished instance runs on it (checked in the
+        same transaction), else raise DefinitionConflict saying what changed."""
 
     async def definitions(self) -> list[RegisteredDefinition]:
         """Every registered definition, by name then version."""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
 
 from orchestrator.definition import Saga
-from orchestrator.errors import DefinitionError, UnknownSaga
+from orchestrator.errors import DefinitionError, InvalidInput, UnknownSaga
 from orchestrator.ports import DefinitionRecord
 
 
@@ -38,6 +41,24 @@ class Registry:
         if saga is None:
             raise UnknownSaga(f"saga {name!r} has no version {version} loaded in this process")
         return saga
+
+    def validate_start(
+        self, name: str, version: int | None, input: Mapping[str, Any]
+    ) -> tuple[Saga, dict[str, Any]]:
+        """The definition a start names and its input as validated (JSON-ready); raises
+        UnknownSaga or InvalidInput saying what is wrong. The engine checks every start with
+        it, and `saga start` before it publishes one."""
+        definition = self.get(name, version)
+        try:
+            validated = definition.input.model_validate(input)
+        except ValidationError as exc:
+            raise InvalidInput(
+                f"input for saga {definition.name!r} is invalid: "
+                + "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
+                )
+            ) from exc
+        return definition, validated.model_dump(mode="json")
 
     def loads(self, name: str, version: int) -> bool:
         return (name, version) in self._by_version
@@ -79,16 +100,20 @@ class Registry:
 
     def commands(self) -> set[str]:
         """Every command name the loaded sagas may send (actions and compensations)."""
-        names: set[str] = set()
+        return set(self.command_senders())
+
+    def command_senders(self) -> dict[str, set[tuple[str, str]]]:
+        """Every command name the loaded sagas may send -> the (saga, step) pairs sending it."""
+        senders: dict[str, set[tuple[str, str]]] = {}
         for saga in self.all():
             for step in saga.steps:
                 if step.child is not None:  # it starts a saga: no participant queue
                     continue
-                if step.command:  # a sleep step sends nothing
-                    names.add(step.command)
-                if step.compensation:
-                    names.add(step.compensation)
-        return names
+                # A sleep step sends nothing; a step with nothing to undo no compensation.
+                for name in (step.command, step.compensation):
+                    if name:
+                        senders.setdefault(name, set()).add((saga.name, step.name))
+        return senders
 
 
 def load_modules(module_names: Iterable[str]) -> Registry:

@@ -5,6 +5,7 @@ and `build()` freezes it into a Decision. Pure: no I/O, no clock, no randomness.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -751,7 +752,10 @@ class Transition:
         self.record("cancel_refused", detail={"reason": reason, "why": why})
         self.emit("cancel_refused", error={"type": "cancel_refused", "message": why})
 
-    def on_timers(self) -> None:
+    def on_timers(self, unconsumed: Mapping[str, str] | None = None) -> None:
+        """`unconsumed`: command -> queue, for the commands whose queue had no consumer at
+        the shell's last look (TimersDue); their timeouts say so."""
+        queues = unconsumed or {}
         if self.status == SagaStatus.RUNNING and due(self.deadline_at, self.now):
             self.deadline_passed()
         elif self.status == SagaStatus.COMPENSATING and due(
@@ -767,7 +771,7 @@ class Transition:
             spec = self.spec(step)
             if step.status == StepStatus.RUNNING:
                 if step.in_flight:
-                    self.action_failed(step, self.timed_out(step, "action"))
+                    self.action_failed(step, self.timed_out(step, "action", queues))
                 elif spec.sleep:
                     self.steps[index] = step.moved(StepStatus.SUCCEEDED, due_at=None)
                     self.record("sleep_finished", step.name)
@@ -776,20 +780,37 @@ class Transition:
                     self.dispatch(step, "action")
             elif step.status == StepStatus.COMPENSATING:
                 if step.in_flight:
-                    self.compensation_failed(step, self.timed_out(step, "compensation"))
+                    self.compensation_failed(step, self.timed_out(step, "compensation", queues))
                 elif self.status == SagaStatus.COMPENSATING:
                     self.dispatch(step, "compensation")
 
-    def timed_out(self, step: StepState, kind: Literal["action", "compensation"]) -> dict[str, Any]:
-        """Record which limit ended the attempt in flight; its timeout error."""
-        limits = Limits.of(self.spec(step), kind)
+    def timed_out(
+        self,
+        step: StepState,
+        kind: Literal["action", "compensation"],
+        unconsumed: Mapping[str, str],
+    ) -> dict[str, Any]:
+        """Record which limit ended the attempt in flight; its timeout error, which says so
+        when the command's queue had no consumer (`unconsumed`: command -> queue)."""
+        spec = self.spec(step)
+        limits = Limits.of(spec, kind)
         which = time_limits.expired(limits, step, self.now)
         if kind == "action":
-            event, attempt = "step_timed_out", step.attempt
+            event, attempt, command = "step_timed_out", step.attempt, spec.command
         else:
-            event, attempt = "compensation_timed_out", step.compensation_attempt
-        self.record(event, step.name, {"attempt": attempt, "timeout": which})
-        return _timeout(limits.seconds(which), which)
+            event, attempt, command = (
+                "compensation_timed_out",
+                step.compensation_attempt,
+                spec.compensation,
+            )
+        detail: dict[str, Any] = {"attempt": attempt, "timeout": which}
+        error = _timeout(limits.seconds(which), which)
+        queue = unconsumed.get(command) if command else None
+        if queue is not None:
+            detail["unconsumed"] = queue
+            error = _no_consumer(error, queue, local=spec.local)
+        self.record(event, step.name, detail)
+        return error
 
     def deadline_passed(self) -> None:
         assert self.deadline_at is not None
@@ -858,6 +879,17 @@ def _timeout(seconds: float, kind: str = "start_to_close") -> dict[str, Any]:
         "message": f"{what.get(kind, 'no reply')} within {seconds:g}s ({kind.replace('_', '-')})",
         "retryable": True,
     }
+
+
+def _no_consumer(error: dict[str, Any], queue: str, *, local: bool) -> dict[str, Any]:
+    """A timeout error that says its command's queue had nobody consuming it."""
+    hint = (
+        "is `saga worker` running with these SAGA_MODULES?"
+        if local
+        else "is its participant running, or is the service name misspelled?"
+    )
+    message = f"{error['message']}; nobody consumes {queue}: {hint}"
+    return {**error, "message": message, "unconsumed": True}
 
 
 def _message(error: dict[str, Any]) -> str:

@@ -18,6 +18,7 @@ from adapters.http.auth import Caller, authorize
 from adapters.http.models import (
     ActionRequest,
     HistoryPage,
+    KeyCancelResult,
     SagaDetail,
     SagaFilters,
     SagaList,
@@ -216,8 +217,9 @@ async def saga_history(request: Request, saga_id: SagaId) -> HistoryPage:
     status_code=201,
     summary="Start a saga",
     description="201 when started; 200 when a saga with this key exists already (nothing "
-    "new is started); 202 when the start waits for a semantic lock. A `traceparent` header "
-    "joins the saga to the caller's trace.",
+    "new is started; `input_differs` says it was started with other input); 202 when the "
+    "start waits for a semantic lock. A `traceparent` header joins the saga to the caller's "
+    "trace.",
     responses={
         200: {"model": StartResponse, "description": "A saga with this key exists already"},
         202: {"model": StartResponse, "description": "Waiting for a semantic lock"},
@@ -253,6 +255,7 @@ async def start_saga(
         created=outcome.created,
         status=outcome.status,
         queued=outcome.queued,
+        input_differs=outcome.input_differs,
     )
 
 
@@ -274,14 +277,66 @@ async def cancel_saga(
     outcome = await _retried(lambda: engine.cancel(cancel, actor=_actor(caller, body.who)))
     state = await _get(request, saga_id)
     if outcome.refused is not None:
-        advice = (
-            "there is nothing left to cancel"
-            if state.finished
-            else "the saga carries on to its end (or parks for an operator); undo its "
-            "effects by other means, e.g. a refund"
-        )
-        raise ProblemError(409, "cancel-refused", "Cancel refused", f"{outcome.refused}; {advice}")
+        raise _cancel_refused(outcome.refused, [state])
     return models.detail(state, _ctx(request).redact)
+
+
+@router.post(
+    "/sagas/by-key/{key:path}/cancel",
+    summary="Cancel by start key",
+    description="Cancels every saga started with this key (one per saga name; `saga` "
+    "narrows it), and a start with it that waits for a semantic lock. None: 404, unless "
+    "`hold=true` asks to hold the cancel (202), which then applies when a start with this "
+    "key arrives, as a cancel sent through the broker does. Refused (409) as a cancel by id.",
+    responses={
+        202: {"model": KeyCancelResult, "description": "Held for a start still to come"},
+        **_ACTION_RESPONSES,
+    },
+)
+async def cancel_by_key(
+    request: Request,
+    response: Response,
+    *,
+    key: Annotated[
+        str, Path(min_length=1, max_length=MAX_KEY_LENGTH, description="The start's key.")
+    ],
+    body: ActionRequest,
+    saga: Annotated[str | None, Query(max_length=100, description="Only this saga name.")] = None,
+    hold: Annotated[
+        bool,
+        Query(description="No saga has the key yet: hold the cancel for its start (202)."),
+    ] = False,
+    caller: Caller = _CALLER,
+) -> KeyCancelResult:
+    engine = _engine(request)
+    cancel = CancelSaga(key=key, saga=saga or None, reason=body.reason)
+    try:
+        outcome = await _retried(
+            lambda: engine.cancel(cancel, actor=_actor(caller, body.who), hold=hold)
+        )
+    except SagaNotFound as exc:
+        raise SagaNotFound(
+            f"{exc}; check the key, or ask to hold the cancel for a start still to come "
+            "(`hold=true`; `saga cancel --hold`)"
+        ) from exc
+    if outcome.held:
+        response.status_code = 202
+        return KeyCancelResult(held=True, items=[])
+    states = [await _get(request, saga_id) for saga_id, _ in outcome.sagas]
+    if outcome.refused is not None:
+        raise _cancel_refused(outcome.refused, states)
+    redact = _ctx(request).redact
+    return KeyCancelResult(held=False, items=[models.detail(s, redact) for s in states])
+
+
+def _cancel_refused(why: str, states: list[SagaState]) -> ProblemError:
+    advice = (
+        "there is nothing left to cancel"
+        if all(state.finished for state in states)
+        else "the saga carries on to its end (or parks for an operator); undo its "
+        "effects by other means, e.g. a refund"
+    )
+    return ProblemError(409, "cancel-refused", "Cancel refused", f"{why}; {advice}")
 
 
 async def _operate(

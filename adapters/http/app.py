@@ -39,9 +39,12 @@ def create_app(
     engine: Engine | None = None,
     *,
     probes: observability.Probes | None = None,
+    unconsumed_queues: observability.Unconsumed | None = None,
 ) -> FastAPI:
     """The app for `settings`; `engine` None makes a read-only app (writes answer 503).
-    Raises ValueError for malformed SAGA_API_TOKENS."""
+    `unconsumed_queues`: the command queues without a consumer at the last check, which
+    `/readyz` lists (`saga run` passes its check's). Raises ValueError for malformed
+    SAGA_API_TOKENS."""
     # /docs and /redoc with Swagger UI's and ReDoc's files served from here, not a CDN: the
     # pages work on a host with no way out to the internet.
     app = FastAPIOffline(
@@ -59,6 +62,7 @@ def create_app(
     app.state.db_engine = store.db_engine
     app.state.engine = engine
     app.state.probes = probes
+    app.state.unconsumed_queues = unconsumed_queues
     problems.install(app)
     _describe_problems(app)
     app.include_router(api.router)

@@ -165,6 +165,22 @@ class StartResponse(BaseModel):
     created: bool
     status: SagaStatus | None
     queued: bool = Field(False, description="The start waits for a semantic lock (202).")
+    input_differs: bool = Field(
+        False,
+        description="A saga had this key already (200) and was started with other input: "
+        "nothing new was started, and the repeat is recorded in its history "
+        "(`start_repeated`). Use a new key to start another saga.",
+    )
+
+
+class KeyCancelResult(BaseModel):
+    held: bool = Field(
+        description="No saga had the key: the cancel is held (202) and applies when a start "
+        "with this key arrives."
+    )
+    items: list[SagaDetail] = Field(
+        description="The sagas cancelled (compensating, or cancelled at once); empty when held."
+    )
 
 
 class ActionRequest(_Request):

@@ -7,13 +7,16 @@ failed, not how: the reason goes to the log).
 - `db_engine`: the `AsyncEngine` of the saga store, read by `/metrics` and `/readyz`;
 - `settings`: the `Settings`, whose `amqp_url` `/readyz` connects to;
 - `probes` (optional): a `Probes` replacing those default readiness checks, e.g. one that
-  asks the process's own broker connection instead of opening another.
+  asks the process's own broker connection instead of opening another;
+- `unconsumed_queues` (optional): an `Unconsumed`, the command queues that had no consumer
+  at `saga run`'s last check. `/readyz` lists them as `unconsumed_queues` and stays ready:
+  a participant that is down (or a misspelled command) must not take the API down with it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,6 +42,8 @@ METRICS_DB_TIMEOUT = 5.0
 
 Check = Callable[[], Awaitable[None]]
 """Returns when its dependency can be used; raises when it cannot."""
+Unconsumed = Callable[[], Sequence[str]]
+"""The names of the command queues without a consumer at the last check."""
 
 
 async def check_postgres(engine: AsyncEngine) -> None:
@@ -121,14 +126,18 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     checks = await _probes(request).run()
     failed = {name: why for name, why in checks.items() if why != "ok"}
+    # A warning, not a failed check: the participants' fault, not this process's.
+    unconsumed: Unconsumed | None = getattr(request.app.state, "unconsumed_queues", None)
+    warnings = {} if unconsumed is None else {"unconsumed_queues": list(unconsumed())}
     if not failed:
-        return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse({"status": "ready", "checks": checks, **warnings})
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": "Not ready",
         "status": 503,
         "detail": "; ".join(f"{name} check failed: {why}" for name, why in failed.items()),
         "checks": checks,
+        **warnings,
     }
     return JSONResponse(body, status_code=503, media_type=PROBLEM_JSON)
 

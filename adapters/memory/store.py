@@ -17,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from adapters.memory.semantic_locks import MemoryLocks
+from orchestrator.definition_diff import changes
 from orchestrator.errors import ConcurrentUpdate, DefinitionConflict, SagaNotFound
 from orchestrator.locks import LockConflict, LocksView, LockWaiter
 from orchestrator.machine import HistoryEntry
@@ -27,6 +28,7 @@ from orchestrator.ports import (
     HistoryRecord,
     OutboxMessage,
     RegisteredDefinition,
+    Registration,
     SagaQuery,
     Transitions,
     VersionInUse,
@@ -258,21 +260,25 @@ class MemoryStore:
             yield tx
             self._data = tx.data
 
-    async def register(self, record: DefinitionRecord) -> bool:
-        registered = self._definitions.get((record.name, record.version))
-        if registered is None:
-            self._definitions[(record.name, record.version)] = replace(
-                record, document=_json(record.document)
+    async def register(
+        self, record: DefinitionRecord, *, replace_unused: bool = False
+    ) -> Registration:
+        key = (record.name, record.version)
+        registered = self._definitions.get(key)
+        if registered is not None and registered.fingerprint == record.fingerprint:
+            return Registration.UNCHANGED
+        if registered is not None:
+            in_use = any(
+                v.name == record.name and v.version == record.version
+                for v in await self.versions_in_use()
             )
-            self._registered_at[(record.name, record.version)] = _utc(self._clock())
-            return True
-        if registered.fingerprint == record.fingerprint:
-            return False
-        raise DefinitionConflict(
-            f"saga {record.name!r} version {record.version} is registered already with "
-            f"different steps (fingerprint {registered.fingerprint} there, {record.fingerprint} "
-            f"here): bump the version in the definition; running instances keep the old one"
-        )
+            if not replace_unused or in_use:
+                raise DefinitionConflict(
+                    record.name, record.version, changes(registered.document, record.document)
+                )
+        self._definitions[key] = replace(record, document=_json(record.document))
+        self._registered_at[key] = _utc(self._clock())
+        return Registration.NEW if registered is None else Registration.REPLACED
 
     async def definitions(self) -> list[RegisteredDefinition]:
         return [

@@ -3,22 +3,63 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, Connection, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import URL, Connection, make_url, text
 
 from adapters.postgres.database import ensure_database, single_use_engine
+from adapters.postgres.schema import revision_of
 from migrations import alembic_config
+
+T = TypeVar("T")
 
 # Arbitrary constant shared by every process migrating this schema.
 _MIGRATION_LOCK = 0x5A6A_0001
 
 
-async def upgrade(url: str | URL, revision: str = "head") -> None:
+@dataclass(frozen=True)
+class Migrated:
+    """What `upgrade` did: `applied` oldest first; `now` the revision it left the database at."""
+
+    database: str
+    created: bool
+    applied: tuple[str, ...]
+    now: str | None
+
+    def report(self) -> list[str]:
+        """What `saga migrate` prints."""
+        lines = [f"created database {self.database}"] if self.created else []
+        if not self.applied:
+            return [*lines, f"already at {self.now}, nothing to do"]
+        first, last, count = self.applied[0], self.applied[-1], len(self.applied)
+        applied = first if count == 1 else f"{first} ... {last}"
+        plural = "revision" if count == 1 else "revisions"
+        return [*lines, f"applied {applied} ({count} {plural}), now at {self.now}"]
+
+
+async def upgrade(url: str | URL, revision: str = "head") -> Migrated:
     """Create the database if it is missing, then migrate it to `revision`."""
-    await ensure_database(url)
-    await _run(url, lambda config: command.upgrade(config, revision))
+    created = await ensure_database(url)
+
+    def migrate(config: Config) -> Migrated:
+        conn = config.attributes["connection"]
+        before = revision_of(conn)
+        conn.rollback()  # the read's transaction: each revision must begin one of its own
+        command.upgrade(config, revision)
+        now = revision_of(conn)
+        steps = ScriptDirectory.from_config(config).iterate_revisions(now, before)
+        return Migrated(
+            database=str(make_url(url).database),
+            created=created,
+            applied=tuple(reversed([s.revision for s in steps])) if now != before else (),
+            now=now,
+        )
+
+    return await _run(url, migrate)
 
 
 async def downgrade(url: str | URL, revision: str = "base") -> None:
@@ -31,16 +72,16 @@ async def check(url: str | URL) -> None:
     await _run(url, command.check)
 
 
-async def _run(url: str | URL, action: Callable[[Config], None]) -> None:
+async def _run(url: str | URL, action: Callable[[Config], T]) -> T:
     engine = single_use_engine(url)
     try:
         async with engine.connect() as conn:
-            await conn.run_sync(_locked, action)
+            return await conn.run_sync(_locked, action)
     finally:
         await engine.dispose()
 
 
-def _locked(conn: Connection, action: Callable[[Config], None]) -> None:
+def _locked(conn: Connection, action: Callable[[Config], T]) -> T:
     # Several `saga migrate` (or replicas migrating on start) may run at once; Alembic itself
     # does not lock, so they would race to create the same tables. The lock is the session's,
     # not a transaction's: each revision then commits on its own (env.py), so a revision can
@@ -48,7 +89,7 @@ def _locked(conn: Connection, action: Callable[[Config], None]) -> None:
     conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _MIGRATION_LOCK})
     conn.commit()
     try:
-        action(alembic_config(connection=conn))
+        return action(alembic_config(connection=conn))
     finally:
         conn.rollback()  # whatever a failed revision left open
         conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _MIGRATION_LOCK})

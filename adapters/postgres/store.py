@@ -20,12 +20,14 @@ from adapters.postgres.tables import (
     saga_steps,
 )
 from adapters.postgres.transaction import PostgresTransaction
+from orchestrator.definition_diff import changes
 from orchestrator.errors import DefinitionConflict
 from orchestrator.locks import LocksView
 from orchestrator.ports import (
     DefinitionRecord,
     HistoryRecord,
     RegisteredDefinition,
+    Registration,
     SagaQuery,
     VersionInUse,
 )
@@ -52,7 +54,11 @@ class PostgresStore:
             async with self._engine.begin() as conn:
                 yield PostgresTransaction(conn)
 
-    async def register(self, record: DefinitionRecord) -> bool:
+    async def register(
+        self, record: DefinitionRecord, *, replace_unused: bool = False
+    ) -> Registration:
+        d = saga_definitions.c
+        key = (d.name == record.name, d.version == record.version)
         with translated():
             async with self._engine.begin() as conn:
                 inserted = await conn.execute(
@@ -64,22 +70,34 @@ class PostgresStore:
                         document=record.document,
                     )
                     .on_conflict_do_nothing()
-                    .returning(saga_definitions.c.name)
+                    .returning(d.name)
                 )
                 if inserted.first() is not None:
-                    return True
-                registered = await conn.scalar(
-                    sa.select(saga_definitions.c.fingerprint).where(
-                        saga_definitions.c.name == record.name,
-                        saga_definitions.c.version == record.version,
+                    return Registration.NEW
+                row = (await conn.execute(sa.select(d.fingerprint, d.document).where(*key))).one()
+                if row.fingerprint == record.fingerprint:
+                    return Registration.UNCHANGED
+                if replace_unused:
+                    i = saga_instances.c
+                    unfinished = sa.exists().where(
+                        i.name == record.name,
+                        i.version == record.version,
+                        i.status.in_(sorted(s.value for s in UNFINISHED)),
                     )
-                )
-        if registered == record.fingerprint:
-            return False
+                    replaced = await conn.execute(
+                        sa.update(saga_definitions)
+                        .where(*key, ~unfinished)
+                        .values(
+                            fingerprint=record.fingerprint,
+                            document=record.document,
+                            registered_at=sa.func.now(),
+                        )
+                        .returning(d.name)
+                    )
+                    if replaced.first() is not None:
+                        return Registration.REPLACED
         raise DefinitionConflict(
-            f"saga {record.name!r} version {record.version} is registered already with "
-            f"different steps (fingerprint {registered} there, {record.fingerprint} here): "
-            f"bump the version in the definition; running instances keep the old one"
+            record.name, record.version, changes(row.document, record.document)
         )
 
     async def definitions(self) -> list[RegisteredDefinition]:

@@ -172,6 +172,21 @@ def parse(
         raise Poison(describe_invalid(exc)) from exc
 
 
+def json_object(message: Delivery) -> dict[str, Any] | None:
+    """The body as a JSON object when `parse` reads it as one (JSON content type, within the
+    size limit, storable), else None: what may be read of a message `parse` refused, to tell
+    its sender why. A body that is no such object is not read at all (pickle, say)."""
+    try:
+        _check_content_type(message.content_type)
+        if len(message.body) > message.max_bytes:
+            return None
+        check_storable(message.body)
+        data = pydantic_core.from_json(message.body)
+    except (Poison, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def describe_invalid(exc: ValidationError) -> str:
     """A short, human-readable account of why a body did not validate."""
     errors = exc.errors(include_url=False, include_input=False)

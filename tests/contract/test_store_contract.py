@@ -24,6 +24,7 @@ from orchestrator.messages import ParentRef, Reply
 from orchestrator.ports import (
     DefinitionRecord,
     OutboxMessage,
+    Registration,
     SagaQuery,
     SagaStore,
     VersionInUse,
@@ -848,16 +849,45 @@ class StoreContract:
     # -- definitions ------------------------------------------------------------------------
 
     async def test_register_is_idempotent_and_refuses_changed_steps(self, store: SagaStore) -> None:
-        record = DefinitionRecord("order", 1, "abc123", {"steps": ["reserve_credit"]})
-        assert await store.register(record)
-        assert not await store.register(record)
-        assert await store.register(replace(record, version=2, fingerprint="def456"))
+        record = DefinitionRecord("order", 1, "abc123", {"steps": [{"name": "reserve"}]})
+        assert await store.register(record) == Registration.NEW
+        assert await store.register(record) == Registration.UNCHANGED
+        other = replace(record, version=2, fingerprint="def456")
+        assert await store.register(other) == Registration.NEW
+        changed = replace(
+            record,
+            fingerprint="def456",
+            document={"steps": [{"name": "reserve", "timeout": 5}, {"name": "ship"}]},
+        )
         with pytest.raises(DefinitionConflict) as refused:
-            await store.register(replace(record, fingerprint="def456"))
+            await store.register(changed)
         text_ = str(refused.value)
         assert "'order'" in text_
         assert "version 1" in text_
         assert "bump the version" in text_
+        # What changed, not two fingerprints.
+        assert refused.value.changes == ["step 'ship' added", "step 'reserve': timeout unset -> 5"]
+        assert "SAGA_DEV_REDEFINE" in text_
+
+    async def test_a_changed_version_nothing_runs_on_is_replaced_when_asked(
+        self, store: SagaStore
+    ) -> None:
+        state = started()
+        record = DefinitionRecord(state.name, state.version, "abc123", {"steps": []})
+        assert await store.register(record) == Registration.NEW
+        changed = replace(record, fingerprint="def456", document={"steps": [{"name": "a"}]})
+        # An unfinished instance runs on it: refused even when asked.
+        await self.insert(store, state)
+        with pytest.raises(DefinitionConflict):
+            await store.register(changed, replace_unused=True)
+        done = replace(state, status=SagaStatus.COMPLETED, revision=1)
+        await self.save(store, state, done)
+        with pytest.raises(DefinitionConflict):
+            await store.register(changed)  # not asked
+        assert await store.register(changed, replace_unused=True) == Registration.REPLACED
+        assert await store.register(changed) == Registration.UNCHANGED
+        [listed] = await store.definitions()
+        assert listed.fingerprint == "def456"
 
     async def test_definitions_lists_every_registration_by_name_then_version(
         self, store: SagaStore

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from adapters.postgres.database import drop_database, make_engine
+from adapters.postgres.schema import scripts
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
 from examples.demo import CUSTOMERS, STOCK, wait_for_consumers
@@ -77,13 +78,23 @@ def running(env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
     procs.stop_all()
 
 
-async def test_migrate_creates_a_missing_database(env: dict[str, str], database_url: str) -> None:
-    url = database_url.rsplit("/", 1)[0] + f"/saga_cli_{uuid.uuid4().hex[:8]}"
+async def test_migrate_creates_a_missing_database_and_says_what_it_did(
+    env: dict[str, str], database_url: str
+) -> None:
+    name = f"saga_cli_{uuid.uuid4().hex[:8]}"
+    url = database_url.rsplit("/", 1)[0] + f"/{name}"
+    revisions = [s.revision for s in reversed(list(scripts().walk_revisions()))]
+    head = revisions[-1]
     try:
-        for _ in range(2):  # and running it again is harmless
-            done = saga({**env, "SAGA_DATABASE_URL": url}, "migrate")
-            assert done.returncode == 0, done.stderr
-            assert "up to date" in done.stdout
+        done = saga({**env, "SAGA_DATABASE_URL": url}, "migrate")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [
+            f"created database {name}",
+            f"applied {revisions[0]} ... {head} ({len(revisions)} revisions), now at {head}",
+        ]
+        again = saga({**env, "SAGA_DATABASE_URL": url}, "migrate")  # harmless
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines() == [f"already at {head}, nothing to do"]
     finally:
         await drop_database(url)
 
@@ -117,7 +128,9 @@ async def test_start_status_list_cancel(
     assert refused.returncode == 1
     assert "past the pivot" in refused.stderr or "already completed" in refused.stderr
 
-    held = saga(env, "cancel", "not-started-yet")
+    typo = saga(env, "cancel", "not-started-yet")
+    assert typo.returncode == 3 and "no saga has key 'not-started-yet'" in typo.stderr
+    held = saga(env, "cancel", "not-started-yet", "--hold")
     assert held.returncode == 0 and "held" in held.stdout
 
     missing = saga(env, "status", str(uuid.uuid4()))
@@ -133,7 +146,8 @@ def test_bad_input_gets_a_clear_error(env: dict[str, str]) -> None:
 async def test_operator_pause_history_refusal_resume(
     env: dict[str, str], tmp_path: Path, topology: Topology
 ) -> None:
-    procs = Processes(env={**env, "SHOP_SLOW_SECONDS": "3.0"}, log_dir=tmp_path)
+    # Long enough for four CLI processes (each ~1-2 s on a loaded machine) to act mid-flight.
+    procs = Processes(env={**env, "SHOP_SLOW_SECONDS": "10.0"}, log_dir=tmp_path)
     procs.start_orchestrator()
     procs.start_shop()
     try:

@@ -91,7 +91,7 @@ lab.remote("ship", command="lab.ship", pivot=True, retry=Retry(max_attempts=1))
 lab.remote("label", command="lab.label", retry=QUICK)
 
 beacon = Saga("beacon", version=1, input=Ping, timeout=30)
-beacon.remote("ping", command="lab.ping")
+beacon.remote("ping", command="lab.ping", compensation=None)
 
 
 class Lab:

@@ -36,6 +36,7 @@ vault_export.remote(
     timeout=START_TO_CLOSE,
     heartbeat_timeout=HEARTBEAT_TIMEOUT,
     retry=Retry(max_attempts=3, initial_interval=0.1, jitter=0),
+    compensation=None,
 )
 
 

@@ -53,9 +53,9 @@ class Owned(BaseModel):
 
 # For semantic locks: a second start on a held user is rejected, or queued.
 exclusive = Saga("exclusive", version=1, input=Owned, locks=("user:{user}",), on_locked="reject")
-exclusive.remote("use", command="vault.use")
+exclusive.remote("use", command="vault.use", compensation=None)
 patient = Saga("patient", version=1, input=Owned, locks=("user:{user}",), on_locked="queue")
-patient.remote("use", command="vault.use")
+patient.remote("use", command="vault.use", compensation=None)
 
 SAGAS = (order.saga, order.order_v1, vault, exclusive, patient)
 

@@ -26,6 +26,7 @@ async def test_start_is_idempotent_by_key(api: Api) -> None:
         "created": True,
         "status": "running",
         "queued": False,
+        "input_differs": False,
     }
     again = await api.client.post("/api/sagas", json=body)
     assert again.status_code == 200
@@ -34,6 +35,27 @@ async def test_start_is_idempotent_by_key(api: Api) -> None:
         "customers.reserve_credit",
         "inventory.reserve",
     ]
+
+
+async def test_a_key_reused_with_other_input_is_flagged_in_the_answer_and_history(
+    api: Api,
+) -> None:
+    saga_id = await api.start("s-reused", order_input("s-reused"))
+    body = {"saga": "order", "key": "s-reused", "input": order_input("s-reused", amount="99.00")}
+    again = await api.client.post("/api/sagas", json=body)
+    assert again.status_code == 200
+    assert again.json() == {
+        "saga_id": str(saga_id),
+        "created": False,
+        "status": "running",
+        "queued": False,
+        "input_differs": True,
+    }
+    [repeat] = [h for h in await history(api, saga_id) if h["event"] == "start_repeated"]
+    assert repeat["detail"] == {"same_input": False, "differing_fields": ["amount"]}
+    assert repeat["actor"] == "api:anonymous"
+    saga = (await api.client.get(f"/api/sagas/{saga_id}")).json()
+    assert saga["input"]["amount"] == "25.00"  # the first start's input stays
 
 
 async def test_a_start_pins_a_version_and_joins_the_callers_trace(api: Api) -> None:
@@ -62,7 +84,13 @@ async def test_a_start_a_semantic_lock_holds_back_is_409_or_202(api: Api) -> Non
         "/api/sagas", json={"saga": "patient", "key": "third", "input": {"user": "ann"}}
     )
     assert queued.status_code == 202
-    assert queued.json() == {"saga_id": None, "created": False, "status": None, "queued": True}
+    assert queued.json() == {
+        "saga_id": None,
+        "created": False,
+        "status": None,
+        "queued": True,
+        "input_differs": False,
+    }
 
 
 async def test_bad_starts_are_422_problems_that_say_what_to_fix(api: Api) -> None:
@@ -108,6 +136,53 @@ async def test_cancel_before_the_pivot_undoes_the_saga(api: Api) -> None:
     assert (saga["status"], saga["cancel_reason"]) == ("compensating", "customer called")
     [accepted] = [h for h in await history(api, saga_id) if h["event"] == "saga_cancel_accepted"]
     assert accepted["actor"] == "api:ann" and accepted["detail"]["reason"] == "customer called"
+
+
+async def test_a_cancel_by_an_unknown_key_is_404_and_holds_nothing(api: Api) -> None:
+    answer = await api.client.post("/api/sagas/by-key/typo-1/cancel", json={"reason": "oops"})
+    problem = assert_problem(answer, 404, says="no saga has key 'typo-1'")
+    assert "hold=true" in problem["detail"]
+    started = await api.client.post(
+        "/api/sagas", json={"saga": "order", "key": "typo-1", "input": order_input("typo-1")}
+    )
+    assert (started.status_code, started.json()["status"]) == (201, "running")
+
+
+async def test_a_cancel_by_key_with_hold_waits_for_its_start(api: Api) -> None:
+    answer = await api.client.post(
+        "/api/sagas/by-key/later-1/cancel",
+        params={"hold": "true"},
+        json={"reason": "changed mind", "who": "ann"},
+    )
+    assert (answer.status_code, answer.json()) == (202, {"held": True, "items": []})
+    started = await api.client.post(
+        "/api/sagas", json={"saga": "order", "key": "later-1", "input": order_input("later-1")}
+    )
+    assert (started.status_code, started.json()["status"]) == (201, "cancelled")
+
+
+async def test_a_cancel_by_key_finds_sagas_and_starts_waiting_for_a_lock(api: Api) -> None:
+    saga_id = await api.start("k-1")
+    answer = await api.client.post(
+        "/api/sagas/by-key/k-1/cancel", json={"reason": "customer called", "who": "ann"}
+    )
+    assert answer.status_code == 200 and answer.json()["held"] is False
+    [saga] = answer.json()["items"]
+    assert (saga["saga_id"], saga["status"]) == (str(saga_id), "compensating")
+
+    await api.start("holder", {"user": "bo"}, saga="patient")
+    queued = await api.client.post(
+        "/api/sagas", json={"saga": "patient", "key": "waiter", "input": {"user": "bo"}}
+    )
+    assert queued.status_code == 202  # no saga has key "waiter" yet: its start waits
+    answer = await api.client.post("/api/sagas/by-key/waiter/cancel", json={"reason": "no"})
+    assert answer.status_code == 200
+    [saga] = answer.json()["items"]
+    assert (saga["key"], saga["status"]) == ("waiter", "cancelled")
+
+    await api.past_pivot("k-2")
+    refused = await api.client.post("/api/sagas/by-key/k-2/cancel", json={"reason": "late"})
+    assert_problem(refused, 409, says="'charge_payment'")
 
 
 async def test_cancel_past_the_pivot_is_a_409_naming_the_pivot(api: Api) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from adapters.http.serve import Bind, listen, serve
-from tests.http.conftest import OPERATOR, READER, TOKENS, Api
+from tests.http.conftest import OPERATOR, READER, TOKENS, Api, order_input
 
 
 @dataclass
@@ -72,6 +72,8 @@ async def test_reads_over_the_api_print_what_the_database_shows(served: Served) 
         ("list",),
         ("history", "cli-2", "--json"),
         ("history", str(parked)),
+        ("status", "cli-2", "--wide"),
+        ("history", "cli-2", "--wide"),
     ]
     runs = await asyncio.gather(
         *(served.saga(*c) for c in commands), *(served.saga(*c, url=False) for c in commands)
@@ -82,6 +84,92 @@ async def test_reads_over_the_api_print_what_the_database_shows(served: Served) 
         assert expected[0] == 0, (command, expected[2])
         assert out == expected[1], command
     assert [s["key"] for s in json.loads(over_api[2][1])] == ["cli-2", "cli-1"]
+
+
+def row(shown: str, step: str) -> str:
+    """The line of `saga status` for `step`."""
+    [line] = [line for line in shown.splitlines() if line.startswith(f"{step} ")]
+    return line
+
+
+async def test_status_shows_how_each_compensation_went(served: Served) -> None:
+    """On both paths: a parked compensation, one compensated after an operator's retry, one
+    marked done by hand, and a step that needed no undo."""
+    api = served.api
+    parked = await api.parked_compensating("u-1")
+    retried = await api.parked_compensating("u-2")
+    await api.client.post(f"/api/sagas/{retried}/retry", json={"reason": "again"})
+    await api.reply(retried, "reserve_credit", kind="compensation", result={"released": 1})
+    marked = await api.parked_compensating("u-3")
+    await api.client.post(
+        f"/api/sagas/{marked}/mark-compensated", json={"reason": "released by hand", "who": "ann"}
+    )
+    keys = ("u-1", "u-2", "u-3")
+    runs = await asyncio.gather(
+        *(served.saga("status", k) for k in keys),
+        *(served.saga("status", k, url=False) for k in keys),
+    )
+    assert all(code == 0 for code, _, _ in runs), [err for _, _, err in runs]
+    over_api, on_database = [out for _, out, _ in runs[:3]], [out for _, out, _ in runs[3:]]
+    assert over_api == on_database
+    u1, u2, u3 = over_api
+    assert f"{parked}  key=u-1  status=failed" in u1
+    assert "compensation" in u1.splitlines()[2]  # the column's header
+    assert row(u1, "reserve_credit").endswith("parked after 1 attempt; last failure: no")
+    # The action's outcome stays in its column: reserve_stock's refusal, reserve_credit's
+    # (empty) result, not the compensation's failure.
+    assert row(u1, "reserve_stock").split() == ["reserve_stock", "failed", "1", "no"]
+    assert row(u1, "reserve_credit").split()[:4] == [
+        "reserve_credit",
+        "compensating",
+        "1",
+        "parked",
+    ]
+    assert "status=compensated" in u2
+    assert row(u2, "reserve_credit").endswith("compensated (2 attempts); last failure: no")
+    assert row(u3, "reserve_credit").endswith(
+        "marked compensated by api:ann: released by hand; last failure: no"
+    )
+    assert row(u3, "charge_payment").split() == ["charge_payment", "pending", "0"]
+
+
+async def test_wide_status_and_history_print_everything_in_full(served: Served) -> None:
+    api = served.api
+    parked = await api.parked("w-1")
+    note = "delivered by hand, signed for by the neighbour at number " + "1" * 60
+    code, _, err = await served.saga(
+        "skip", "w-1", "notify_customer", "--result", json.dumps({"note": note}), "-r", "phoned"
+    )
+    assert code == 0, err
+    runs = await asyncio.gather(
+        *(
+            served.saga(c, "w-1", *wide, url=url)
+            for c in ("status", "history")
+            for wide in ((), ("--wide",))
+            for url in (True, False)
+        )
+    )
+    assert all(code == 0 for code, _, _ in runs), [err for _, _, err in runs]
+    status, status_db, wide, wide_db, history, history_db, wide_history, wide_history_db = (
+        out for _, out, _ in runs
+    )
+    assert (status, wide, history, wide_history) == (
+        status_db,
+        wide_db,
+        history_db,
+        wide_history_db,
+    )
+    # Cut short by default: the result in its cell, the skip's detail in the history.
+    assert note not in status and "…" in row(status, "notify_customer")
+    assert note not in history and "history:" not in status
+    # In full with --wide: the result, the history below the steps, every detail whole.
+    assert row(wide, "notify_customer").split()[:3] == ["notify_customer", "skipped", "1"]
+    assert json.dumps({"note": note}) in row(wide, "notify_customer")
+    steps, shown_history = wide.split("\nhistory:\n")
+    assert f"{parked}  key=w-1  status=completed" in steps
+    assert shown_history.strip() == wide_history.strip()
+    skipped = [line for line in wide_history.splitlines() if " step_skipped " in line]
+    assert len(skipped) == 1 and note in skipped[0] and '"reason":"phoned"' in skipped[0]
 
 
 async def test_list_filters_over_the_api(served: Served) -> None:
@@ -147,6 +235,23 @@ async def test_actions_over_the_api_and_their_exit_codes(served: Served) -> None
     assert past_pivot  # untouched by the refused cancel
 
 
+async def test_a_cancel_by_an_unknown_key_is_refused_unless_held(served: Served) -> None:
+    code, out, err = await served.saga("cancel", "typo-9", "--reason", "oops")
+    assert (code, out) == (3, "")
+    assert "no saga has key 'typo-9'" in err and "--hold" in err
+    key = "later/9?x#y"  # what a URL path must escape
+    code, out, err = await served.saga("cancel", key, "--hold", "--reason", "changed mind")
+    assert (code, out.strip()) == (
+        0,
+        f"no saga has key {key!r} yet: the cancel is held and applies when a start with this "
+        "key arrives",
+    ), err
+    started = await served.api.client.post(
+        "/api/sagas", json={"saga": "order", "key": key, "input": order_input("later-9")}
+    )
+    assert started.json()["status"] == "cancelled"
+
+
 async def test_exit_codes_say_what_went_wrong(served: Served) -> None:
     await served.api.start("e-1")
     with socket.create_server(("127.0.0.1", 0)) as probe:
@@ -165,3 +270,29 @@ async def test_exit_codes_say_what_went_wrong(served: Served) -> None:
     assert "has the read role" in errors[3]
     assert "cannot reach the API" in errors[4]
     assert all(OPERATOR not in e and READER not in e for e in errors)
+
+
+async def test_start_over_the_api_says_what_the_start_came_to(served: Served) -> None:
+    order = json.dumps(order_input("st-1"))
+    other = json.dumps(order_input("st-1", amount="99.00"))
+    code, out, err = await served.saga("start", "order", "--key", "st-1", "--input", order)
+    assert (code, out.strip(), err) == (0, "st-1", "")
+    [saga] = (await served.api.client.get("/api/sagas/by-key/st-1")).json()["items"]
+    runs = await asyncio.gather(
+        served.saga("start", "order", "--key", "st-1", "--input", order),  # a repeat: 0
+        served.saga("start", "nosuch", "--input", order),  # unknown saga: 2
+        served.saga("start", "order", "--input", '{"order_id": "x"}'),  # invalid input: 2
+    )
+    assert [code for code, _, _ in runs] == [0, 2, 2]
+    assert f"key 'st-1' has saga {saga['saga_id']} (running) already, with this input" in runs[0][2]
+    assert "no saga named 'nosuch'; known: exclusive, order, patient, vault" in runs[1][2]
+    assert "input for saga 'order' is invalid: customer_id: Field required" in runs[2][2]
+    # The key again, with other input: started nothing, and says so (and the history has it).
+    code, out, err = await served.saga("start", "order", "--key", "st-1", "--input", other)
+    assert (code, out.strip()) == (0, "st-1")
+    assert f"warning: key 'st-1' has saga {saga['saga_id']} (running) already" in err
+    assert "started with other input: nothing new was started" in err
+    history = (await served.api.client.get(f"/api/sagas/{saga['saga_id']}/history")).json()
+    assert [h["event"] for h in history["items"]].count("start_repeated") == 1
+    found = (await served.api.client.get("/api/sagas", params={"saga": "order"})).json()
+    assert [s["key"] for s in found["items"]] == ["st-1"]  # the bad starts started nothing

@@ -14,6 +14,7 @@ PATHS = {
     "/api/sagas": {"get", "post"},
     "/api/sagas/counts": {"get"},
     "/api/sagas/by-key/{key}": {"get"},
+    "/api/sagas/by-key/{key}/cancel": {"post"},
     "/api/sagas/{saga_id}": {"get"},
     "/api/sagas/{saga_id}/history": {"get"},
     **{

@@ -135,9 +135,15 @@ async def drain(queue: AbstractQueue) -> list[dict[str, Any]]:
 
 @asynccontextmanager
 async def running_system(
-    database_url: str, topology: Topology, amqp_url: str, sagas: Iterable[Saga]
+    database_url: str,
+    topology: Topology,
+    amqp_url: str,
+    sagas: Iterable[Saga],
+    **settings_overrides: Any,
 ) -> AsyncIterator[System]:
-    settings = fast_settings(database_url, amqp_url, topology.prefix, prefetch=20)
+    """`settings_overrides`: Settings fields of the orchestrator beyond `fast_settings`'."""
+    overrides = {"prefetch": 20, **settings_overrides}
+    settings = fast_settings(database_url, amqp_url, topology.prefix, **overrides)
     shop = make_engine(database_url, pool_size=5)
     await schema.create(shop)
     await schema.seed(shop, CUSTOMERS, STOCK)

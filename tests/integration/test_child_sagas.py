@@ -49,7 +49,7 @@ def shipment_input(ctx: GuardContext) -> dict[str, object]:
 
 shipment = Saga("shipment", version=1, input=Shipment, timeout=10)
 shipment.remote("book_truck", command="fleet.book", compensation="fleet.unbook", retry=ONCE)
-shipment.remote("label", command="fleet.label", retry=ONCE)
+shipment.remote("label", command="fleet.label", retry=ONCE, compensation=None)
 
 purchase = Saga("purchase", version=1, input=Purchase, timeout=10)
 purchase.remote("reserve", command="store.reserve", compensation="store.release", retry=ONCE)

@@ -40,7 +40,7 @@ class Ticket(BaseModel):
 
 # Served by the `desk` participant below.
 simple = Saga("ticket", version=1, input=Ticket, timeout=5)
-simple.remote("file", command="desk.file")
+simple.remote("file", command="desk.file", compensation=None)
 
 # `hold` blocks until the test lets it go, so the saga stays compensating across the cancels.
 held = Saga("ticket_held", version=1, input=Ticket, timeout=5)
@@ -54,11 +54,14 @@ flaky.remote(
     command="manual.route",
     timeout=1.5,
     retry=Retry(max_attempts=2, initial_interval=0.05, max_interval=0.05, jitter=0),
+    compensation=None,
 )
 
 # One attempt that times out: the saga ends before the reply comes.
 lapsed = Saga("ticket_lapsed", version=1, input=Ticket)
-lapsed.remote("route", command="manual.route", timeout=0.3, retry=Retry(max_attempts=1))
+lapsed.remote(
+    "route", command="manual.route", timeout=0.3, retry=Retry(max_attempts=1), compensation=None
+)
 
 
 @pytest.fixture

@@ -34,12 +34,15 @@ retried.remote(
     command="courier.ship",
     timeout=0.5,
     retry=Retry(max_attempts=2, initial_interval=1.0, max_interval=1.0, jitter=0),
+    compensation=None,
 )
 
 # One attempt only: its timeout sends the saga into compensation of the step before it.
 single = Saga("parcel_single", version=1, input=Parcel)
 single.remote("hold", command="depot.hold", compensation="depot.release", timeout=5)
-single.remote("ship", command="courier.ship", timeout=0.5, retry=Retry(max_attempts=1))
+single.remote(
+    "ship", command="courier.ship", timeout=0.5, retry=Retry(max_attempts=1), compensation=None
+)
 
 # For the participant whose clock runs ahead: every command looks expired to it.
 skewed = Saga("parcel_skewed", version=1, input=Parcel)
@@ -49,6 +52,7 @@ skewed.remote(
     command="courier.ship",
     timeout=5,
     retry=Retry(max_attempts=2, initial_interval=0.05, max_interval=0.05),
+    compensation=None,
 )
 
 

@@ -50,8 +50,8 @@ report.map(
     retry=Retry(max_attempts=1),
 )
 with report.parallel():
-    report.remote("mail", command="reports.mail")
-    report.remote("archive", command="reports.archive")
+    report.remote("mail", command="reports.mail", compensation=None)
+    report.remote("archive", command="reports.archive", compensation=None)
 
 
 class Service:

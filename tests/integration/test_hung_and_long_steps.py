@@ -49,16 +49,20 @@ hung.remote(
 
 # A long step: up to a minute per attempt, a heartbeat at least every second.
 heartbeating = Saga("heartbeating", version=1, input=Job)
-heartbeating.remote("crunch", command="mill.crunch", timeout=60, heartbeat_timeout=1, retry=ONCE)
+heartbeating.remote(
+    "crunch", command="mill.crunch", timeout=60, heartbeat_timeout=1, retry=ONCE, compensation=None
+)
 
 # Longer than the broker's consumer timeout in the test below: one with a heartbeat timeout
 # (acked once its start report is confirmed), one without (acked after `detach_after`).
 beating_export = Saga("beating_export", version=1, input=Job)
-beating_export.remote("export", command="mill.export", timeout=60, heartbeat_timeout=2, retry=ONCE)
+beating_export.remote(
+    "export", command="mill.export", timeout=60, heartbeat_timeout=2, retry=ONCE, compensation=None
+)
 plain_export = Saga("plain_export", version=1, input=Job)
-plain_export.remote("export", command="mill.export", timeout=60, retry=ONCE)
+plain_export.remote("export", command="mill.export", timeout=60, retry=ONCE, compensation=None)
 quick = Saga("quick", version=1, input=Job)
-quick.remote("ping", command="mill.ping", timeout=10, retry=ONCE)
+quick.remote("ping", command="mill.ping", timeout=10, retry=ONCE, compensation=None)
 
 # A step that keeps failing retryably: 50 attempts allowed, but only 2 s in all.
 budgeted = Saga("budgeted", version=1, input=Job)
@@ -135,15 +139,22 @@ def short_consumer_timeout() -> Iterator[None]:
 # -- a hung handler ---------------------------------------------------------------------------
 
 
-async def test_a_hung_handler_is_cancelled_and_the_saga_compensates(system: System) -> None:
-    cleaned: list[int] = []
+def desk_answering(*undos: str) -> Participant:
+    """The desk service, answering its reservation, its release and `undos` at once; the
+    test adds the handler under test."""
     desk = Participant("desk")
 
-    @desk.handler("desk.reserve")
-    @desk.handler("desk.release")
-    @desk.handler("desk.unfetch")
-    async def quick_answer(cmd: Command) -> dict[str, Any]:
+    async def done(cmd: Command) -> dict[str, Any]:
         return {"done": cmd.command}
+
+    for command in ("desk.reserve", "desk.release", *undos):
+        desk.handler(command)(done)
+    return desk
+
+
+async def test_a_hung_handler_is_cancelled_and_the_saga_compensates(system: System) -> None:
+    cleaned: list[int] = []
+    desk = desk_answering("desk.unfetch")
 
     @desk.handler("desk.fetch")
     async def fetch(cmd: Command) -> dict[str, Any]:
@@ -178,13 +189,7 @@ async def test_a_hung_handler_is_cancelled_and_the_saga_compensates(system: Syst
 
 async def test_schedule_to_close_ends_a_step_before_its_attempts_run_out(system: System) -> None:
     tries: list[int] = []
-    desk = Participant("desk")
-
-    @desk.handler("desk.reserve")
-    @desk.handler("desk.release")
-    @desk.handler("desk.unflaky")
-    async def quick_answer(cmd: Command) -> dict[str, Any]:
-        return {"done": cmd.command}
+    desk = desk_answering("desk.unflaky")
 
     @desk.handler("desk.flaky")
     async def flaky(cmd: Command) -> dict[str, Any]:

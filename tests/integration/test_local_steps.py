@@ -37,7 +37,7 @@ async def render(ctx: StepContext) -> dict[str, str]:
     return {"file": f"/reports/{ctx.input.report_id}.pdf"}  # type: ignore[attr-defined]
 
 
-@report.local()
+@report.local(compensate=None)
 async def publish(ctx: StepContext) -> dict[str, bool]:
     if ctx.input.fail:  # type: ignore[attr-defined]
         raise StepFailed("cdn_refused", "the CDN refused the upload", retryable=False)
@@ -75,7 +75,7 @@ async def test_changed_definition_under_a_registered_version_is_refused(
 ) -> None:
     async with running_system(database_url, topology, amqp_url, [report]) as sys_:
         changed = Saga("report", version=1, input=Report, timeout=5)
-        changed.remote("render", command="reports.render")
+        changed.remote("render", command="reports.render", compensation=None)
         with pytest.raises(DefinitionConflict, match="bump"):
             await Orchestrator(sys_.settings, registry=Registry([changed])).start()
 
@@ -102,7 +102,7 @@ async def debit(ctx: StepContext) -> dict[str, bool]:
     return {"debited": True}
 
 
-@stubborn.local()
+@stubborn.local(compensate=None)
 async def credit(ctx: StepContext) -> None:
     raise StepFailed("account_closed", "the target account is closed", retryable=False)
 

@@ -94,6 +94,18 @@ async def test_readyz_names_an_unreachable_database(dead_db: AsyncEngine, amqp_u
     assert "postgres" in problem["detail"]
 
 
+async def test_readyz_lists_unconsumed_queues_as_a_warning_beside_a_failed_check(
+    dead_db: AsyncEngine, amqp_url: str
+) -> None:
+    app = app_with(dead_db, amqp_url)
+    app.state.unconsumed_queues = lambda: ["commands.hotel"]
+    response = await get(app, "/readyz")
+    assert response.status_code == 503  # for the database alone
+    problem = response.json()
+    assert problem["unconsumed_queues"] == ["commands.hotel"]
+    assert problem["detail"] == f"postgres check failed: {problem['checks']['postgres']}"
+
+
 async def test_a_check_that_hangs_fails_by_its_timeout(db: AsyncEngine, amqp_url: str) -> None:
     async def hangs() -> None:
         await asyncio.sleep(60)  # a check that never answers: the timeout must cut it off

@@ -42,6 +42,7 @@ metered.remote(
     "charge",
     command="till.charge",
     retry=Retry(max_attempts=2, initial_interval=1, jitter=0),
+    compensation=None,
 )
 
 

@@ -45,7 +45,7 @@ parcel.remote("label", command="printer.label", retry=QUICK)
 napping = Saga("parcel_nap", version=1, input=Parcel, timeout=5)
 napping.remote("hold", command="depot.hold", compensation="depot.release")
 napping.sleep("nap", seconds=0.3)
-napping.remote("ship", command="courier.ship")
+napping.remote("ship", command="courier.ship", compensation=None)
 
 
 class Shop:

@@ -74,7 +74,7 @@ class EditOrder(BaseModel):
 def edit_saga(name: str, **lock_options: Any) -> Saga:
     saga = Saga(name, input=EditOrder, timeout=20, **lock_options)
     saga.remote("read_total", command="orders.read_total", compensation="orders.forget", retry=ONCE)
-    saga.remote("write_total", command="orders.write_total", retry=ONCE)
+    saga.remote("write_total", command="orders.write_total", retry=ONCE, compensation=None)
     return saga
 
 

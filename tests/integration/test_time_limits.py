@@ -32,12 +32,15 @@ queued.remote(
     timeout=5,
     schedule_to_start=0.3,
     retry=Retry(max_attempts=2, initial_interval=0.05, max_interval=0.05, jitter=0),
+    compensation=None,
 )
 
 # A whole-saga deadline of 1 s; the courier's timeout alone would wait 30 s.
 bounded = Saga("parcel_bounded", version=1, input=Parcel, deadline=1.0)
 bounded.remote("hold", command="depot.hold", compensation="depot.release", timeout=5)
-bounded.remote("ship", command="courier.ship", timeout=30, retry=Retry(max_attempts=1))
+bounded.remote(
+    "ship", command="courier.ship", timeout=30, retry=Retry(max_attempts=1), compensation=None
+)
 
 
 @pytest.fixture

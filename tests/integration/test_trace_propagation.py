@@ -41,9 +41,9 @@ class Box(BaseModel):
 
 ONCE = Retry(max_attempts=1)
 leg = Saga("traced_leg", version=1, input=Box, timeout=10)
-leg.remote("drive", command="vans.drive", retry=ONCE)
+leg.remote("drive", command="vans.drive", retry=ONCE, compensation=None)
 trip = Saga("traced_trip", version=1, input=Box, timeout=10)
-trip.remote("load", command="depot.load", retry=ONCE)
+trip.remote("load", command="depot.load", retry=ONCE, compensation=None)
 trip.child("ride", saga="traced_leg")
 
 

@@ -13,7 +13,7 @@ from tests.unit.test_machine_map import chunks
 
 def test_status_json_names_the_parent_and_the_items() -> None:
     s = shop()
-    s.map("summarise", command="reports.summarise", items=chunks, concurrency=1)
+    s.map("summarise", command="reports.summarise", items=chunks, concurrency=1, compensation=None)
     run = Run(s, input={"n": 2})
     parent = ParentRef(saga_id=uuid.uuid4(), step="report", command_id=uuid.uuid4())
     shown = _state_json(replace(run.state, parent=parent))

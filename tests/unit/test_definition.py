@@ -65,14 +65,16 @@ def test_a_compensation_after_the_pivot_is_refused() -> None:
         match=r"comes after the pivot 'charge'.*remove compensation= or move the step",
     ):
         s.remote("notify", command="mail.send", compensation="mail.unsend")
-    s.remote("notify", command="mail.send")  # without a compensation it is a retriable step
+    s.remote(
+        "notify", command="mail.send", compensation=None
+    )  # without a compensation it is a retriable step
     assert [step.name for step in s.steps] == ["reserve", "charge", "notify"]
     assert s.pivot_index == 1
 
 
 def test_steps_before_the_pivot_may_have_no_compensation() -> None:
     s = saga()
-    s.remote("check", command="fraud.check")
+    s.remote("check", command="fraud.check", compensation=None)
     s.remote("charge", command="payments.charge", pivot=True)
     assert s.step("check").compensation is None and s.pivot_index == 1
 
@@ -80,7 +82,7 @@ def test_steps_before_the_pivot_may_have_no_compensation() -> None:
 def test_duplicate_step_names_are_refused() -> None:
     s = two_step()
     with pytest.raises(DefinitionError, match="'reserve': a step with this name exists already"):
-        s.remote("reserve", command="stock.reserve2")
+        s.remote("reserve", command="stock.reserve2", compensation=None)
 
 
 # -- names ----------------------------------------------------------------------------------------
@@ -91,7 +93,7 @@ def test_bad_command_names_are_refused_with_an_example(command: str) -> None:
     with pytest.raises(
         DefinitionError, match=r"not a valid command name: use '<service>\.<command>'"
     ):
-        saga().remote("charge", command=command)
+        saga().remote("charge", command=command, compensation=None)
 
 
 def test_bad_compensation_names_are_refused() -> None:
@@ -102,7 +104,7 @@ def test_bad_compensation_names_are_refused() -> None:
 @pytest.mark.parametrize("name", ["Reserve", "1st", "re-serve", "", "_x"])
 def test_bad_step_names_are_refused(name: str) -> None:
     with pytest.raises(DefinitionError, match="step name is invalid: use lowercase"):
-        saga().remote(name, command="stock.reserve")
+        saga().remote(name, command="stock.reserve", compensation=None)
 
 
 @pytest.mark.parametrize("name", ["Order", "order-v2", "", "9lives"])
@@ -123,7 +125,7 @@ def test_bad_versions_are_refused(version: Any) -> None:
 @pytest.mark.parametrize("bad", [0, -5, 0.0, float("nan"), float("inf"), True, "30"])
 def test_non_positive_or_non_finite_step_timeouts_are_refused(bad: Any) -> None:
     with pytest.raises(DefinitionError, match="timeout must be a positive number of seconds"):
-        saga().remote("reserve", command="stock.reserve", timeout=bad)
+        saga().remote("reserve", command="stock.reserve", timeout=bad, compensation=None)
     with pytest.raises(
         DefinitionError, match="compensation_timeout must be a positive number of seconds"
     ):
@@ -157,7 +159,9 @@ def test_step_defaults_come_from_the_saga() -> None:
     policy = Retry(max_attempts=7)
     s = saga(timeout=12, retry=policy)
     s.remote("reserve", command="stock.reserve", compensation="stock.release")
-    s.remote("charge", command="payments.charge", timeout=3, compensation_timeout=4)
+    s.remote(
+        "charge", command="payments.charge", timeout=3, compensation_timeout=4, compensation=None
+    )
     reserve, charge = s.steps
     assert (reserve.timeout, reserve.compensation_timeout, reserve.retry) == (12, 12, policy)
     assert reserve.compensation_retry == DEFAULT_COMPENSATION_RETRY
@@ -231,7 +235,7 @@ def test_fingerprint_is_stable_for_equal_definitions() -> None:
         {"timeout": 5},
         {"retry": Retry(max_attempts=9)},
         {"compensation_timeout": 7},
-        {"pivot": False},
+        {"pivot": False, "compensation": None},
     ],
 )
 def test_fingerprint_changes_when_a_step_changes(charge: dict[str, Any]) -> None:
@@ -240,7 +244,7 @@ def test_fingerprint_changes_when_a_step_changes(charge: dict[str, Any]) -> None
 
 def test_fingerprint_changes_when_a_step_is_added() -> None:
     longer = two_step()
-    longer.remote("notify", command="mail.send")
+    longer.remote("notify", command="mail.send", compensation=None)
     assert longer.fingerprint != two_step().fingerprint
 
 
@@ -252,7 +256,7 @@ def test_fingerprint_covers_the_input_schema_and_the_version() -> None:
     b = Saga("shop", input=Other)
     c = Saga("shop", version=2, input=Input)
     for s in (a, b, c):
-        s.remote("reserve", command="stock.reserve")
+        s.remote("reserve", command="stock.reserve", compensation=None)
     assert len({a.fingerprint, b.fingerprint, c.fingerprint}) == 3
 
 
@@ -338,9 +342,9 @@ def test_load_modules_collects_every_saga_at_top_level(modules: Path) -> None:
         "from orchestrator import Saga\n"
         "class In(BaseModel):\n    x: int\n"
         "first = Saga('first', input=In)\n"
-        "first.remote('a', command='svc.a')\n"
+        "first.remote('a', command='svc.a', compensation=None)\n"
         "second = Saga('second', version=3, input=In)\n"
-        "second.remote('b', command='svc.b')\n"
+        "second.remote('b', command='svc.b', compensation=None)\n"
     )
     registry = load_modules(["tmp_sagas_ok", "sagas.order"])
     assert registry.names() == ["first", "order", "second"]

@@ -35,7 +35,7 @@ def new_year(_ctx: GuardContext) -> datetime:
 @pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), True, "5"])
 def test_bad_schedule_to_start_is_refused(bad: Any) -> None:
     with pytest.raises(DefinitionError, match="schedule_to_start must be a positive number"):
-        shop().remote("reserve", command="stock.reserve", schedule_to_start=bad)
+        shop().remote("reserve", command="stock.reserve", schedule_to_start=bad, compensation=None)
 
 
 @pytest.mark.parametrize("option", ["deadline", "compensation_deadline"])
@@ -47,7 +47,7 @@ def test_bad_saga_deadlines_are_refused(option: str, bad: Any) -> None:
 
 def test_a_guard_must_be_callable() -> None:
     with pytest.raises(DefinitionError, match="guard= must be a function"):
-        shop().remote("reserve", command="stock.reserve", guard=True)  # type: ignore[arg-type]
+        shop().remote("reserve", command="stock.reserve", guard=True, compensation=None)  # type: ignore[arg-type]
 
 
 def test_on_guard_false_must_be_skip_or_fail() -> None:
@@ -56,7 +56,8 @@ def test_on_guard_false_must_be_skip_or_fail() -> None:
             "reserve",
             command="stock.reserve",
             guard=always,
-            on_guard_false="ignore",  # type: ignore[arg-type]
+            on_guard_false="ignore",
+            compensation=None,  # type: ignore[arg-type]
         )
 
 
@@ -174,7 +175,7 @@ def test_sleeps_and_deadlines_are_in_the_fingerprint() -> None:
 
     def deadlines(**options: Any) -> Saga:
         s = Saga("shop", input=Input, **options)
-        s.remote("reserve", command="stock.reserve")
+        s.remote("reserve", command="stock.reserve", compensation=None)
         return s
 
     fingerprints = {

@@ -168,6 +168,19 @@ async def test_cancel_before_start_is_held_then_applied(
     assert publisher.routing_keys() == ["order.cancelled"]
 
 
+async def test_an_operators_cancel_of_an_unknown_key_is_refused_and_holds_nothing(
+    parts: tuple[Engine, MemoryStore, MemoryPublisher],
+) -> None:
+    engine, store, _ = parts
+    with pytest.raises(SagaNotFound, match="no saga has key 'typo', and no start with it"):
+        await engine.cancel(CancelSaga(key="typo", reason="oops"), hold=False)
+    started = await engine.start(StartSaga(saga="order", key="typo", input=ORDER))
+    state = await store.get(started.saga_id)
+    assert state is not None and state.status == "running"  # no cancel was waiting for it
+    cancelled = await engine.cancel(CancelSaga(key="typo", reason="now"), hold=False)
+    assert not cancelled.held and cancelled.sagas == ((started.saga_id, "compensating"),)
+
+
 async def test_cancel_unknown_saga_id_is_an_error(
     parts: tuple[Engine, MemoryStore, MemoryPublisher],
 ) -> None:

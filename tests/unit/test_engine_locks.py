@@ -269,6 +269,17 @@ async def test_cancelling_a_waiting_start_ends_it_and_moves_the_queue(h: Harness
     assert await h.held() == {"order:o1": "c"}
 
 
+async def test_an_operators_cancel_finds_a_start_waiting_for_its_lock(h: Harness) -> None:
+    await h.start(QUEUE, "a")
+    await h.start(QUEUE, "b")
+    # No saga has key "b" yet, but its start waits in the queue: not an unknown key.
+    outcome = await h.engine.cancel(CancelSaga(key="b", reason="typo-proof"), hold=False)
+    b = await h.by_key("b")
+    assert b is not None and b.status == "cancelled"
+    assert outcome.sagas == ((b.saga_id, b.status),) and not outcome.held
+    assert await h.waiting() == []
+
+
 async def test_a_start_cancelled_before_it_arrived_takes_no_lock(h: Harness) -> None:
     assert (await h.engine.cancel(CancelSaga(key="a", reason="early"))).held
     outcome = await h.start(QUEUE, "a")
@@ -301,7 +312,7 @@ async def test_a_lock_field_without_a_value_is_invalid_input(h: Harness) -> None
         order_id: str | None = None
 
     saga = Saga("maybe", input=Maybe, locks=("order:{order_id}",))
-    saga.remote("write", command="orders.write")
+    saga.remote("write", command="orders.write", compensation=None)
     engine = Engine(h.store, h.publisher, Registry([saga]), clock=h.clock)
     with pytest.raises(InvalidInput, match="needs a value for 'order_id'"):
         await engine.start(StartSaga(saga="maybe", key="k", input={}))
@@ -375,7 +386,7 @@ class Strict(BaseModel):
 
 def strict_child() -> Saga:
     saga = Saga("strict_edit", input=Strict, timeout=10)
-    saga.remote("write", command="orders.write", retry=ONCE)
+    saga.remote("write", command="orders.write", retry=ONCE, compensation=None)
     return saga
 
 

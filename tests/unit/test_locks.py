@@ -21,7 +21,7 @@ class Edit(BaseModel):
 
 def edit(**options: Any) -> Saga:
     saga = Saga("edit", input=Edit, **options)
-    saga.remote("write", command="orders.write")
+    saga.remote("write", command="orders.write", compensation=None)
     return saga
 
 

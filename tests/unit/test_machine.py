@@ -494,6 +494,6 @@ def test_definition_and_state_must_match() -> None:
     from sagas.order import OrderPlaced
 
     other = Saga("order", version=2, input=OrderPlaced)
-    other.remote("x", command="svc.x")
+    other.remote("x", command="svc.x", compensation=None)
     with pytest.raises(ValueError, match="does not match"):
         decide(other, run.state, TimersDue(), T0)

@@ -27,7 +27,7 @@ def parent_saga(**child: Any) -> Run:
 def child_saga(parent: ParentRef | None = None) -> Run:
     s = shop()
     s.remote("book", command="fleet.book", compensation="fleet.unbook", retry=ONCE)
-    s.remote("label", command="fleet.label", retry=ONCE)
+    s.remote("label", command="fleet.label", retry=ONCE, compensation=None)
     run = Run(s)
     run.state = replace(run.state, parent=parent)
     return run

@@ -130,7 +130,7 @@ def test_deadline_before_the_pivot_cuts_off_the_step_in_flight_and_undoes_it() -
 def test_a_cut_off_step_without_a_compensation_is_not_undone() -> None:
     s = shop(deadline=DEADLINE)
     s.remote("reserve", command="stock.reserve", compensation="stock.release", retry=ONCE)
-    s.remote("check", command="fraud.check", timeout=60, retry=ONCE)
+    s.remote("check", command="fraud.check", timeout=60, retry=ONCE, compensation=None)
     s.remote("charge", command="payments.charge", pivot=True, retry=ONCE)
     run = Run(s)
     run.succeed()

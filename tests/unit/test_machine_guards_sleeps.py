@@ -74,9 +74,9 @@ def test_a_false_guard_skips_the_step_and_dispatches_the_next_in_the_same_decisi
 
 def test_consecutive_skipped_steps_to_the_end_complete_the_saga() -> None:
     s = shop()
-    s.remote("reserve", command="stock.reserve", retry=ONCE)
-    s.remote("wrap", command="wrapping.wrap", guard=lambda ctx: False)
-    s.remote("engrave", command="engraving.engrave", guard=lambda ctx: False)
+    s.remote("reserve", command="stock.reserve", retry=ONCE, compensation=None)
+    s.remote("wrap", command="wrapping.wrap", guard=lambda ctx: False, compensation=None)
+    s.remote("engrave", command="engraving.engrave", guard=lambda ctx: False, compensation=None)
     run = Run(s)
     done = run.succeed()
     assert events(done) == ["step_succeeded", "step_skipped", "step_skipped", "saga_completed"]
@@ -85,8 +85,8 @@ def test_consecutive_skipped_steps_to_the_end_complete_the_saga() -> None:
 
 def test_a_false_guard_on_the_first_step_skips_it_at_start() -> None:
     s = shop()
-    s.remote("wrap", command="wrapping.wrap", guard=lambda ctx: False)
-    s.remote("reserve", command="stock.reserve")
+    s.remote("wrap", command="wrapping.wrap", guard=lambda ctx: False, compensation=None)
+    s.remote("reserve", command="stock.reserve", compensation=None)
     run = Run(s)
     assert run.sent == [("action", "reserve")]
     assert run.step("wrap").status == StepStatus.SKIPPED
@@ -148,7 +148,7 @@ def test_a_guard_is_checked_once_per_step_not_per_attempt() -> None:
         return True
 
     s = shop()
-    s.remote("reserve", command="stock.reserve", guard=guard, retry=TWICE)
+    s.remote("reserve", command="stock.reserve", guard=guard, retry=TWICE, compensation=None)
     run = Run(s)
     run.fail("busy")
     run.when_due()
@@ -243,7 +243,7 @@ def test_a_cancel_during_a_sleep_ends_the_saga_cancelled() -> None:
 def test_a_sleep_with_a_false_guard_is_skipped() -> None:
     s = shop()
     s.sleep("nap", seconds=60, guard=lambda ctx: False)
-    s.remote("reserve", command="stock.reserve")
+    s.remote("reserve", command="stock.reserve", compensation=None)
     run = Run(s)
     assert run.step("nap").status == StepStatus.SKIPPED
     assert run.sent == [("action", "reserve")]

@@ -189,9 +189,9 @@ def test_cancel_while_mapping_undoes_the_items_done() -> None:
 def test_map_options_are_checked_and_fingerprinted() -> None:
     s = shop()
     with pytest.raises(DefinitionError, match="concurrency"):
-        s.map("m", command="svc.m", items=chunks, concurrency=0)
+        s.map("m", command="svc.m", items=chunks, concurrency=0, compensation=None)
     with pytest.raises(DefinitionError, match="items="):
-        s.map("m", command="svc.m", items=[1, 2])  # type: ignore[arg-type]
+        s.map("m", command="svc.m", items=[1, 2], compensation=None)  # type: ignore[arg-type]
     with pytest.raises(DefinitionError, match="map step fans out"), s.parallel():
-        s.map("m", command="svc.m", items=chunks)
+        s.map("m", command="svc.m", items=chunks, compensation=None)
     assert report(concurrency=2).fingerprint != report(concurrency=3).fingerprint

@@ -140,9 +140,9 @@ def test_a_branch_failing_past_the_pivot_parks_and_a_retry_sends_only_it_again()
 def test_guards_apply_per_branch() -> None:
     s = shop()
     with s.parallel():
-        s.remote("a", command="svc.a", guard=lambda ctx: False)
-        s.remote("b", command="svc.b")
-    s.remote("c", command="svc.c")
+        s.remote("a", command="svc.a", guard=lambda ctx: False, compensation=None)
+        s.remote("b", command="svc.b", compensation=None)
+    s.remote("c", command="svc.c", compensation=None)
     run = Run(s)
     assert run.sent == [("action", "b")]
     assert run.statuses()["a"] == StepStatus.SKIPPED
@@ -153,9 +153,9 @@ def test_guards_apply_per_branch() -> None:
 def test_a_group_whose_branches_are_all_skipped_moves_on() -> None:
     s = shop()
     with s.parallel():
-        s.remote("a", command="svc.a", guard=lambda ctx: False)
-        s.remote("b", command="svc.b", guard=lambda ctx: False)
-    s.remote("c", command="svc.c")
+        s.remote("a", command="svc.a", guard=lambda ctx: False, compensation=None)
+        s.remote("b", command="svc.b", guard=lambda ctx: False, compensation=None)
+    s.remote("c", command="svc.c", compensation=None)
     assert Run(s).sent == [("action", "c")]
 
 
@@ -163,8 +163,10 @@ def test_a_failing_guard_in_a_group_sends_no_further_branch() -> None:
     s = shop()
     s.remote("first", command="svc.first", compensation="svc.undo_first")
     with s.parallel():
-        s.remote("a", command="svc.a", guard=lambda ctx: False, on_guard_false="fail")
-        s.remote("b", command="svc.b")
+        s.remote(
+            "a", command="svc.a", guard=lambda ctx: False, on_guard_false="fail", compensation=None
+        )
+        s.remote("b", command="svc.b", compensation=None)
     run = Run(s)
     run.succeed()
     assert run.sent[-1] == ("compensation", "first")
@@ -174,7 +176,7 @@ def test_a_failing_guard_in_a_group_sends_no_further_branch() -> None:
 def test_the_definition_checks_parallel_blocks() -> None:
     s = shop()
     with pytest.raises(DefinitionError, match="at least two"), s.parallel():
-        s.remote("a", command="svc.a")
+        s.remote("a", command="svc.a", compensation=None)
     with pytest.raises(DefinitionError, match="holds no steps"), s.parallel():
         pass
     with pytest.raises(DefinitionError, match="cannot be nested"), s.parallel(), s.parallel():
@@ -185,12 +187,12 @@ def test_the_definition_checks_parallel_blocks() -> None:
 
 def test_grouping_is_part_of_the_fingerprint() -> None:
     flat = shop()
-    flat.remote("a", command="svc.a")
-    flat.remote("b", command="svc.b")
+    flat.remote("a", command="svc.a", compensation=None)
+    flat.remote("b", command="svc.b", compensation=None)
     grouped = shop()
     with grouped.parallel():
-        grouped.remote("a", command="svc.a")
-        grouped.remote("b", command="svc.b")
+        grouped.remote("a", command="svc.a", compensation=None)
+        grouped.remote("b", command="svc.b", compensation=None)
     assert flat.fingerprint != grouped.fingerprint
     assert [s.stage for s in grouped.steps] == [0, 0]
     assert [s.stage for s in flat.steps] == [0, 1]

@@ -249,7 +249,9 @@ def test_limits_that_cannot_hold_are_refused_at_definition_time(
 def test_a_long_step_is_told_what_to_set() -> None:
     s = shop()
     with pytest.raises(DefinitionError) as refused:
-        s.remote("export", command="reports.export", timeout=60, heartbeat_timeout=120)
+        s.remote(
+            "export", command="reports.export", timeout=60, heartbeat_timeout=120, compensation=None
+        )
     assert "set a long timeout" in str(refused.value)
     assert "short heartbeat_timeout" in str(refused.value)
 
@@ -257,7 +259,7 @@ def test_a_long_step_is_told_what_to_set() -> None:
 def test_new_limits_enter_the_fingerprint_only_when_set() -> None:
     def saga(**limits: float) -> Saga:
         s = shop()
-        s.remote("export", command="reports.export", timeout=60, **limits)
+        s.remote("export", command="reports.export", compensation=None, timeout=60, **limits)
         return s
 
     plain = saga()

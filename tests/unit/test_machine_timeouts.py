@@ -29,7 +29,7 @@ def queued(retry: Retry = RETRY) -> Run:
         schedule_to_start=START,
         retry=retry,
     )
-    s.remote("notify", command="mail.send", retry=ONCE)
+    s.remote("notify", command="mail.send", retry=ONCE, compensation=None)
     return Run(s)
 
 
@@ -49,7 +49,7 @@ def test_dispatch_asks_for_a_start_report_and_expires_at_the_end_of_the_start_wi
 
 def test_without_schedule_to_start_the_whole_timeout_is_the_window() -> None:
     s = shop()
-    s.remote("report", command="reports.build", timeout=CLOSE)
+    s.remote("report", command="reports.build", timeout=CLOSE, compensation=None)
     run = Run(s)
     (cmd,) = run.commands
     assert cmd.report_start is False

@@ -65,9 +65,9 @@ class Parcel(BaseModel):
 
 ONCE = Retry(max_attempts=1)
 courier = Saga("courier", version=1, input=Parcel, timeout=10)
-courier.remote("pick_up", command="vans.pick_up", retry=ONCE)
+courier.remote("pick_up", command="vans.pick_up", retry=ONCE, compensation=None)
 shop = Saga("shop", version=1, input=Parcel, timeout=10)
-shop.remote("pack", command="depot.pack", retry=ONCE)
+shop.remote("pack", command="depot.pack", retry=ONCE, compensation=None)
 shop.child("deliver", saga="courier")
 
 

@@ -1,0 +1,161 @@
+"""What `saga status` prints: the saga, one row per step with its action's outcome and how its
+compensation went, and with `--wide` every value and the history in full; and the history
+table `saga history` shares with it.
+
+A compensation's reply result is not kept (the step keeps its action's result), so what
+there is to show is its status, its attempts, its failures (from the history: the step's
+`error` is overwritten by whichever of action and compensation failed last) and whether an
+operator marked it done by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from adapters.text_table import render_table
+from orchestrator.ports import HistoryRecord
+from orchestrator.state import SagaState, StepState, StepStatus
+
+WideOpt = Annotated[
+    bool, typer.Option("--wide", help="Print every value in full instead of cutting it short.")
+]
+
+NARROW = 60  # a value's width in a table cell when not --wide
+DETAIL_NARROW = 70
+
+_ACTION_FAILURES = frozenset({"step_failed", "step_retry_scheduled"})
+_COMPENSATION_FAILURES = frozenset({"compensation_retry_scheduled", "compensation_parked"})
+_COMPENSATION_EVENTS = _COMPENSATION_FAILURES | {
+    "compensation_dispatched",
+    "compensation_timed_out",
+    "step_compensated",
+    "step_marked_compensated",
+    "saga_failed",
+}
+
+
+def render(state: SagaState, history: Sequence[HistoryRecord], *, wide: bool) -> str:
+    lines = [
+        f"{state.name} v{state.version}  {state.saga_id}  key={state.key}  status={state.status}"
+    ]
+    if state.parent is not None:
+        lines.append(f"child of saga {state.parent.saga_id}, step {state.parent.step}")
+    if state.error:
+        lines.append(f"error: {_text(state.error, wide)}")
+    rows = []
+    for step in state.steps:
+        mine = [r for r in history if _about(r, step.name)]
+        rows.append(
+            [
+                step.name,
+                step.status,
+                str(step.attempt),
+                _text(action_outcome(step, mine), wide),
+                compensation(step, mine, wide=wide),
+            ]
+        )
+    lines.append(
+        render_table(["step", "status", "attempts", "result / error", "compensation"], rows)
+    )
+    if wide:
+        lines += ["", "history:", history_table(history, wide=True)]
+    return "\n".join(lines)
+
+
+def action_outcome(step: StepState, mine: Sequence[HistoryRecord]) -> Any:
+    """The action's result, or the error its last attempt failed with."""
+    if step.result is not None:
+        return step.result
+    failures = [r.detail["error"] for r in mine if r.event in _ACTION_FAILURES and r.detail]
+    if failures:
+        return failures[-1]
+    # Without a recorded failure the step's error can only be the action's while no
+    # compensation ran (a false guard, a failed `items=` or `until=`).
+    return step.error if step.compensation_attempt == 0 else None
+
+
+def compensation(step: StepState, mine: Sequence[HistoryRecord], *, wide: bool = False) -> str:
+    """How the step's compensation went: empty while none began."""
+    attempts = f"{step.compensation_attempt} attempt{'s' * (step.compensation_attempt != 1)}"
+    undo = [r for r in mine if r.event in _COMPENSATION_EVENTS]
+    if step.status == StepStatus.COMPENSATED:
+        marked = next((r for r in reversed(undo) if r.event == "step_marked_compensated"), None)
+        if marked is not None:
+            note = (marked.detail or {}).get("note", "")
+            text = f"marked compensated by {marked.actor}: {note}"
+        else:
+            text = f"compensated ({attempts})"
+    elif step.status == StepStatus.COMPENSATING:
+        latest = undo[-1].event if undo else "compensation_dispatched"
+        if latest in ("compensation_parked", "saga_failed"):
+            text = f"parked after {attempts}"
+        elif latest == "compensation_retry_scheduled":
+            text = f"attempt {step.compensation_attempt} failed, waiting to retry"
+        else:
+            text = f"attempt {step.compensation_attempt} in flight"
+    else:
+        return ""
+    failures = [r for r in undo if r.event in _COMPENSATION_FAILURES or _parked(r)]
+    if failures:
+        text += f"; last failure: {_text(_failure(failures[-1], step), wide)}"
+    return text
+
+
+def history_table(records: Sequence[HistoryRecord], *, wide: bool) -> str:
+    rows = [
+        [
+            str(r.seq),
+            r.at.strftime("%H:%M:%S.%f")[:-3],
+            r.event,
+            r.step or "",
+            r.actor,
+            _detail(r.detail, wide),
+        ]
+        for r in records
+    ]
+    return render_table(["seq", "at", "event", "step", "actor", "detail"], rows)
+
+
+def _about(record: HistoryRecord, step: str) -> bool:
+    """The record concerns the step: its own, or the saga's park on the step's compensation."""
+    if _parked(record):
+        return (record.detail or {}).get("step") == step
+    return record.step == step
+
+
+def _parked(record: HistoryRecord) -> bool:
+    """The saga was parked because a compensation ran out (the detail names the step)."""
+    detail = record.detail or {}
+    return record.event == "saga_failed" and detail.get("type") == "compensation_failed"
+
+
+def _failure(record: HistoryRecord, step: StepState) -> Any:
+    """The error a compensation failed with. The saga's park names only the step; the error
+    is the step's own, which nothing overwrites once its compensation began but a later
+    failure, recorded after the park."""
+    if _parked(record):
+        return step.error
+    return (record.detail or {}).get("error")
+
+
+def _text(value: Any, wide: bool) -> str:
+    """A value for a cell: an error by its message (whole, as JSON, when wide)."""
+    if value is None:
+        return ""
+    if wide:
+        return value if isinstance(value, str) else json.dumps(value)
+    if isinstance(value, dict) and value.get("message"):
+        value = value["message"]
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= NARROW else text[: NARROW - 1] + "…"
+
+
+def _detail(detail: dict[str, Any] | None, wide: bool) -> str:
+    if not detail:
+        return ""
+    text = json.dumps(detail, separators=(",", ":"))
+    return text if wide or len(text) <= DETAIL_NARROW else text[: DETAIL_NARROW - 1] + "…"
