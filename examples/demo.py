@@ -21,7 +21,7 @@ from adapters.postgres.database import ensure_database, make_engine
 from adapters.postgres.migrate import upgrade
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.client import send_requests
-from adapters.rabbitmq.connection import connect, open_channel
+from adapters.rabbitmq.connection import connect
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
 from adapters.text_table import render_table
@@ -104,7 +104,9 @@ async def wait_for_consumers(settings: Settings, queues: list[str], timeout: flo
     try:
         for queue in queues:
             while True:
-                channel = await open_channel(connection)
+                # A plain channel: a passive declare of a queue not declared yet closes it,
+                # which is this probe's expected answer, not something to log as a fault.
+                channel = await connection.channel()
                 try:
                     declared = await channel.declare_queue(topology.name(queue), passive=True)
                     count = declared.declaration_result.consumer_count
