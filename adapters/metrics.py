@@ -5,7 +5,7 @@ the process, platform and GC collectors (or another library's metrics) in the wa
 HTTP `/metrics` endpoint renders exactly this with `render()`.
 
 The engine knows nothing of Prometheus: it reports what happened through its `observe`
-callback (orchestrator.engine.Observer) and `observe` below turns that into counts and step
+callback (orchestrator.unit_of_work.Observer) and `observe` below turns that into counts and step
 latencies. The consumers report dead-lettered messages through `dead_lettered`, the command
 queue check (adapters/rabbitmq/command_queues.py) what it counted through
 `command_queue_consumers`.
@@ -141,7 +141,7 @@ _ITEM = re.compile(r"\[\d+\]$")
 
 
 def observe(event: str, detail: Mapping[str, Any]) -> None:
-    """The engine's observer (orchestrator.engine.Observer)."""
+    """The engine's observer (orchestrator.unit_of_work.Observer)."""
     if event == _NO_HISTORY:
         STARTS_DEDUPLICATED.labels(saga=str(detail.get("saga", ""))).inc()
         return

@@ -39,7 +39,7 @@ from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
 from orchestrator import trace
 from orchestrator.definition import NAME_RE
-from orchestrator.engine import Engine, start_error
+from orchestrator.engine import Engine
 from orchestrator.errors import (
     ConcurrentUpdate,
     DefinitionConflict,
@@ -58,6 +58,7 @@ from orchestrator.messages import (
 )
 from orchestrator.ports import REPLY_QUEUE, Registration
 from orchestrator.registry import Registry, load_modules
+from orchestrator.starting import start_error
 from orchestrator.versioning import require_loaded
 
 if TYPE_CHECKING:

@@ -2,12 +2,13 @@
 
 No I/O, no clock, no randomness: the shell loads the state, calls `decide`, and persists the
 new state, history and outgoing messages in one transaction. The events and the Decision are
-in events.py, one transition's working in transition.py, operators' actions in operators.py.
+in events.py, one transition's working in the transition package (its handlers of replies,
+cancels and undos, timers), operators' actions in operators.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -34,7 +35,11 @@ from orchestrator.events import (
 from orchestrator.messages import ParentRef
 from orchestrator.operators import operate
 from orchestrator.state import SagaState, SagaStatus, StepState
-from orchestrator.transition import Transition, after
+from orchestrator.transition.advance import advance
+from orchestrator.transition.cancels import on_cancel, on_undo
+from orchestrator.transition.replies import on_reply
+from orchestrator.transition.scratch import Transition, after
+from orchestrator.transition.timers import on_timers
 
 __all__ = [
     "CancelRequested",
@@ -87,28 +92,33 @@ def start(
         status_since=now,
         trace=dict(trace) if trace else None,
     )
-    b = Transition(definition, state, now)
-    b.record("saga_started", detail={"version": definition.version})
+    t = Transition(definition, state, now)
+    t.record("saga_started", detail={"version": definition.version})
     if cancel_reason is not None:
-        b.cancel_reason = cancel_reason
-        b.record("saga_cancel_accepted", detail={"reason": cancel_reason, "before_start": True})
-        b.begin_compensation()
-    b.advance()
-    return b.build()
+        t.cancel_reason = cancel_reason
+        t.record("saga_cancel_accepted", detail={"reason": cancel_reason, "before_start": True})
+        t.begin_compensation()
+    advance(t)
+    return t.build()
+
+
+# Each event type and the handler that works it into the transition.
+HANDLERS: Mapping[type[Event], Callable[[Transition, Any], None]] = {
+    ReplyReceived: on_reply,
+    CancelRequested: on_cancel,
+    TimersDue: on_timers,
+    UndoRequested: on_undo,
+    PauseRequested: operate,
+    ResumeRequested: operate,
+    RetryRequested: operate,
+    SkipRequested: operate,
+    MarkCompensated: operate,
+}
 
 
 def decide(definition: Saga, state: SagaState, event: Event, now: datetime) -> Decision:
-    b = Transition(definition, state, now)
-    if isinstance(event, ReplyReceived):
-        b.on_reply(event.reply)
-    elif isinstance(event, CancelRequested):
-        b.on_cancel(event.reason)
-    elif isinstance(event, TimersDue):
-        b.on_timers(event.unconsumed)
-    elif isinstance(event, UndoRequested):
-        b.on_undo(event)
-    else:
-        operate(b, event)
-    if b.refused is not None:
-        return Decision(state=state, refused=b.refused)
-    return b.build()
+    t = Transition(definition, state, now)
+    HANDLERS[type(event)](t, event)
+    if t.refused is not None:
+        return Decision(state=state, refused=t.refused)
+    return t.build()

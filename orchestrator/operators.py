@@ -10,9 +10,13 @@ from orchestrator.events import (
     ResumeRequested,
     RetryRequested,
     SkipRequested,
+    TimersDue,
 )
 from orchestrator.state import SagaStatus, StepState, StepStatus
-from orchestrator.transition import Transition, after, due
+from orchestrator.transition.advance import advance, begin_step
+from orchestrator.transition.dispatch import dispatch
+from orchestrator.transition.scratch import Transition, after, due
+from orchestrator.transition.timers import on_timers
 
 
 def operate(b: Transition, event: OperatorEvent) -> None:
@@ -32,8 +36,8 @@ def operate(b: Transition, event: OperatorEvent) -> None:
         b.set_status(b.phase)
         b.resume_status = None
         b.record("saga_resumed", detail={"reason": event.reason})
-        b.on_timers()  # what came due while paused
-        b.advance()
+        on_timers(b, TimersDue())  # what came due while paused
+        advance(b)
     elif isinstance(event, RetryRequested):
         if status != SagaStatus.FAILED:
             b.refuse(f"only a failed (parked) saga can be retried; it is {status.value}")
@@ -43,17 +47,17 @@ def operate(b: Transition, event: OperatorEvent) -> None:
             _resume_compensating(b)
             for s in b.steps:
                 if s.status == StepStatus.COMPENSATING and not s.in_flight:
-                    b.dispatch(s, "compensation", retry_base=s.compensation_attempt)
+                    dispatch(b, s, "compensation", retry_base=s.compensation_attempt)
         else:
             _resume_running(b)
             for s in parked_actions(b):
                 if s.status == StepStatus.FAILED and s.attempt == 0:
                     # Never sent (its guard, until= or items= said no): begin it afresh, so
                     # the guard is checked again against the fixed world.
-                    b.begin_step(s)
+                    begin_step(b, s)
                 else:
-                    b.dispatch(s, "action", retry_base=s.attempt)
-        b.advance()
+                    dispatch(b, s, "action", retry_base=s.attempt)
+        advance(b)
     elif isinstance(event, SkipRequested):
         skip(b, event)
     else:
@@ -123,7 +127,7 @@ def skip(b: Transition, event: SkipRequested) -> None:
     )
     if parked:
         _resume_running(b)
-        b.advance()
+        advance(b)
 
 
 def mark_compensated(b: Transition, event: MarkCompensated) -> None:
@@ -141,4 +145,4 @@ def mark_compensated(b: Transition, event: MarkCompensated) -> None:
         b.steps[s.index] = s.moved(StepStatus.COMPENSATED, command_id=None, due_at=None)
         b.record("step_marked_compensated", s.name, {"note": event.reason})
     _resume_compensating(b)
-    b.advance()
+    advance(b)

@@ -7,7 +7,7 @@ messages stay in the queue. A misspelled service (`hotel.book` where the partici
 declare, logs `command_queue_unconsumed` for each queue without one (again at every check
 while it stays so) and `command_queue_consumed` once one appears, reports the counts (the
 gauge saga_command_queue_consumers), and hands the engine the commands concerned: their
-timeout errors then name the queue (orchestrator/transition.py).
+timeout errors then name the queue (orchestrator/transition/timers.py).
 
 Child-saga steps send no command to a queue and are not checked; local steps are, on
 `commands.local`, which `saga worker` consumes.

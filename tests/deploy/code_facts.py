@@ -13,7 +13,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from pydantic import SecretStr
 
 from adapters import metrics
-from adapters.cli import app as cli_app
+from adapters.cli.app import app as cli_app
 from adapters.postgres.gauges import LIVE_STATUSES
 from adapters.settings import Settings
 

@@ -52,7 +52,7 @@ class UnknownSagaReply:
 class StrayReply:
     """A well-formed reply to a real saga for a command it never sent: acked, recorded in
     that saga's history as `reply_ignored` (a heartbeat for one of its steps is not
-    recorded: transition.py), the saga unchanged."""
+    recorded: transition/replies.py), the saga unchanged."""
 
     saga_id: str
     command_id: str

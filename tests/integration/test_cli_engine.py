@@ -7,7 +7,7 @@ from __future__ import annotations
 from aio_pika.abc import AbstractRobustChannel
 from sqlalchemy import text
 
-from adapters import cli_support
+from adapters.cli import support as cli_support
 from adapters.postgres.database import make_engine
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings

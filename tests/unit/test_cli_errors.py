@@ -6,7 +6,7 @@ import pytest
 import typer
 from aiormq.exceptions import AMQPConnectionError
 
-from adapters import cli_support
+from adapters.cli import support as cli_support
 
 
 async def _reset() -> None:

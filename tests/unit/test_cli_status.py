@@ -4,7 +4,7 @@ paths, the database and `--url`, are run against each other in tests/http/test_c
 
 from __future__ import annotations
 
-from adapters.cli_status import render
+from adapters.cli.status import render
 from orchestrator.ports import HistoryRecord
 from tests.unit.builders import SAGA_ID, T0, Run, three_steps
 

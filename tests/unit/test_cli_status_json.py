@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from adapters.cli import _state_json
+from adapters.cli.status import state_json
 from orchestrator.messages import ParentRef
 from tests.unit.builders import Run, shop
 from tests.unit.test_machine_map import chunks
@@ -16,7 +16,7 @@ def test_status_json_names_the_parent_and_the_items() -> None:
     s.map("summarise", command="reports.summarise", items=chunks, concurrency=1, compensation=None)
     run = Run(s, input={"n": 2})
     parent = ParentRef(saga_id=uuid.uuid4(), step="report", command_id=uuid.uuid4())
-    shown = _state_json(replace(run.state, parent=parent))
+    shown = state_json(replace(run.state, parent=parent))
     assert shown["parent"] == parent.model_dump(mode="json")
     items = {step["name"]: step.get("item") for step in shown["steps"]}
     assert items == {

@@ -12,10 +12,11 @@ from structlog.testing import capture_logs
 
 from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
-from orchestrator.engine import Engine, start_error
+from orchestrator.engine import Engine
 from orchestrator.errors import InvalidInput, UnknownSaga
 from orchestrator.messages import OutcomeEvent, StartSaga
 from orchestrator.registry import Registry
+from orchestrator.starting import start_error
 from sagas.order import order_v1
 
 ORDER = {

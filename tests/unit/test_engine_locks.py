@@ -15,13 +15,14 @@ from pydantic import BaseModel
 from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
 from orchestrator import Retry, Saga
-from orchestrator.engine import Engine, StartOutcome
+from orchestrator.engine import Engine
 from orchestrator.errors import InvalidInput
 from orchestrator.locks import LockWaiter
 from orchestrator.machine import MarkCompensated, SkipRequested
 from orchestrator.messages import CancelSaga, Command, Reply, ReplyError, StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.registry import Registry
+from orchestrator.starting import StartOutcome
 from orchestrator.state import SagaState
 
 ONCE = Retry(max_attempts=1)

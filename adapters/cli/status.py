@@ -1,6 +1,7 @@
-"""What `saga status` prints: the saga, one row per step with its action's outcome and how its
-compensation went, and with `--wide` every value and the history in full; and the history
-table `saga history` shares with it.
+"""`saga status` and what it prints: the saga, one row per step with its action's outcome and
+how its compensation went, and with `--wide` every value and the history in full; the history
+table `saga history` shares with it; and the saga as `--json` prints it, which `saga list`
+shares.
 
 A compensation's reply result is not kept (the step keeps its action's result), so what
 there is to show is its status, its attempts, its failures (from the history: the step's
@@ -16,6 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
+from adapters.cli import support as cs
+from adapters.cli.api import ApiClient
+from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
 from adapters.text_table import render_table
 from orchestrator.ports import HistoryRecord
 from orchestrator.state import SagaState, StepState, StepStatus
@@ -36,6 +40,65 @@ _COMPENSATION_EVENTS = _COMPENSATION_FAILURES | {
     "step_marked_compensated",
     "saga_failed",
 }
+
+
+def status(
+    saga: Annotated[str, typer.Argument(help="Saga id or start key.")],
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    wide: WideOpt = False,
+) -> None:
+    """Show a saga, its steps and how each one's compensation went; --wide adds the history
+    and cuts nothing short."""
+    history: list[HistoryRecord] = []
+    if url:
+        with ApiClient(url, token) as api:
+            state = api.saga(saga)
+            if not as_json:
+                history = api.history(state.saga_id)
+    else:
+
+        async def read(store: Any) -> SagaState:
+            found = await cs.find_in(store, saga)
+            if not as_json:
+                history.extend(await store.history(found.saga_id))
+            return found
+
+        state = cs.run(cs.with_store(cs.settings(), read))
+    if as_json:
+        typer.echo(json.dumps(state_json(state), indent=2))
+        return
+    typer.echo(render(state, history, wide=wide))
+
+
+def state_json(state: SagaState) -> dict[str, Any]:
+    """The saga as `--json` prints it."""
+    return {
+        "saga_id": str(state.saga_id),
+        "saga": state.name,
+        "version": state.version,
+        "key": state.key,
+        "status": state.status.value,
+        "input": state.input,
+        "error": state.error,
+        "cancel_reason": state.cancel_reason,
+        "parent": None if state.parent is None else state.parent.model_dump(mode="json"),
+        "created_at": state.created_at.isoformat(),
+        "updated_at": state.updated_at.isoformat(),
+        "steps": [
+            {
+                "name": s.name,
+                "status": s.status.value,
+                "attempt": s.attempt,
+                "compensation_attempt": s.compensation_attempt,
+                "result": s.result,
+                "error": s.error,
+                **({} if s.item is None else {"item": s.payload}),
+            }
+            for s in state.steps
+        ],
+    }
 
 
 def render(state: SagaState, history: Sequence[HistoryRecord], *, wide: bool) -> str:

@@ -9,16 +9,12 @@ from typing import Annotated
 
 import typer
 
-from adapters import cli_support as cs
+from adapters.cli import support as cs
 from adapters.durations import parse_duration
 from adapters.postgres import retention
 from adapters.postgres.database import make_engine
 from adapters.postgres.retention import DEFAULT_BATCH, Pruned
 from adapters.postgres.schema import require_schema
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(prune)
 
 
 def prune(

@@ -10,18 +10,14 @@ from typing import Any
 
 import typer
 
-from adapters import cli_support as cs
-from adapters.cli_support import JsonOpt
+from adapters.cli import support as cs
+from adapters.cli.support import JsonOpt
 from adapters.settings import Settings
 from adapters.text_table import render_table
 from orchestrator.ports import SagaStore
 from orchestrator.versioning import DefinitionStatus, describe_missing, overview
 
 FINGERPRINT_SHOWN = 12
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(definitions)
 
 
 def definitions(as_json: JsonOpt = False) -> None:

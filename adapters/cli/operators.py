@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
-from adapters import cli_support as cs
-from adapters.cli_api import ApiClient
-from adapters.cli_status import WideOpt, history_table
-from adapters.cli_support import JsonOpt, TokenOpt, UrlOpt
+from adapters.cli import support as cs
+from adapters.cli.api import ApiClient
+from adapters.cli.status import WideOpt, history_table
+from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
 from orchestrator.machine import (
     MarkCompensated,
     OperatorEvent,
@@ -33,15 +33,6 @@ ReasonOpt = Annotated[str, typer.Option("--reason", "-r", help="Why; recorded in
 WhoOpt = Annotated[
     str | None, typer.Option(help="Who acts; recorded in history. Default: your user name.")
 ]
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(retry)
-    app.command()(skip)
-    app.command("mark-compensated")(mark_compensated)
-    app.command()(pause)
-    app.command()(resume)
-    app.command()(history)
 
 
 def retry(

@@ -11,17 +11,13 @@ from typing import Any
 
 import typer
 
-from adapters import cli_support as cs
-from adapters.cli_support import JsonOpt
+from adapters.cli import support as cs
+from adapters.cli.support import JsonOpt
 from adapters.text_table import render_table
 from orchestrator.locks import HeldLock, LocksView, LockWaiter
 from orchestrator.state import SagaStatus
 
 _TIME = "%Y-%m-%d %H:%M:%S"
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(locks)
 
 
 def locks(as_json: JsonOpt = False) -> None:

@@ -35,7 +35,7 @@ _NO_DATABASE = re.compile(r'database ".*" does not exist')
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 # The read and act commands talk to the HTTP API instead of the database when given a URL
-# (adapters/cli_api.py).
+# (adapters/cli/api.py).
 UrlOpt = Annotated[
     str | None,
     typer.Option(

@@ -1,0 +1,22 @@
+"""`saga demo`: the README's quickstart, which runs the orchestrator and the example shop
+(examples/) and places real orders. `examples` is imported only when the command runs, so the
+CLI imports without it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from adapters.cli import support as cs
+
+
+def demo(
+    orders: Annotated[int, typer.Option(help="How many orders to place.", min=4, max=10_000)] = 40,
+) -> None:
+    """Run the orchestrator and the example shop, place real orders, print what happened."""
+    from examples.demo import run_demo
+
+    config = cs.settings()
+    ok = cs.run(run_demo(config, orders=orders))
+    raise typer.Exit(0 if ok else 1)

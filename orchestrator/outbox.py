@@ -1,0 +1,98 @@
+"""What the engine sends, as outbox rows: written in the transaction that decided them, so
+they leave only if it commits, and published after its commit (orchestrator/unit_of_work.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.machine import Decision
+from orchestrator.messages import OutcomeEvent, ParentRef, Reply, ReplyError
+from orchestrator.ports import REPLY_QUEUE, Exchange, OutboxMessage
+from orchestrator.state import SagaState
+
+
+def decision_messages(decision: Decision, state: SagaState) -> list[OutboxMessage]:
+    """What a decision sends: commands, outcome events, a child saga's start or cancel, a
+    child's answer to its parent; every one carries the trace context the saga started with."""
+    headers = state.trace or None
+    return (
+        [
+            OutboxMessage(
+                exchange=Exchange.COMMANDS,
+                routing_key=c.command,
+                body=c.model_dump_json().encode(),
+                message_id=str(c.command_id),
+                reply_to=REPLY_QUEUE,
+                headers=headers,
+            )
+            for c in decision.commands
+        ]
+        + [
+            OutboxMessage(
+                exchange=Exchange.EVENTS,
+                routing_key=e.routing_key,
+                body=e.model_dump_json().encode(),
+                message_id=f"{e.saga_id}:{e.status}:{state.revision}",
+                headers=headers,
+            )
+            for e in decision.events
+        ]
+        + [
+            OutboxMessage(
+                exchange=Exchange.SAGAS,
+                routing_key=routing_key,
+                body=body.model_dump_json().encode(),
+                message_id=f"{state.saga_id}:{state.revision}:{routing_key}:{n}",
+                headers=headers,
+            )
+            for n, (routing_key, body) in enumerate(decision.requests)
+        ]
+        + [
+            OutboxMessage(
+                exchange=Exchange.DEFAULT,
+                routing_key=REPLY_QUEUE,
+                body=r.model_dump_json().encode(),
+                message_id=f"{r.command_id}:{state.revision}",
+                headers=headers,
+            )
+            for r in decision.replies
+        ]
+    )
+
+
+def rejection_messages(
+    saga: str | None,
+    key: str | None,
+    error: dict[str, Any],
+    *,
+    parent: ParentRef | None,
+    message_id: str,
+) -> list[OutboxMessage]:
+    """What a start that started nothing sends: a `<saga>.rejected` outcome event with
+    `error`, and for a child saga a failure reply to its parent's step."""
+    outcome = OutcomeEvent(saga_id=None, saga=saga, key=key, status="rejected", error=error)
+    messages = [
+        OutboxMessage(
+            exchange=Exchange.EVENTS,
+            routing_key=outcome.routing_key,
+            body=outcome.model_dump_json().encode(),
+            message_id=message_id,
+        )
+    ]
+    if parent is not None:
+        answer = Reply(
+            command_id=parent.command_id,
+            saga_id=parent.saga_id,
+            step=parent.step,
+            outcome="failure",
+            error=ReplyError(type=error["type"], message=error["message"], retryable=False),
+        )
+        messages.append(
+            OutboxMessage(
+                exchange=Exchange.DEFAULT,
+                routing_key=REPLY_QUEUE,
+                body=answer.model_dump_json().encode(),
+                message_id=f"{parent.command_id}:rejected",
+            )
+        )
+    return messages

@@ -1,0 +1,102 @@
+"""Sending a step's next attempt: a command to its participant, or for a child step the
+start (or, to undo it, the cancel) of the child saga."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from orchestrator import time_limits
+from orchestrator.events import child_key, command_id, idempotency_key
+from orchestrator.messages import CancelSaga, Command, ParentRef, StartSaga
+from orchestrator.state import StepState, StepStatus
+from orchestrator.time_limits import Limits
+from orchestrator.transition.scratch import Transition
+
+
+def dispatch(
+    t: Transition,
+    step: StepState,
+    kind: Literal["action", "compensation"],
+    *,
+    retry_base: int | None = None,
+) -> None:
+    """Send the step's next attempt. `retry_base`: an operator's retry starts the retry
+    policy's count afresh from there."""
+    spec = t.spec(step)
+    limits = Limits.of(spec, kind)
+    if kind == "action":
+        assert spec.command is not None
+        attempt = step.attempt + 1
+        name, status = spec.command, StepStatus.RUNNING
+    else:
+        assert spec.compensation is not None
+        attempt = step.compensation_attempt + 1
+        name, status = spec.compensation, StepStatus.COMPENSATING
+    cid = command_id(t.original.saga_id, step.name, kind, attempt)
+    # The budget begins with the phase's first attempt, and afresh on an operator's retry.
+    close = (
+        time_limits.close_at(limits, t.now)
+        if attempt == 1 or retry_base is not None
+        else step.close_at
+    )
+    window = time_limits.dispatch_window(limits, t.now, close)
+    counters = {"attempt": attempt} if kind == "action" else {"compensation_attempt": attempt}
+    if retry_base is not None:
+        counters["retry_base"] = retry_base
+    t.steps[step.index] = step.moved(
+        status,
+        command_id=cid,
+        due_at=window.due_at,
+        started_at=None,
+        dispatched_at=t.now,
+        close_at=close,
+        **counters,
+    )
+    t.record(
+        "step_dispatched" if kind == "action" else "compensation_dispatched",
+        step.name,
+        {"attempt": attempt, "command": name, "command_id": str(cid)},
+    )
+    if spec.child is not None:
+        request_child(t, step, spec.child, kind, cid)
+        return
+    t.commands.append(
+        Command(
+            command_id=cid,
+            saga_id=t.original.saga_id,
+            saga=t.original.name,
+            step=step.name,
+            kind=kind,
+            attempt=attempt,
+            idempotency_key=idempotency_key(t.original.saga_id, step.name, kind),
+            payload=dict(t.original.input),
+            expires_at=window.expires_at,
+            timeout=window.timeout,
+            heartbeat_timeout=limits.heartbeat,
+            report_start=limits.report_start,
+            progress=step.progress if kind == "action" else None,
+            item=step.payload,
+            version=t.original.version,
+            command=name,
+        )
+    )
+
+
+def request_child(
+    t: Transition,
+    step: StepState,
+    child: str,
+    kind: Literal["action", "compensation"],
+    cid: UUID,
+) -> None:
+    """A child step's command is a start (or, to undo it, a cancel) of the child saga,
+    which answers `cid` when it ends."""
+    parent = ParentRef(saga_id=t.original.saga_id, step=step.name, command_id=cid, kind=kind)
+    key = child_key(t.original.saga_id, step.name)
+    if kind == "action":
+        payload = step.payload if step.payload is not None else dict(t.original.input)
+        t.requests.append(("start", StartSaga(saga=child, key=key, input=payload, parent=parent)))
+    else:
+        reason = f"parent saga {t.original.name} {t.original.saga_id} undoes it"
+        t.requests.append(("cancel", CancelSaga(key=key, saga=child, reason=reason, parent=parent)))

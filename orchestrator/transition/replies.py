@@ -1,0 +1,96 @@
+"""A participant's reply to a command: a success moves the saga on, a failure is retried
+or fails the step, a heartbeat keeps the attempt alive; a reply to no attempt in flight is
+ignored (and recorded, unless it is a heartbeat)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
+
+from orchestrator import time_limits
+from orchestrator.events import ReplyReceived
+from orchestrator.messages import Reply
+from orchestrator.state import StepState, StepStatus
+from orchestrator.time_limits import Limits
+from orchestrator.transition.advance import advance
+from orchestrator.transition.retries import action_failed, compensation_failed
+from orchestrator.transition.scratch import Transition
+
+
+def on_reply(t: Transition, event: ReplyReceived) -> None:
+    reply = event.reply
+    step = next((s for s in t.steps if s.name == reply.step), None)
+    if step is None:
+        t.record("reply_ignored", reply.step, {"reason": "unknown step", **_ids(reply)})
+        return
+    if not step.in_flight or step.command_id != reply.command_id:
+        ignore(t, step, reply)
+        return
+    if reply.outcome == "heartbeat":
+        heard(t, step, reply)
+        return
+    if step.status == StepStatus.RUNNING:
+        if reply.outcome == "success":
+            t.steps[step.index] = step.moved(
+                StepStatus.SUCCEEDED, result=reply.result, error=None, due_at=None
+            )
+            t.record("step_succeeded", step.name, {"attempt": step.attempt, **took(t, step)})
+            advance(t)
+        else:
+            action_failed(t, step, _error(reply))
+    elif reply.outcome == "success":
+        t.steps[step.index] = step.moved(StepStatus.COMPENSATED, due_at=None)
+        t.record(
+            "step_compensated",
+            step.name,
+            {"attempt": step.compensation_attempt, **took(t, step)},
+        )
+        advance(t)
+    else:
+        compensation_failed(t, step, _error(reply))
+
+
+def heard(t: Transition, step: StepState, reply: Reply) -> None:
+    """A heartbeat: the participant has taken the command (the first one ends the start
+    window) and is alive. It never extends the start-to-close timeout; with a heartbeat
+    timeout it moves the next heartbeat's latest moment. An action's details are a
+    checkpoint for its next attempt."""
+    kind: Literal["action", "compensation"] = (
+        "compensation" if step.status == StepStatus.COMPENSATING else "action"
+    )
+    heard = replace(step, started_at=step.started_at or t.now)
+    if kind == "action" and reply.result is not None:
+        heard = replace(heard, progress=reply.result)
+    limits = Limits.of(t.spec(step), kind)
+    t.steps[step.index] = replace(heard, due_at=time_limits.heard_due(limits, heard, t.now))
+    if step.started_at is None and kind == "action":
+        t.record("step_started", step.name, {"attempt": step.attempt})
+
+
+def took(t: Transition, step: StepState) -> dict[str, float]:
+    """How long the command took, dispatch to reply (the step latency operators watch)."""
+    if step.dispatched_at is None:
+        return {}
+    return {"seconds": round((t.now - step.dispatched_at).total_seconds(), 3)}
+
+
+def ignore(t: Transition, step: StepState, reply: Reply) -> None:
+    if step.command_id == reply.command_id:
+        reason = "duplicate"
+    elif step.in_flight or step.status in (StepStatus.RUNNING, StepStatus.COMPENSATING):
+        reason = "stale attempt"
+    else:
+        reason = "late"
+    if reply.outcome != "heartbeat":
+        t.record("reply_ignored", step.name, {"reason": reason, **_ids(reply)})
+
+
+def _error(reply: Reply) -> dict[str, Any]:
+    """A failure reply's error; one that gives none counts as retryable."""
+    if reply.error:
+        return reply.error.model_dump()
+    return {"type": "error", "message": "", "retryable": True}
+
+
+def _ids(reply: Reply) -> dict[str, Any]:
+    return {"command_id": str(reply.command_id), "outcome": reply.outcome}

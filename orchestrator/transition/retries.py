@@ -1,0 +1,119 @@
+"""A failed attempt: tried again later while its retry policy and its step's
+schedule-to-close budget allow, else an action fails for good and a compensation parks the
+saga."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from orchestrator import time_limits
+from orchestrator.retry import Retry
+from orchestrator.state import TIMEOUT_ERROR, SagaStatus, StepState, StepStatus
+from orchestrator.time_limits import Limits
+from orchestrator.transition.advance import failed_for_good
+from orchestrator.transition.scratch import Transition, error_message
+
+
+def action_failed(t: Transition, step: StepState, error: dict[str, Any]) -> None:
+    if t.phase == SagaStatus.RUNNING:
+        final = retry_later(
+            t,
+            step,
+            error,
+            retry=t.spec(step).retry,
+            attempt=step.attempt,
+            status=StepStatus.RUNNING,
+        )
+        if final is None:
+            return
+        error = final
+    t.steps[step.index] = step.moved(StepStatus.FAILED, command_id=None, due_at=None, error=error)
+    t.record("step_failed", step.name, {"attempt": step.attempt, "error": error})
+    failed_for_good(t, step, error)
+
+
+def compensation_failed(t: Transition, step: StepState, error: dict[str, Any]) -> None:
+    final = retry_later(
+        t,
+        step,
+        error,
+        retry=t.spec(step).compensation_retry,
+        attempt=step.compensation_attempt,
+        status=StepStatus.COMPENSATING,
+    )
+    if final is None:
+        return
+    error = final
+    # Parked: the step stays `compensating` (it is not undone) and the saga waits for a human.
+    t.steps[step.index] = replace(step, command_id=None, due_at=None, error=error)
+    if t.status == SagaStatus.FAILED:
+        # A compensation of the same stage ran out after another parked the saga: it is
+        # parked beside it; the saga's park (its error, where it resumes) stays as it was.
+        t.record(
+            "compensation_parked",
+            step.name,
+            {"attempt": step.compensation_attempt, "error": error},
+        )
+        return
+    t.finish(
+        SagaStatus.FAILED,
+        error={
+            "type": "compensation_failed",
+            "step": step.name,
+            "message": (
+                f"compensation failed after {step.compensation_attempt} attempt(s): "
+                f"{error_message(error)}"
+            ),
+            "cause": t.error,  # why it was compensating; restored when it carries on
+        },
+    )
+
+
+def retry_later(
+    t: Transition,
+    step: StepState,
+    error: dict[str, Any],
+    *,
+    retry: Retry,
+    attempt: int,
+    status: StepStatus,
+) -> dict[str, Any] | None:
+    """Schedule the next attempt of an action (RUNNING) or compensation (COMPENSATING)
+    if its policy allows one: None. Else the error it fails with: `error` when the policy
+    has run out or the error is not retryable, a schedule-to-close timeout when the step's
+    budget has no room for the next attempt."""
+    if not retry.retries(error) or retry.exhausted(attempt - step.retry_base):
+        return error
+    assert step.command_id is not None
+    due = t.now + retry.delay(attempt, str(step.command_id))
+    if not time_limits.retry_fits(step, due):
+        if error.get("timeout") == "schedule_to_close":
+            return error
+        kind: time_limits.Kind = "action" if status == StepStatus.RUNNING else "compensation"
+        budget = Limits.of(t.spec(step), kind).seconds("schedule_to_close")
+        return {
+            **timeout_error(budget, "schedule_to_close"),
+            "message": f"the step's schedule-to-close budget of {budget:g}s leaves no room "
+            f"for attempt {attempt + 1}; last attempt: {error_message(error)}",
+            "cause": error,
+        }
+    t.steps[step.index] = step.moved(status, command_id=None, due_at=due, error=error)
+    event = "step" if status == StepStatus.RUNNING else "compensation"
+    t.record(
+        f"{event}_retry_scheduled",
+        step.name,
+        {"attempt": attempt, "error": error, "due_at": due.isoformat()},
+    )
+    return None
+
+
+def timeout_error(seconds: float, kind: str = "start_to_close") -> dict[str, Any]:
+    """The error of an attempt (or a saga) that ran out of time; `kind` names the limit."""
+    what = {"heartbeat": "no heartbeat", "schedule_to_close": "not finished"}
+    return {
+        "type": TIMEOUT_ERROR,
+        "timeout": kind,
+        "message": f"{what.get(kind, 'no reply')} within {seconds:g}s ({kind.replace('_', '-')})",
+        "retryable": True,
+    }

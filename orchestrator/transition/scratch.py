@@ -1,0 +1,207 @@
+"""`Transition`: the scratch space of one transition. It holds the saga's state while the
+machine changes it, collects the commands, events and history the change gives, and
+`build()` freezes it into a Decision. The rules that change it are functions of it, in the
+other modules of this package."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from orchestrator.definition import GuardContext, Saga, StepDefinition
+from orchestrator.events import Decision, HistoryEntry, SagaRequest
+from orchestrator.messages import Command, OutcomeEvent, Reply, ReplyError
+from orchestrator.state import (
+    SagaState,
+    SagaStatus,
+    StepState,
+    StepStatus,
+    check_saga_move,
+    step_results,
+)
+
+
+class Transition:
+    """Mutable scratch space for one transition; `build()` freezes it into a Decision."""
+
+    def __init__(self, definition: Saga, state: SagaState, now: datetime) -> None:
+        if definition.name != state.name or definition.version != state.version:
+            raise ValueError(
+                f"definition {definition.name} v{definition.version} does not match saga "
+                f"{state.name} v{state.version}"
+            )
+        self.definition = definition
+        self.original = state
+        self.now = now
+        self.status = state.status
+        self.steps = list(state.steps)
+        self.cancel_reason = state.cancel_reason
+        self.error = state.error
+        self.deadline_at = state.deadline_at
+        self.compensation_deadline_at = state.compensation_deadline_at
+        self.resume_status = state.resume_status
+        self.parent = state.parent
+        self.requests: list[SagaRequest] = []
+        self.replies: list[Reply] = []
+        self.refused: str | None = None
+        self.commands: list[Command] = []
+        self.events: list[OutcomeEvent] = []
+        self.history: list[HistoryEntry] = []
+
+    def record(
+        self, event: str, step: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
+        self.history.append(HistoryEntry(event=event, step=step, detail=detail))
+
+    def set_status(self, status: SagaStatus) -> None:
+        check_saga_move(self.status, status)
+        self.status = status
+
+    @property
+    def phase(self) -> SagaStatus:
+        """What the saga is doing: its status, or while paused the status it resumes to."""
+        if self.status == SagaStatus.PAUSED and self.resume_status is not None:
+            return self.resume_status
+        return self.status
+
+    def set_phase(self, status: SagaStatus) -> None:
+        """Move the saga on; while paused, move where it will resume to instead."""
+        if self.status == SagaStatus.PAUSED:
+            assert self.resume_status is not None
+            check_saga_move(self.resume_status, status)
+            self.resume_status = status
+        else:
+            self.set_status(status)
+
+    def begin_compensation(self) -> None:
+        self.set_phase(SagaStatus.COMPENSATING)
+        self.compensation_deadline_at = after(self.now, self.definition.compensation_deadline)
+
+    def refuse(self, why: str) -> None:
+        self.refused = why
+
+    def build(self) -> Decision:
+        changed = bool(
+            self.commands or self.events or self.history or self.requests or self.replies
+        )
+        state = replace(
+            self.original,
+            status=self.status,
+            steps=tuple(self.steps),
+            cancel_reason=self.cancel_reason,
+            error=self.error,
+            deadline_at=self.deadline_at,
+            compensation_deadline_at=self.compensation_deadline_at,
+            resume_status=self.resume_status,
+            parent=self.parent,
+            updated_at=self.now if changed else self.original.updated_at,
+            status_since=(
+                self.now if self.status != self.original.status else self.original.status_since
+            ),
+        )
+        return Decision(
+            state=state,
+            commands=tuple(self.commands),
+            events=tuple(self.events),
+            history=tuple(self.history),
+            requests=tuple(self.requests),
+            replies=tuple(self.replies),
+        )
+
+    def spec(self, step: StepState) -> StepDefinition:
+        if step.of is None:
+            return self.definition.steps[step.index]
+        return self.definition.step(step.of)
+
+    def position(self, step: StepState) -> int:
+        """Where the step stands in the definition; a map item stands where its map step does."""
+        return step.index if step.of is None else self.definition.position(step.of)
+
+    def is_map(self, step: StepState) -> bool:
+        """The map step itself (it sends nothing; its items do)."""
+        return step.item is None and self.spec(step).map
+
+    def pivot_dispatched(self) -> bool:
+        pivot = self.definition.pivot_index
+        return pivot is not None and self.steps[pivot].status != StepStatus.PENDING
+
+    def finish(self, status: SagaStatus, *, error: dict[str, Any] | None = None) -> None:
+        # A parked saga remembers the phase it stopped in: an operator's retry continues it.
+        self.resume_status = self.phase if status == SagaStatus.FAILED else None
+        self.set_status(status)
+        self.error = error
+        self.record(f"saga_{status.value}", detail=error)
+        self.emit(status.value, error=error)
+        self.answer_parent()
+
+    def answer_parent(self) -> None:
+        """A child saga that has ended tells its parent's step: completed is the action's
+        success, undone (compensated or cancelled) its failure, or the undo's success. A
+        parked child says nothing yet: the parent waits until an operator finishes it."""
+        if self.parent is None or self.status == SagaStatus.FAILED:
+            return
+        completed = self.status == SagaStatus.COMPLETED
+        wanted = completed if self.parent.kind == "action" else not completed
+        outcome: Literal["success", "failure"] = "success" if wanted else "failure"
+        error = None
+        if outcome == "failure":
+            error = ReplyError(
+                type=f"child_{self.status.value}",
+                message=f"child saga {self.original.name} {self.original.saga_id} ended "
+                f"{self.status.value}: {error_message(self.error or {})}",
+                retryable=False,
+            )
+        self.replies.append(
+            Reply(
+                command_id=self.parent.command_id,
+                saga_id=self.parent.saga_id,
+                step=self.parent.step,
+                outcome=outcome,
+                result=self.results() if completed and self.parent.kind == "action" else None,
+                error=error,
+            )
+        )
+        self.record(
+            "parent_answered",
+            detail={
+                "parent": str(self.parent.saga_id),
+                "step": self.parent.step,
+                "outcome": outcome,
+            },
+        )
+
+    def emit(self, status: str, *, error: dict[str, Any] | None = None) -> None:
+        self.events.append(
+            OutcomeEvent(
+                saga_id=self.original.saga_id,
+                saga=self.original.name,
+                key=self.original.key,
+                status=status,
+                result=self.results() if status == SagaStatus.COMPLETED else None,
+                error=error,
+            )
+        )
+
+    def results(self) -> dict[str, Any]:
+        return step_results(self.steps)
+
+    def context(self) -> GuardContext:
+        return GuardContext(
+            saga_id=str(self.original.saga_id),
+            key=self.original.key,
+            input=dict(self.original.input),
+            results=self.results(),
+        )
+
+
+def after(now: datetime, seconds: float | None) -> datetime | None:
+    return None if seconds is None else now + timedelta(seconds=seconds)
+
+
+def due(moment: datetime | None, now: datetime) -> bool:
+    return moment is not None and moment <= now
+
+
+def error_message(error: dict[str, Any]) -> str:
+    return str(error.get("message") or error.get("type") or "error")
