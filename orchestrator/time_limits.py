@@ -71,11 +71,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class Window:
-    """What a dispatch sets: when the command expires unstarted, when the attempt is due,
-    and the seconds the participant may run it."""
+    """What a dispatch sets: when the command expires unstarted (the attempt is due then
+    too, until its participant is heard from), and the seconds the participant may run it."""
 
     expires_at: datetime
-    due_at: datetime
     timeout: float
 
 
@@ -96,15 +95,13 @@ def dispatch_window(limits: Limits, now: datetime, close: datetime | None) -> Wi
     timeout = limits.timeout
     if close is not None:
         timeout = min(timeout, max((close - now).total_seconds(), 0.001))
-    return Window(expires_at=expires, due_at=expires, timeout=timeout)
+    return Window(expires_at=expires, timeout=timeout)
 
 
 def heard_due(limits: Limits, step: StepState, now: datetime) -> datetime:
     """When the attempt is due once its participant has been heard from (`step.started_at`
     set): the start-to-close end, the next heartbeat's latest moment, the budget's end."""
-    assert step.started_at is not None
-    anchor = step.started_at if limits.report_start else step.dispatched_at or step.started_at
-    due = anchor + timedelta(seconds=limits.timeout)
+    due = _start_to_close_end(limits, step)
     if limits.heartbeat is not None:
         due = min(due, now + timedelta(seconds=limits.heartbeat))
     return _capped(due, step.close_at)
@@ -116,8 +113,7 @@ def expired(limits: Limits, step: StepState, now: datetime) -> Expired:
         return "schedule_to_close"
     if step.started_at is None:
         return "schedule_to_start" if limits.schedule_to_start is not None else "start_to_close"
-    anchor = step.started_at if limits.report_start else step.dispatched_at or step.started_at
-    if anchor + timedelta(seconds=limits.timeout) <= now or limits.heartbeat is None:
+    if _start_to_close_end(limits, step) <= now or limits.heartbeat is None:
         return "start_to_close"
     return "heartbeat"
 
@@ -125,6 +121,14 @@ def expired(limits: Limits, step: StepState, now: datetime) -> Expired:
 def retry_fits(step: StepState, due: datetime) -> bool:
     """Whether a retry due then starts inside the step's budget."""
     return step.close_at is None or due < step.close_at
+
+
+def _start_to_close_end(limits: Limits, step: StepState) -> datetime:
+    """When a started attempt's start-to-close timeout ends: from its start report when the
+    command asks for one, else from its dispatch (queue time counts)."""
+    assert step.started_at is not None
+    anchor = step.started_at if limits.report_start else step.dispatched_at or step.started_at
+    return anchor + timedelta(seconds=limits.timeout)
 
 
 def _capped(moment: datetime, close: datetime | None) -> datetime:

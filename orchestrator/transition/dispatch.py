@@ -47,7 +47,7 @@ def dispatch(
     t.steps[step.index] = step.moved(
         status,
         command_id=cid,
-        due_at=window.due_at,
+        due_at=window.expires_at,
         started_at=None,
         dispatched_at=t.now,
         close_at=close,

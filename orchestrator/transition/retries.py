@@ -8,7 +8,6 @@ from dataclasses import replace
 from typing import Any
 
 from orchestrator import time_limits
-from orchestrator.retry import Retry
 from orchestrator.state import TIMEOUT_ERROR, SagaStatus, StepState, StepStatus
 from orchestrator.time_limits import Limits
 from orchestrator.transition.advance import failed_for_good
@@ -17,14 +16,7 @@ from orchestrator.transition.scratch import Transition, error_message
 
 def action_failed(t: Transition, step: StepState, error: dict[str, Any]) -> None:
     if t.phase == SagaStatus.RUNNING:
-        final = retry_later(
-            t,
-            step,
-            error,
-            retry=t.spec(step).retry,
-            attempt=step.attempt,
-            status=StepStatus.RUNNING,
-        )
+        final = retry_later(t, step, error, "action")
         if final is None:
             return
         error = final
@@ -34,14 +26,7 @@ def action_failed(t: Transition, step: StepState, error: dict[str, Any]) -> None
 
 
 def compensation_failed(t: Transition, step: StepState, error: dict[str, Any]) -> None:
-    final = retry_later(
-        t,
-        step,
-        error,
-        retry=t.spec(step).compensation_retry,
-        attempt=step.compensation_attempt,
-        status=StepStatus.COMPENSATING,
-    )
+    final = retry_later(t, step, error, "compensation")
     if final is None:
         return
     error = final
@@ -71,18 +56,18 @@ def compensation_failed(t: Transition, step: StepState, error: dict[str, Any]) -
 
 
 def retry_later(
-    t: Transition,
-    step: StepState,
-    error: dict[str, Any],
-    *,
-    retry: Retry,
-    attempt: int,
-    status: StepStatus,
+    t: Transition, step: StepState, error: dict[str, Any], kind: time_limits.Kind
 ) -> dict[str, Any] | None:
-    """Schedule the next attempt of an action (RUNNING) or compensation (COMPENSATING)
-    if its policy allows one: None. Else the error it fails with: `error` when the policy
-    has run out or the error is not retryable, a schedule-to-close timeout when the step's
-    budget has no room for the next attempt."""
+    """Schedule the next attempt of the step's action or compensation (`kind`) if its policy
+    allows one: None. Else the error it fails with: `error` when the policy has run out or
+    the error is not retryable, a schedule-to-close timeout when the step's budget has no
+    room for the next attempt."""
+    spec = t.spec(step)
+    if kind == "action":
+        retry, attempt, status = spec.retry, step.attempt, StepStatus.RUNNING
+    else:
+        retry, attempt = spec.compensation_retry, step.compensation_attempt
+        status = StepStatus.COMPENSATING
     if not retry.retries(error) or retry.exhausted(attempt - step.retry_base):
         return error
     assert step.command_id is not None
@@ -90,8 +75,7 @@ def retry_later(
     if not time_limits.retry_fits(step, due):
         if error.get("timeout") == "schedule_to_close":
             return error
-        kind: time_limits.Kind = "action" if status == StepStatus.RUNNING else "compensation"
-        budget = Limits.of(t.spec(step), kind).seconds("schedule_to_close")
+        budget = Limits.of(spec, kind).seconds("schedule_to_close")
         return {
             **timeout_error(budget, "schedule_to_close"),
             "message": f"the step's schedule-to-close budget of {budget:g}s leaves no room "
@@ -99,7 +83,7 @@ def retry_later(
             "cause": error,
         }
     t.steps[step.index] = step.moved(status, command_id=None, due_at=due, error=error)
-    event = "step" if status == StepStatus.RUNNING else "compensation"
+    event = "step" if kind == "action" else "compensation"
     t.record(
         f"{event}_retry_scheduled",
         step.name,

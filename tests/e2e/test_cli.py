@@ -21,6 +21,7 @@ from examples.demo import CUSTOMERS, STOCK, wait_for_consumers
 from examples.processes import Processes
 from examples.shop import schema
 from tests.fixtures.polling import eventually
+from tests.fixtures.settings import process_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -34,13 +35,7 @@ ORDER = {
 
 @pytest.fixture
 def env(database_url: str, topology: Topology, amqp_url: str) -> dict[str, str]:
-    return {
-        "SAGA_DATABASE_URL": database_url,
-        "SAGA_AMQP_URL": amqp_url,
-        "SAGA_AMQP_PREFIX": topology.prefix,
-        "SAGA_LOG_FORMAT": "json",
-        "SHOP_DATABASE_URL": database_url,
-    }
+    return process_env(database_url, amqp_url, topology.prefix, SHOP_DATABASE_URL=database_url)
 
 
 def saga(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,7 @@ from orchestrator.messages import StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaState
 from tests.fixtures.polling import eventually
+from tests.fixtures.settings import process_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -41,17 +42,16 @@ def procs(
     database_url: str, topology: Topology, amqp_url: str, tmp_path: Path
 ) -> Iterator[Processes]:
     p = Processes(
-        env={
-            "SAGA_DATABASE_URL": database_url,
-            "SAGA_AMQP_URL": amqp_url,
-            "SAGA_AMQP_PREFIX": topology.prefix,
-            "SAGA_LOG_FORMAT": "json",
-            "SAGA_TIMER_INTERVAL": "0.1",
-            "SAGA_RELAY_INTERVAL": "0.3",
-            "SAGA_RELAY_AGE": "0.5",
-            "SHOP_DATABASE_URL": database_url,
-            "SHOP_SLOW_SECONDS": "0.5",
-        },
+        env=process_env(
+            database_url,
+            amqp_url,
+            topology.prefix,
+            SAGA_TIMER_INTERVAL="0.1",
+            SAGA_RELAY_INTERVAL="0.3",
+            SAGA_RELAY_AGE="0.5",
+            SHOP_DATABASE_URL=database_url,
+            SHOP_SLOW_SECONDS="0.5",
+        ),
         log_dir=tmp_path,
     )
     yield p

@@ -16,6 +16,7 @@ from adapters.rabbitmq.topology import Topology
 from examples.processes import Processes
 from orchestrator import Retry, Saga
 from tests.fixtures.polling import eventually
+from tests.fixtures.settings import process_env
 from tests.integration.harness import System, running_system
 from tests.integration.hosted import detail, events
 
@@ -50,15 +51,7 @@ async def system(database_url: str, topology: Topology, amqp_url: str) -> AsyncI
 def procs(
     database_url: str, topology: Topology, amqp_url: str, tmp_path: Path
 ) -> Iterator[Processes]:
-    p = Processes(
-        env={
-            "SAGA_DATABASE_URL": database_url,
-            "SAGA_AMQP_URL": amqp_url,
-            "SAGA_AMQP_PREFIX": topology.prefix,
-            "SAGA_LOG_FORMAT": "json",
-        },
-        log_dir=tmp_path,
-    )
+    p = Processes(env=process_env(database_url, amqp_url, topology.prefix), log_dir=tmp_path)
     yield p
     p.stop_all()
 

@@ -250,7 +250,7 @@ def mill_participant(barrier: Barrier, calls: list[tuple[str, str]]) -> Particip
             sa.text("INSERT INTO mill_effects VALUES (:job, :step, :attempt)"),
             {"job": cmd.payload["job_id"], "step": cmd.step, "attempt": cmd.attempt},
         )
-        await asyncio.sleep(WORK_SECONDS)
+        await asyncio.sleep(WORK_SECONDS)  # the work itself, longer than the consumer timeout
         return {"exported": cmd.payload["job_id"]}
 
     @mill.handler("mill.ping")
