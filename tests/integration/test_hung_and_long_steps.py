@@ -205,7 +205,20 @@ async def test_schedule_to_close_ends_a_step_before_its_attempts_run_out(system:
     failed = next(h for h in records if h.event == "step_failed" and h.step == "flaky")
     error = detail(failed)["error"]
     assert (error["type"], error["timeout"]) == ("timeout", "schedule_to_close")
-    assert error["cause"]["type"] == "supplier_busy"
+    # The budget ends between two attempts (the next has no room: the last failure is the
+    # cause) or, on a slow machine, while an attempt is still in flight (its timer fires).
+    budget_timers = [
+        detail(h)
+        for h in records
+        if h.event == "step_timed_out" and detail(h)["timeout"] == "schedule_to_close"
+    ]
+    if "cause" in error:
+        # The last attempt's failure: the participant's, or, when the budget left it too
+        # little time to be taken, its refusal as expired.
+        assert error["cause"]["type"] in ("supplier_busy", "expired"), error
+        assert budget_timers == []
+    else:
+        assert len(budget_timers) == 1, records
     assert ("step_compensated", "reserve") in events(records)
 
 
