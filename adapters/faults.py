@@ -1,21 +1,35 @@
 """Named fault points for crash tests: `SAGA_FAULT=after_commit_before_publish` (or
 `...@3` for the third time the point is reached) kills the process there with SIGKILL,
-exactly like `kill -9`. Without SAGA_FAULT the hook does nothing.
+exactly like `kill -9`.
 
-`saga run` reaches the first three points; a participant process (`serve`: the example shop,
-`saga worker`) reaches `after_handler_before_reply`, once its handler returned (a guarded
-handler's transaction has committed) and before the reply is published."""
+Nothing here is wired without SAGA_FAULT: `fault_hook` then returns None, and the engine,
+the runtime and the participant worker run unwrapped. With it, the process wraps:
+
+- its publisher (`FaultyPublisher`): `after_commit_before_publish` before each publish of
+  committed outbox rows, `after_publish_before_outbox_delete` once they are confirmed;
+- the orchestrator's message handlers (`crash_after`): `after_commit_before_ack`, once the
+  message's transaction has committed and before the consumer acks it;
+- a participant (`FaultyParticipant`): `after_handler_before_reply`, once its handler
+  returned (a guarded handler's transaction has committed) and before the reply is sent.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 import structlog
 
-from orchestrator.ports import FaultHook
+from adapters.participant.core import Participant
+from orchestrator.messages import Command, OutboxMessage, Reply
 
 log = structlog.get_logger(__name__)
+
+# Called with the name of each fault point the process reaches.
+Hook = Callable[[str], None]
 
 POINTS = frozenset(
     {
@@ -27,9 +41,10 @@ POINTS = frozenset(
 )
 
 
-def fault_hook(spec: str | None) -> FaultHook:
+def fault_hook(spec: str | None) -> Hook | None:
+    """The hook SAGA_FAULT asks for, or None without one. A bad spec raises at once."""
     if not spec:
-        return _inert
+        return None
     point, _, nth = spec.partition("@")
     if point not in POINTS:
         raise ValueError(f"unknown fault point {point!r}; known: {', '.join(sorted(POINTS))}")
@@ -49,5 +64,55 @@ def fault_hook(spec: str | None) -> FaultHook:
     return hit
 
 
-def _inert(_point: str) -> None:
-    return None
+class _Publisher(Protocol):  # orchestrator.ports.Publisher, which a participant need not load
+    async def publish(self, messages: Sequence[OutboxMessage]) -> None: ...
+
+
+class FaultyPublisher:
+    """The publisher port with the two outbox fault points around each publish: after
+    commit (the rows are stored) and after the broker confirmed (before they are deleted)."""
+
+    def __init__(self, inner: _Publisher, hit: Hook) -> None:
+        self.inner = inner
+        self.hit = hit
+
+    async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+        self.hit("after_commit_before_publish")
+        await self.inner.publish(messages)
+        self.hit("after_publish_before_outbox_delete")
+
+
+M = TypeVar("M")
+
+
+def crash_after(
+    handler: Callable[[M], Awaitable[None]], hit: Hook
+) -> Callable[[M], Awaitable[None]]:
+    """`handler` followed by `after_commit_before_ack`: it returns once its transaction has
+    committed, and the consumer acks only after it returns."""
+
+    async def handle(message: M) -> None:
+        await handler(message)
+        hit("after_commit_before_ack")
+
+    return handle
+
+
+class FaultyParticipant:
+    """`inner` with `after_handler_before_reply` between each handler and its reply."""
+
+    def __init__(self, inner: Participant, hit: Hook) -> None:
+        self.inner = inner
+        self.hit = hit
+        self.service = inner.service
+
+    def services(self) -> set[str]:
+        return self.inner.services()
+
+    def expired(self, command: Command, now: datetime) -> bool:
+        return self.inner.expired(command, now)
+
+    async def handle(self, command: Command, now: datetime) -> Reply:
+        reply = await self.inner.handle(command, now)
+        self.hit("after_handler_before_reply")
+        return reply

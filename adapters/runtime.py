@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from adapters import metrics
 from adapters.admission import Admission
-from adapters.faults import fault_hook
+from adapters.faults import FaultyPublisher, crash_after, fault_hook
 from adapters.postgres.database import make_engine
 from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
 from adapters.postgres.schema import SchemaNotReady, require_schema
@@ -52,11 +52,12 @@ from orchestrator.errors import (
 from orchestrator.messages import (
     MAX_KEY_LENGTH,
     MAX_NAME_LENGTH,
+    REPLY_QUEUE,
     CancelSaga,
     Reply,
     StartSaga,
 )
-from orchestrator.ports import REPLY_QUEUE, Registration
+from orchestrator.ports import Publisher, Registration
 from orchestrator.registry import Registry, load_modules
 from orchestrator.starting import start_error
 from orchestrator.versioning import require_loaded
@@ -139,6 +140,7 @@ class Orchestrator:
         self.command_queues = CommandQueueWatch(
             self.registry, self.topology, metrics.command_queue_consumers
         )
+        # Crash points for tests (SAGA_FAULT): wrappers around the publisher and the handlers.
         self.faults = fault_hook(settings.fault)
         self._tasks: list[asyncio.Task[None]] = []
         self._stops: list[Callable[[], Awaitable[Any]]] = []
@@ -174,12 +176,14 @@ class Orchestrator:
         await self.topology.declare_core(publish_channel)
         for service in self.topology.services_of(self.registry.commands()):
             await self.topology.declare_service(publish_channel, service)
+        publisher: Publisher = RabbitPublisher(publish_channel, self.topology)
+        if self.faults is not None:
+            publisher = FaultyPublisher(publisher, self.faults)
         self.engine = Engine(
             store,
-            RabbitPublisher(publish_channel, self.topology),
+            publisher,
             self.registry,
             clock=utcnow,
-            faults=self.faults,
             observe=metrics.observe,
             unconsumed=self.command_queues.unconsumed_commands,
         )
@@ -189,12 +193,7 @@ class Orchestrator:
         admission = Admission(store.count_active, s.max_active or None, stopping=self._stopping)
         metrics.STARTS_HELD.set_function(lambda: admission.held)
         self.admission = admission
-        consumers: tuple[tuple[str, Handler, BatchHandler | None], ...] = (
-            (REQUESTS_QUEUE, self._on_request, self._on_requests if s.batch_size > 1 else None),
-            # Cancels one by one: they are rare, and never wait for admission.
-            (CANCELS_QUEUE, self._on_request, None),
-            (REPLY_QUEUE, self._on_reply, self._on_replies if s.batch_size > 1 else None),
-        )
+        consumers = self._consumers()
         started: list[Consumer] = []
 
         async def stop_consumers() -> None:
@@ -264,11 +263,24 @@ class Orchestrator:
     # What they bind with `bind_contextvars` names every later log line of the message, the
     # consumer's own included, until it is settled.
 
-    async def _on_request(self, message: Delivery) -> None:
-        await self._request(message)
-        self.faults("after_commit_before_ack")
+    def _consumers(self) -> list[tuple[str, Handler, BatchHandler | None]]:
+        """Each queue the orchestrator consumes, its handler, and its group-commit handler."""
+        batched = self.settings.batch_size > 1
+        consumers: list[tuple[str, Handler, BatchHandler | None]] = [
+            (REQUESTS_QUEUE, self._on_request, self._on_requests if batched else None),
+            # Cancels one by one: they are rare, and never wait for admission.
+            (CANCELS_QUEUE, self._on_request, None),
+            (REPLY_QUEUE, self._on_reply, self._on_replies if batched else None),
+        ]
+        hit = self.faults
+        if hit is None:
+            return consumers
+        return [
+            (queue, crash_after(one, hit), None if many is None else crash_after(many, hit))
+            for queue, one, many in consumers
+        ]
 
-    async def _request(self, message: Delivery) -> None:
+    async def _on_request(self, message: Delivery) -> None:
         engine = self._engine()
         if message.routing_key == "start":
             start = await self._parse_start(message)
@@ -334,7 +346,6 @@ class Orchestrator:
             saga_id=str(reply.saga_id), step=reply.step, command_id=str(reply.command_id)
         )
         await with_db_retries(lambda: engine.reply(reply))
-        self.faults("after_commit_before_ack")
 
     async def _on_requests(self, messages: Sequence[Delivery]) -> None:
         """Group commit: runs of starts begin in one transaction each, a cancel between them
@@ -348,9 +359,8 @@ class Orchestrator:
                 continue
             await self._starts(run)
             run = []
-            await self._request(message)
+            await self._on_request(message)
         await self._starts(run)
-        self.faults("after_commit_before_ack")
 
     async def _starts(self, run: Sequence[tuple[StartSaga, dict[str, str] | None]]) -> None:
         """Begin a run of starts, as many at a time as admission control lets begin."""
@@ -363,7 +373,6 @@ class Orchestrator:
         """Group commit: the replies waiting in the queue, applied in one transaction. A
         poison message or a lost race raises, and the consumer falls back to `_on_reply`."""
         await self._engine().replies([parse(Reply, m) for m in messages])
-        self.faults("after_commit_before_ack")
 
     async def _admit(self, starts: int) -> int:
         return starts if self.admission is None else await self.admission.admit(starts)

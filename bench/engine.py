@@ -16,8 +16,7 @@ from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
 from bench.stats import CpuMeter, percentiles
-from orchestrator.messages import StartSaga
-from orchestrator.ports import Exchange
+from orchestrator.messages import Exchange, StartSaga
 
 TERMINAL = ("completed", "compensated", "cancelled", "failed")
 PIPELINE = 200  # publishes awaiting their confirms at once

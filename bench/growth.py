@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from adapters.postgres.database import drop_database, ensure_database
+from adapters.postgres.database import ensure_database
 from adapters.postgres.migrate import upgrade
 from adapters.settings import Settings
 from bench import growth_queries
@@ -23,6 +23,7 @@ from bench.growth_memory import in_flight
 from bench.growth_report import report
 from bench.growth_seed import seed
 from bench.stats import CpuMeter
+from tests.fixtures.databases import drop_database
 
 
 async def saturation(

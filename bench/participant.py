@@ -12,13 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters import eventloop
 from adapters.logging import configure_logging
-from adapters.participants import serve
-from adapters.postgres.barrier import Barrier
+from adapters.participant.barrier import Barrier
+from adapters.participant.core import Participant, StepFailed
+from adapters.participant.serve import serve
 from adapters.postgres.database import make_engine
 from adapters.settings import Settings
 from bench.sagas import fails
 from orchestrator.messages import Command
-from orchestrator.participant import Participant, StepFailed
 
 SCHEMA = "bench"
 metadata = sa.MetaData(schema=SCHEMA)

@@ -40,7 +40,7 @@ from uuid import UUID
 import psycopg
 
 from adapters.durations import parse_duration
-from adapters.postgres.database import drop_database, make_engine
+from adapters.postgres.database import make_engine
 from adapters.postgres.migrate import upgrade
 from adapters.postgres.retention import Pruned, prune
 from adapters.postgres.store import PostgresStore
@@ -51,6 +51,7 @@ from bench.growth_seed import seed
 from bench.stats import percentiles
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaStatus
+from tests.fixtures.databases import drop_database
 
 KINDS = ("get", "find_key", "find_key_any", "history", "list", "list_status")
 PHASES = ("before", "during", "after", "after_vacuum")

@@ -23,11 +23,10 @@ from pydantic import BaseModel
 from orchestrator import locks as locks_
 from orchestrator.errors import DefinitionError
 from orchestrator.locks import OnLocked
+from orchestrator.messages import COMMAND_RE
 from orchestrator.retry import Retry
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-# A command name is a routing key: `<service>.<command>`; the service part picks the queue.
-COMMAND_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
 
 DEFAULT_TIMEOUT = 30.0
 # The SDK heartbeats every third of a heartbeat timeout; below a second that is a flood.

@@ -31,7 +31,7 @@ from orchestrator.machine import (
     TimersDue,
 )
 from orchestrator.messages import CancelSaga, Reply, StartSaga
-from orchestrator.ports import Clock, FaultHook, Publisher, SagaStore
+from orchestrator.ports import Clock, Publisher, SagaStore
 from orchestrator.registry import Registry
 from orchestrator.semantic_locks import SemanticLocks
 from orchestrator.starting import Starter, StartOutcome
@@ -72,7 +72,6 @@ class Engine:
         registry: Registry,
         *,
         clock: Clock,
-        faults: FaultHook = lambda _point: None,
         new_id: Callable[[], UUID] = uuid.uuid4,
         observe: Observer = _ignore,
         unconsumed: Callable[[], Mapping[str, str]] = dict,
@@ -85,7 +84,7 @@ class Engine:
         self.clock = clock
         self.unconsumed = unconsumed
         self._locks = SemanticLocks(registry, clock=clock, new_id=new_id)
-        self._units = UnitsOfWork(store, publisher, self._locks, faults=faults, observe=observe)
+        self._units = UnitsOfWork(store, publisher, self._locks, observe=observe)
         self._starter = Starter(self._units, registry, self._locks, clock=clock, new_id=new_id)
 
     # -- inbound --------------------------------------------------------------------------

@@ -6,6 +6,9 @@ payloads and results are free-form JSON objects owned by the saga author.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -21,6 +24,8 @@ def aware_utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+# A command name is a routing key: `<service>.<command>`; the service part picks the queue.
+COMMAND_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)+$")
 MAX_KEY_LENGTH = 200
 MAX_NAME_LENGTH = 100
 
@@ -151,3 +156,30 @@ class OutcomeEvent(_Wire):
     @property
     def routing_key(self) -> str:
         return f"{self.saga or 'saga'}.{self.status}"
+
+
+class Exchange:
+    """Logical exchange names of wire protocol v1; the transport may prefix them."""
+
+    SAGAS = "sagas"
+    COMMANDS = "saga.commands"
+    EVENTS = "saga.events"
+    DEAD = "saga.dead"
+    DEFAULT = ""  # the default exchange: routing key = queue name (replies)
+
+
+REPLY_QUEUE = "saga.replies"
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A message written in the transaction that decided it, published after commit."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str
+    reply_to: str | None = None
+    id: int | None = None  # assigned by the store
+    # Message headers to send along: the saga's W3C trace context (orchestrator/trace.py).
+    headers: Mapping[str, str] | None = None

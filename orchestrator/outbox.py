@@ -6,8 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.machine import Decision
-from orchestrator.messages import OutcomeEvent, ParentRef, Reply, ReplyError
-from orchestrator.ports import REPLY_QUEUE, Exchange, OutboxMessage
+from orchestrator.messages import (
+    REPLY_QUEUE,
+    Exchange,
+    OutboxMessage,
+    OutcomeEvent,
+    ParentRef,
+    Reply,
+    ReplyError,
+)
 from orchestrator.state import SagaState
 
 

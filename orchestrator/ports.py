@@ -6,7 +6,7 @@ contract tests (tests/contract).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,38 +16,10 @@ from uuid import UUID
 
 from orchestrator.locks import LockConflict, LocksView, LockWaiter
 from orchestrator.machine import HistoryEntry
+from orchestrator.messages import OutboxMessage
 from orchestrator.state import SagaState, SagaStatus
 
 Clock = Callable[[], datetime]
-# Named crash points for fault-injection tests; the production hook does nothing.
-FaultHook = Callable[[str], None]
-
-
-class Exchange:
-    """Logical exchange names of wire protocol v1; the transport may prefix them."""
-
-    SAGAS = "sagas"
-    COMMANDS = "saga.commands"
-    EVENTS = "saga.events"
-    DEAD = "saga.dead"
-    DEFAULT = ""  # the default exchange: routing key = queue name (replies)
-
-
-REPLY_QUEUE = "saga.replies"
-
-
-@dataclass(frozen=True)
-class OutboxMessage:
-    """A message written in the transaction that decided it, published after commit."""
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    message_id: str
-    reply_to: str | None = None
-    id: int | None = None  # assigned by the store
-    # Message headers to send along: the saga's W3C trace context (orchestrator/trace.py).
-    headers: Mapping[str, str] | None = None
 
 
 class Registration(StrEnum):

@@ -23,8 +23,9 @@ from uuid import UUID
 import structlog
 
 from orchestrator.machine import Decision, HistoryEntry
+from orchestrator.messages import OutboxMessage
 from orchestrator.outbox import decision_messages
-from orchestrator.ports import FaultHook, OutboxMessage, Publisher, SagaStore, SagaTransaction
+from orchestrator.ports import Publisher, SagaStore, SagaTransaction
 from orchestrator.state import SagaState
 from orchestrator.trace import log_fields as trace_log_fields
 
@@ -74,13 +75,11 @@ class UnitsOfWork:
         publisher: Publisher,
         locks: LockRelease,
         *,
-        faults: FaultHook,
         observe: Observer,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.locks = locks
-        self.faults = faults
         self.observe = observe
         # Outbox rows published after their commit, deleted in bulk by `forget_published`.
         self._published: list[int] = []
@@ -122,7 +121,6 @@ class UnitsOfWork:
     async def _publish(self, outbox: Sequence[OutboxMessage]) -> None:
         if not outbox:
             return
-        self.faults("after_commit_before_publish")
         try:
             # Straight to the broker: no transaction on the path from one step to the next.
             # The rows are deleted later, in bulk, by the next relay sweep of this replica
@@ -132,7 +130,6 @@ class UnitsOfWork:
         except Exception as exc:  # the relay republishes; the transition itself is safe
             log.warning("outbox_publish_deferred", count=len(outbox), error=str(exc))
             return
-        self.faults("after_publish_before_outbox_delete")
         self._published += [m.id for m in outbox if m.id is not None]
 
 

@@ -32,7 +32,8 @@ def run() -> None:
 
 def worker() -> None:
     """Run the local steps (Python functions) of the loaded saga modules."""
-    from adapters.participants import local_steps, serve
+    from adapters.local_steps import local_steps
+    from adapters.participant.serve import serve
     from orchestrator.registry import load_modules
 
     config = cs.settings(long_running=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from orchestrator.ports import OutboxMessage
+from orchestrator.messages import OutboxMessage
 
 
 class BrokerDown(ConnectionError):

@@ -21,12 +21,12 @@ from orchestrator.definition_diff import changes
 from orchestrator.errors import ConcurrentUpdate, DefinitionConflict, SagaNotFound
 from orchestrator.locks import LockConflict, LocksView, LockWaiter
 from orchestrator.machine import HistoryEntry
+from orchestrator.messages import OutboxMessage
 from orchestrator.ports import (
     Clock,
     DefinitionRecord,
     HistoryAppends,
     HistoryRecord,
-    OutboxMessage,
     RegisteredDefinition,
     Registration,
     SagaQuery,

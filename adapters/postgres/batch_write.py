@@ -35,7 +35,8 @@ from adapters.postgres.bulk import (
 )
 from adapters.postgres.rows import PROGRESS_COLUMNS, progress_values, step_values
 from adapters.postgres.tables import outbox, saga_instances, saga_steps
-from orchestrator.ports import HistoryAppends, OutboxMessage, Transitions
+from orchestrator.messages import OutboxMessage
+from orchestrator.ports import HistoryAppends, Transitions
 
 # The step columns a transition may change (name, idx, item and payload never do).
 CHANGING_STEP_COLUMNS = (

@@ -1,4 +1,4 @@
-"""Engines and database lifecycle (create, clone from a template, drop)."""
+"""Engines, and creating a database that is not there yet."""
 
 from __future__ import annotations
 
@@ -55,15 +55,15 @@ def single_use_engine(url: str | URL, *, autocommit: bool = False) -> AsyncEngin
 
 async def ensure_database(url: str | URL) -> bool:
     """Create the URL's database unless it exists; True when it was created."""
-    name = _database(url)
-    async with _maintenance(url) as conn:
+    name = database_name(url)
+    async with maintenance(url) as conn:
         found = await conn.scalar(
             text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
         )
         if found:
             return False
         try:
-            await conn.exec_driver_sql(f"CREATE DATABASE {_quote(conn, name)}")
+            await conn.exec_driver_sql(f"CREATE DATABASE {quote_name(conn, name)}")
         except (ProgrammingError, IntegrityError) as exc:
             # Another process created it between our check and our CREATE: PostgreSQL says
             # duplicate_database, or, when the two CREATEs overlap, a unique violation on
@@ -74,24 +74,8 @@ async def ensure_database(url: str | URL) -> bool:
     return True
 
 
-async def clone_database(url: str | URL, template: str) -> None:
-    """Create the URL's database as a copy of `template` (which nobody may be connected to)."""
-    async with _maintenance(url) as conn:
-        await conn.exec_driver_sql(
-            f"CREATE DATABASE {_quote(conn, _database(url))} TEMPLATE {_quote(conn, template)}"
-        )
-
-
-async def drop_database(url: str | URL) -> None:
-    """Drop the URL's database if it exists, disconnecting whoever is still on it."""
-    async with _maintenance(url) as conn:
-        await conn.exec_driver_sql(
-            f"DROP DATABASE IF EXISTS {_quote(conn, _database(url))} WITH (FORCE)"
-        )
-
-
 @asynccontextmanager
-async def _maintenance(url: str | URL) -> AsyncIterator[AsyncConnection]:
+async def maintenance(url: str | URL) -> AsyncIterator[AsyncConnection]:
     """A connection to the server's `postgres` database, in autocommit: CREATE/DROP DATABASE
     can run neither inside a transaction nor on the database they act on."""
     engine = single_use_engine(psycopg_url(url).set(database="postgres"), autocommit=True)
@@ -102,12 +86,12 @@ async def _maintenance(url: str | URL) -> AsyncIterator[AsyncConnection]:
         await engine.dispose()
 
 
-def _database(url: str | URL) -> str:
+def database_name(url: str | URL) -> str:
     name = make_url(url).database
     if not name:
         raise ValueError(f"the database URL {make_url(url)!r} names no database")
     return name
 
 
-def _quote(conn: AsyncConnection, name: str) -> str:
+def quote_name(conn: AsyncConnection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote_identifier(name)

@@ -12,8 +12,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.postgres.tables import saga_steps
-from orchestrator.messages import ParentRef
-from orchestrator.ports import OutboxMessage
+from orchestrator.messages import OutboxMessage, ParentRef
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 
 

@@ -26,7 +26,8 @@ from adapters.postgres.tables import inbox, outbox, saga_instances, saga_steps
 from orchestrator.errors import ConcurrentUpdate
 from orchestrator.locks import LockConflict, LockWaiter
 from orchestrator.machine import HistoryEntry
-from orchestrator.ports import HistoryAppends, OutboxMessage, Transitions
+from orchestrator.messages import OutboxMessage
+from orchestrator.ports import HistoryAppends, Transitions
 from orchestrator.state import SagaState
 
 # First half of a two-int advisory lock key: start keys get a key space of their own.

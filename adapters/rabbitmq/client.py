@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
-from orchestrator.ports import Exchange
+from orchestrator.messages import Exchange
 
 
 async def send_requests(settings: Settings, requests: Sequence[tuple[str, BaseModel]]) -> None:

@@ -50,7 +50,7 @@ from adapters.rabbitmq.storable import check_storable
 from adapters.rabbitmq.topology import Topology
 from orchestrator import trace
 from orchestrator.errors import Poison
-from orchestrator.ports import Exchange
+from orchestrator.messages import Exchange
 
 log = structlog.get_logger(__name__)
 

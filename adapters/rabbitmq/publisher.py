@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from adapters.rabbitmq.topology import Topology
 from orchestrator.errors import SagaError
-from orchestrator.ports import Exchange, OutboxMessage
+from orchestrator.messages import Exchange, OutboxMessage
 
 log = structlog.get_logger(__name__)
 

@@ -20,7 +20,7 @@ import structlog
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from orchestrator.ports import REPLY_QUEUE, Exchange
+from orchestrator.messages import REPLY_QUEUE, Exchange
 
 log = structlog.get_logger(__name__)
 

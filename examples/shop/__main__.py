@@ -12,7 +12,7 @@ import os
 
 from adapters import eventloop
 from adapters.logging import configure_logging
-from adapters.participants import serve
+from adapters.participant.serve import serve
 from adapters.postgres.database import ensure_database, make_engine
 from adapters.settings import Settings
 from examples.shop import schema

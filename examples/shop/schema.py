@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.postgres.barrier import Barrier
+from adapters.participant.barrier import Barrier
 
 SCHEMA = "shop"
 # The example has no migrations: its data is demo data, so a `shop` schema of another layout

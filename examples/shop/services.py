@@ -1,6 +1,6 @@
 """The four example participant services of the order saga, on the shop's own tables.
 
-Every handler is guarded by the shop's barrier (`adapters.postgres.barrier`): it gets the
+Every handler is guarded by the shop's barrier (`adapters.participant.barrier`): it gets the
 command and the connection of the barrier's transaction, so its writes and the record that the
 command was handled commit together. Redeliveries, a compensation that overtakes its action and
 an action that arrives after its compensation are the barrier's business, not the handlers'.
@@ -24,7 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.postgres.barrier import Barrier
+from adapters.participant.barrier import Barrier
+from adapters.participant.core import Participant, StepFailed
 from examples.shop import schema
 from examples.shop.schema import (
     credit_reservations,
@@ -36,7 +37,6 @@ from examples.shop.schema import (
     stock_reservations,
 )
 from orchestrator.messages import Command
-from orchestrator.participant import Participant, StepFailed
 
 
 @dataclass(frozen=True)

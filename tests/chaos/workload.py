@@ -31,8 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import Topology
-from orchestrator.messages import CancelSaga, StartSaga
-from orchestrator.ports import Exchange
+from orchestrator.messages import CancelSaga, Exchange, StartSaga
 from tests.e2e.test_many_orchestrators import finished_count, order_of, stalled
 
 log = structlog.get_logger(__name__)

@@ -20,15 +20,8 @@ from orchestrator import machine
 from orchestrator.errors import ConcurrentUpdate, DefinitionConflict, SagaNotFound
 from orchestrator.locks import HeldLock, LockConflict, LocksView, LockWaiter
 from orchestrator.machine import HistoryEntry, ReplyReceived
-from orchestrator.messages import ParentRef, Reply
-from orchestrator.ports import (
-    DefinitionRecord,
-    OutboxMessage,
-    Registration,
-    SagaQuery,
-    SagaStore,
-    VersionInUse,
-)
+from orchestrator.messages import OutboxMessage, ParentRef, Reply
+from orchestrator.ports import DefinitionRecord, Registration, SagaQuery, SagaStore, VersionInUse
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 from sagas import order
 from tests.fixtures.polling import eventually

@@ -32,7 +32,7 @@ from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.consumer import Consumer, Delivery, consume
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import REPLIES_QUEUE, Topology
-from orchestrator.ports import Exchange
+from orchestrator.messages import Exchange
 
 log = structlog.get_logger(__name__)
 

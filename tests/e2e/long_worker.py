@@ -15,12 +15,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.logging import configure_logging
-from adapters.participants import serve
-from adapters.postgres.barrier import Barrier
+from adapters.participant.barrier import Barrier
+from adapters.participant.core import Participant
+from adapters.participant.serve import serve
 from adapters.postgres.database import make_engine
 from adapters.settings import Settings
 from orchestrator.messages import Command
-from orchestrator.participant import Participant
 
 EFFECTS = "CREATE TABLE IF NOT EXISTS vault_effects (job_id text, attempt int, pid int)"
 

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from adapters.postgres.database import drop_database, make_engine
+from adapters.postgres.database import make_engine
 from adapters.postgres.schema import scripts
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
 from examples.demo import CUSTOMERS, STOCK, wait_for_consumers
 from examples.processes import Processes
 from examples.shop import schema
+from tests.fixtures.databases import drop_database
 from tests.fixtures.polling import eventually
 from tests.fixtures.settings import process_env
 

@@ -14,10 +14,11 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import make_url, text
 
-from adapters.postgres.database import drop_database, ensure_database, single_use_engine
+from adapters.postgres.database import ensure_database, single_use_engine
 from adapters.postgres.migrate import upgrade
 from adapters.postgres.schema import scripts
 from adapters.rabbitmq.topology import Topology
+from tests.fixtures.databases import drop_database
 from tests.fixtures.postgres import SERVER_URL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

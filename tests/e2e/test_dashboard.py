@@ -34,13 +34,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from adapters.participant.core import Participant, StepFailed
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
 from orchestrator import Retry, Saga
 from orchestrator.definition import GuardContext
 from orchestrator.messages import Command
-from orchestrator.participant import Participant, StepFailed
 from orchestrator.ports import HistoryRecord
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system

@@ -13,8 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 from adapters.rabbitmq.consumer import Consumer, Delivery, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
-from orchestrator.messages import Command, Reply
-from orchestrator.ports import Exchange
+from orchestrator.messages import Command, Exchange, Reply
 from tests.fixtures.polling import eventually
 
 COURIERS = "couriers"

@@ -21,17 +21,16 @@ from aio_pika.abc import (
 )
 from pydantic import BaseModel, ConfigDict
 
+from adapters.participant.core import Participant
+from adapters.participant.worker import ParticipantWorker
 from adapters.postgres.database import make_engine
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.connection import open_channel
-from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.topology import DEAD_QUEUE, REPLIES_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.runtime import Orchestrator, utcnow
 from adapters.settings import Settings
 from orchestrator import Saga
-from orchestrator.messages import Command, Reply
-from orchestrator.participant import Participant
-from orchestrator.ports import Exchange
+from orchestrator.messages import Command, Exchange, Reply
 from orchestrator.registry import Registry
 from tests.fixtures.settings import fast_settings
 from tests.fuzz.probes import SAGA, SERVICE, Probe

@@ -15,10 +15,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.postgres.barrier import Barrier
+from adapters.participant.barrier import Barrier
+from adapters.participant.core import Participant, StepFailed
 from adapters.postgres.database import make_engine
 from orchestrator.messages import Command
-from orchestrator.participant import Participant, StepFailed
 from tests.fixtures.polling import eventually
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import BaseModel
 
+from adapters.participant.core import Participant, StepFailed
+from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
-from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import utcnow
 from orchestrator import Retry, Saga
 from orchestrator.definition import GuardContext
 from orchestrator.errors import DefinitionError
 from orchestrator.messages import CancelSaga, Command
-from orchestrator.participant import Participant, StepFailed
 from orchestrator.registry import Registry
 from orchestrator.state import SagaStatus
 from tests.integration.harness import System, running_system

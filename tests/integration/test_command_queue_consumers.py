@@ -13,10 +13,10 @@ from pydantic import BaseModel
 from structlog.testing import capture_logs
 
 from adapters import metrics
+from adapters.participant.core import Participant
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command
-from orchestrator.participant import Participant
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system
 from tests.integration.hosted import detail, host

@@ -17,12 +17,12 @@ from uuid import UUID
 import pytest
 from pydantic import BaseModel
 
+from adapters.participant.core import Participant
 from adapters.rabbitmq.client import send_requests
 from adapters.rabbitmq.topology import DEAD_QUEUE, REPLIES_QUEUE, REQUESTS_QUEUE, Topology
 from orchestrator import Retry, Saga
-from orchestrator.messages import CancelSaga, Command, Reply, StartSaga
-from orchestrator.participant import Participant
-from orchestrator.ports import REPLY_QUEUE, HistoryRecord, SagaQuery
+from orchestrator.messages import REPLY_QUEUE, CancelSaga, Command, Reply, StartSaga
+from orchestrator.ports import HistoryRecord, SagaQuery
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import leftovers
 from tests.integration.harness import System, running_system

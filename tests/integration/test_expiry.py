@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from adapters.participant.core import Participant
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import utcnow
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command
-from orchestrator.participant import Participant
 from orchestrator.ports import HistoryRecord
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from adapters.participant.core import Participant, StepFailed
+from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
-from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import utcnow
 from orchestrator import Retry, Saga
 from orchestrator.definition import GuardContext
 from orchestrator.messages import Command
-from orchestrator.participant import Participant, StepFailed
 from orchestrator.state import SagaStatus
 from tests.integration.harness import System, running_system
 

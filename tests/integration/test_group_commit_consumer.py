@@ -15,8 +15,7 @@ from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.consumer import DEAD_REASON_HEADER, Delivery, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import DEAD_QUEUE, REQUESTS_QUEUE, Topology
-from orchestrator.messages import StartSaga
-from orchestrator.ports import Exchange
+from orchestrator.messages import Exchange, StartSaga
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import leftovers, take
 

@@ -16,15 +16,15 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from structlog.testing import capture_logs
 
-from adapters.postgres.barrier import Barrier
+from adapters.participant.barrier import Barrier
+from adapters.participant.core import Participant, StepFailed
+from adapters.participant.worker import ParticipantWorker
 from adapters.postgres.database import make_engine
 from adapters.rabbitmq.connection import open_channel
-from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import utcnow
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command
-from orchestrator.participant import Participant, StepFailed
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system
 from tests.integration.hosted import detail, dispatched, events, host

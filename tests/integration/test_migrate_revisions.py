@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import make_url, text
 
 import migrations
-from adapters.postgres.database import drop_database, make_engine
+from adapters.postgres.database import make_engine
 from adapters.postgres.migrate import check, downgrade, upgrade
+from tests.fixtures.databases import drop_database
 
 SCRATCH = '''"""A scratch revision for the test: an index built CONCURRENTLY."""
 

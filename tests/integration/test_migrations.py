@@ -12,10 +12,11 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.postgres.database import drop_database, make_engine
+from adapters.postgres.database import make_engine
 from adapters.postgres.migrate import check, downgrade, upgrade
 from adapters.postgres.tables import metadata
 from orchestrator.state import SagaStatus, StepStatus
+from tests.fixtures.databases import drop_database
 
 TABLES = {t.name for t in metadata.sorted_tables}
 

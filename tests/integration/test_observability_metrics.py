@@ -21,8 +21,7 @@ from adapters.postgres.store import PostgresStore
 from orchestrator import Retry, Saga
 from orchestrator.definition import GuardContext
 from orchestrator.engine import Engine
-from orchestrator.messages import Command, Reply, ReplyError, StartSaga
-from orchestrator.ports import Exchange
+from orchestrator.messages import Command, Exchange, Reply, ReplyError, StartSaga
 from orchestrator.registry import Registry
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)

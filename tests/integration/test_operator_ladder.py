@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from adapters.participant.core import Participant, StepFailed
 from adapters.rabbitmq.topology import Topology
 from orchestrator import OperationRefused, Retry, Saga
 from orchestrator.machine import (
@@ -22,7 +23,6 @@ from orchestrator.machine import (
     SkipRequested,
 )
 from orchestrator.messages import Command
-from orchestrator.participant import Participant, StepFailed
 from orchestrator.state import SagaState
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system

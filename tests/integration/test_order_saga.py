@@ -11,8 +11,8 @@ import pytest
 from adapters.rabbitmq.topology import Topology
 from examples.shop.verify import check_effects, ledger
 from orchestrator import Retry, Saga
-from orchestrator.messages import CancelSaga, Reply, StartSaga
-from orchestrator.ports import REPLY_QUEUE, Exchange, SagaQuery
+from orchestrator.messages import REPLY_QUEUE, CancelSaga, Exchange, Reply, StartSaga
+from orchestrator.ports import SagaQuery
 from sagas.order import OrderPlaced
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 from tests.fixtures.polling import eventually

@@ -11,14 +11,14 @@ import pytest
 from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
+from adapters.faults import FaultyParticipant
+from adapters.participant.core import Participant, StepFailed
+from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.consumer import DEAD_REASON_HEADER
-from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import DEAD_QUEUE, REPLIES_QUEUE, Topology
-from orchestrator.messages import Command, Reply
-from orchestrator.participant import Participant, StepFailed
-from orchestrator.ports import REPLY_QUEUE, Exchange, OutboxMessage
+from orchestrator.messages import REPLY_QUEUE, Command, Exchange, OutboxMessage, Reply
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import leftovers, take
 
@@ -260,12 +260,11 @@ async def test_the_fault_point_comes_after_the_handler_and_before_the_reply(
             raise RuntimeError("crashed between the handler and its reply")
 
     worker = ParticipantWorker(
-        participant,
+        FaultyParticipant(participant, crash_once),
         worker_channel,
         topology,
         clock=lambda: datetime.now(UTC),
         prefetch=10,
-        faults=crash_once,
     )
     await worker.start()
     try:

@@ -34,8 +34,14 @@ from adapters.rabbitmq.topology import (
     Topology,
 )
 from orchestrator.errors import Poison
-from orchestrator.messages import CancelSaga, Command, StartSaga
-from orchestrator.ports import REPLY_QUEUE, Exchange, OutboxMessage
+from orchestrator.messages import (
+    REPLY_QUEUE,
+    CancelSaga,
+    Command,
+    Exchange,
+    OutboxMessage,
+    StartSaga,
+)
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import MakeTopology, leftovers, take
 

@@ -8,11 +8,11 @@ import pytest
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
+from adapters.participant.core import Participant
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import Orchestrator
 from orchestrator import DefinitionConflict, Saga
 from orchestrator.messages import Command
-from orchestrator.participant import Participant
 from orchestrator.registry import Registry
 from tests.integration.harness import running_system
 from tests.integration.hosted import host

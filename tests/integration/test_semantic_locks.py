@@ -29,13 +29,13 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.postgres.barrier import Barrier
+from adapters.participant.barrier import Barrier
+from adapters.participant.core import Participant, StepFailed
 from adapters.rabbitmq.client import send_requests
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Retry, Saga
 from orchestrator.machine import MarkCompensated
 from orchestrator.messages import Command, StartSaga
-from orchestrator.participant import Participant, StepFailed
 from orchestrator.state import SagaState
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, drain, running_system

@@ -18,8 +18,7 @@ import sqlalchemy as sa
 from adapters.rabbitmq.topology import Topology
 from examples.demo import CUSTOMERS, STOCK
 from examples.shop.schema import customers, notifications, payments, stock
-from orchestrator.messages import CancelSaga
-from orchestrator.ports import Exchange
+from orchestrator.messages import CancelSaga, Exchange
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, drain, order_input, running_system

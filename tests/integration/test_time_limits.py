@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from adapters.participant.core import Participant
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command
-from orchestrator.participant import Participant
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system
 from tests.integration.hosted import detail, events, host, ignored

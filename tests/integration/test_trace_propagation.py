@@ -14,16 +14,16 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
+from adapters.participant.core import Participant
+from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.consumer import Delivery, consume
-from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import REPLIES_QUEUE, Topology
 from orchestrator import Retry, Saga
 from orchestrator.errors import Poison
-from orchestrator.messages import Command, StartSaga
-from orchestrator.participant import Participant
-from orchestrator.ports import REPLY_QUEUE, Exchange, OutboxMessage, SagaQuery
+from orchestrator.messages import REPLY_QUEUE, Command, Exchange, OutboxMessage, StartSaga
+from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaStatus
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import take

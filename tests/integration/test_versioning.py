@@ -11,11 +11,11 @@ from uuid import UUID
 
 import pytest
 
+from adapters.participant.core import Participant
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import Orchestrator
 from orchestrator.errors import MissingDefinition
 from orchestrator.messages import Command, StartSaga
-from orchestrator.participant import Participant
 from orchestrator.registry import Registry
 from orchestrator.state import SagaState
 from tests.fixtures.polling import eventually

@@ -15,17 +15,17 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters.participant.core import Participant
+from adapters.participant.worker import ParticipantWorker
 from adapters.postgres.database import make_engine, single_use_engine
 from adapters.postgres.migrate import downgrade, upgrade
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.client import send_requests
 from adapters.rabbitmq.connection import open_channel
-from adapters.rabbitmq.participant import ParticipantWorker
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import Orchestrator, utcnow
 from orchestrator import Saga
 from orchestrator.messages import Command, StartSaga
-from orchestrator.participant import Participant
 from orchestrator.ports import SagaQuery
 from orchestrator.registry import Registry
 from tests.fixtures.polling import eventually

@@ -16,8 +16,8 @@ from adapters import metrics
 from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
 from orchestrator.engine import Engine
-from orchestrator.messages import Command, Reply, StartSaga
-from orchestrator.ports import HistoryAppends, OutboxMessage, SagaTransaction, Transitions
+from orchestrator.messages import Command, OutboxMessage, Reply, StartSaga
+from orchestrator.ports import HistoryAppends, SagaTransaction, Transitions
 from orchestrator.registry import Registry
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from adapters.participant.core import Participant, StepFailed
 from orchestrator.errors import DefinitionError
 from orchestrator.messages import Command, Reply
-from orchestrator.participant import Participant, StepFailed
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 

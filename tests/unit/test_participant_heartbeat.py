@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.messages import Command, Reply
-from orchestrator.participant import (
+from adapters.participant.core import (
     MAX_HEARTBEAT_INTERVAL,
     MIN_HEARTBEAT_INTERVAL,
     heartbeat_interval,
     heartbeats,
     report_progress,
 )
+from orchestrator.messages import Command, Reply
 from tests.fixtures.polling import eventually
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)

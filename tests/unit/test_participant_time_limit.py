@@ -11,8 +11,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from adapters.participant.core import Participant, heartbeats
 from orchestrator.messages import Command, Reply
-from orchestrator.participant import Participant, heartbeats
 from tests.fixtures.polling import eventually
 
 

@@ -13,8 +13,7 @@ from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
 from orchestrator import Retry, Saga, trace
 from orchestrator.engine import Engine
-from orchestrator.messages import Command, Reply, StartSaga
-from orchestrator.ports import Exchange, OutboxMessage
+from orchestrator.messages import Command, Exchange, OutboxMessage, Reply, StartSaga
 from orchestrator.registry import Registry
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -34,7 +34,7 @@ from aio_pika.abc import AbstractRobustConnection
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.postgres.database import drop_database, make_engine
+from adapters.postgres.database import make_engine
 from adapters.postgres.store import PostgresStore
 from adapters.postgres.tables import saga_history, saga_instances
 from adapters.rabbitmq.client import send_requests
@@ -49,6 +49,7 @@ from orchestrator.ports import SagaQuery
 from orchestrator.state import FINISHED
 from tests.e2e.history_check import Entry, check_history
 from tests.e2e.test_many_orchestrators import consumer_count
+from tests.fixtures.databases import drop_database
 from tests.fixtures.polling import eventually
 from tests.fixtures.postgres import SERVER_URL
 from tests.fixtures.rabbitmq import leftovers

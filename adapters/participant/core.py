@@ -34,9 +34,8 @@ from typing import Any, TypeVar
 import pydantic_core
 import structlog
 
-from orchestrator.definition import COMMAND_RE
 from orchestrator.errors import DefinitionError
-from orchestrator.messages import Command, Reply, ReplyError, aware_utc
+from orchestrator.messages import COMMAND_RE, Command, Reply, ReplyError, aware_utc
 
 log = structlog.get_logger(__name__)
 

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Protocol
 
 import structlog
 from aio_pika.abc import AbstractChannel
 
 from adapters import metrics
+from adapters.participant.core import SendReply, heartbeat, heartbeats
 from adapters.rabbitmq.consumer import MAX_BODY_BYTES, Consumer, Delivery, consume, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
 from orchestrator import trace
 from orchestrator.errors import Poison
 from orchestrator.messages import Command, Reply
-from orchestrator.participant import Participant, SendReply, heartbeat, heartbeats
-from orchestrator.ports import Clock, FaultHook
 
 log = structlog.get_logger(__name__)
+
+Clock = Callable[[], datetime]
 
 
 # A command's handler holds its message unacked this long at most (SAGA_DETACH_AFTER): well
@@ -31,8 +34,17 @@ MAX_DETACHED = 100
 REPLY_PATIENCE = 60.0
 
 
-def _no_faults(_point: str) -> None:
-    return None
+class Hosted(Protocol):
+    """What the worker needs of a participant: `Participant`, or a wrapper of one
+    (`adapters.faults.FaultyParticipant`)."""
+
+    service: str
+
+    def services(self) -> set[str]: ...
+
+    def expired(self, command: Command, now: datetime) -> bool: ...
+
+    async def handle(self, command: Command, now: datetime) -> Reply: ...
 
 
 class ParticipantWorker:
@@ -55,14 +67,12 @@ class ParticipantWorker:
     While a handler runs, heartbeats for its command go to the same `reply_to`; they stop
     before the final reply is published.
 
-    `faults` is called with `after_handler_before_reply` between the two (crash tests kill the
-    process there: `adapters.faults`); it does nothing by default. A command body over
-    `max_message_bytes` is dead-lettered unread.
+    A command body over `max_message_bytes` is dead-lettered unread.
     """
 
     def __init__(
         self,
-        participant: Participant,
+        participant: Hosted,
         channel: AbstractChannel,
         topology: Topology,
         *,
@@ -70,7 +80,6 @@ class ParticipantWorker:
         prefetch: int = 50,
         detach_after: float = DETACH_AFTER,
         max_detached: int = MAX_DETACHED,
-        faults: FaultHook = _no_faults,
         max_message_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.participant = participant
@@ -80,7 +89,6 @@ class ParticipantWorker:
         self.prefetch = prefetch
         self.detach_after = detach_after
         self.max_detached = max_detached
-        self.faults = faults
         self.max_message_bytes = max_message_bytes
         self.publisher = RabbitPublisher(channel, topology)
         self.detached = 0
@@ -171,7 +179,6 @@ class ParticipantWorker:
                 # The effect is committed, the reply not yet sent: a crash here must be
                 # answered from the barrier when the command comes back (or, once taken, by
                 # the retry the orchestrator sends), never applied a second time.
-                self.faults("after_handler_before_reply")
                 if custody.taken:
                     await _send_until_sent(send, reply)
                 else:

@@ -65,11 +65,11 @@ from psycopg import sql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.participant.core import CommandHandler, StepFailed
 from adapters.postgres import driver
 from adapters.postgres.bulk import json_text
 from adapters.postgres.tables import NAMING_CONVENTION
 from orchestrator.messages import Command
-from orchestrator.participant import CommandHandler, StepFailed
 
 log = structlog.get_logger(__name__)
 
@@ -176,7 +176,7 @@ class Barrier:
             # then find everything in place; one lock for all barriers, as they may share a schema.
             await conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
-                {"name": "adapters.postgres.barrier.install"},
+                {"name": "adapters.participant.barrier.install"},
             )
             if self.table.schema is not None:
                 await conn.execute(sa.schema.CreateSchema(self.table.schema, if_not_exists=True))

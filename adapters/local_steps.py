@@ -1,27 +1,15 @@
-"""Hosting participants in a process: `saga worker` (local steps) and the example shop."""
+"""The local steps of the loaded sagas as one participant, which `saga worker` hosts: each
+command runs the function of the saga version its saga started on."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
-
-from adapters.faults import fault_hook
-from adapters.rabbitmq.connection import connect, open_channel
-from adapters.rabbitmq.participant import ParticipantWorker
-from adapters.rabbitmq.topology import Topology
-from adapters.runtime import utcnow
-from adapters.settings import Settings
+from adapters.participant.core import Participant, StepFailed
 from orchestrator.definition import LocalHandler, StepContext
 from orchestrator.messages import Command
-from orchestrator.participant import Participant, StepFailed
 from orchestrator.registry import Registry
-
-log = structlog.get_logger(__name__)
 
 
 def local_steps(registry: Registry) -> Participant:
@@ -72,39 +60,3 @@ def _bind(
         return result.model_dump(mode="json") if hasattr(result, "model_dump") else result
 
     return run
-
-
-async def serve(settings: Settings, participants: Sequence[Participant]) -> None:
-    """Consume the participants' queues until SIGINT/SIGTERM. `settings.fault` (SAGA_FAULT)
-    arms a crash point for tests (`adapters.faults`)."""
-    faults = fault_hook(settings.fault)  # before connecting: a bad spec fails at once
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    connection = await connect(settings.amqp_url)
-    topology = Topology(settings.amqp_prefix)
-    workers = []
-    try:
-        for participant in participants:
-            channel = await open_channel(connection)
-            worker = ParticipantWorker(
-                participant,
-                channel,
-                topology,
-                clock=utcnow,
-                prefetch=settings.prefetch,
-                detach_after=settings.detach_after,
-                max_detached=settings.max_detached,
-                faults=faults,
-                max_message_bytes=settings.max_message_bytes,
-            )
-            await worker.start()
-            workers.append(worker)
-        log.info("participants_started", services=[p.service for p in participants])
-        await stop.wait()
-    finally:
-        for worker in workers:
-            with contextlib.suppress(Exception):
-                await worker.stop()
-        await connection.close()
