@@ -119,19 +119,11 @@ class SagaTransaction(Protocol):
     async def claim_due(self, now: datetime, limit: int) -> list[SagaState]:
         """Lock sagas whose next timer is due, skipping those another process holds."""
 
-    async def save(self, before: SagaState, after: SagaState) -> None:
-        """Persist a transition; `after.revision` must be `before.revision + 1`."""
-
-    async def save_all(self, changes: Transitions) -> None:
-        """`save` for the transitions of many sagas at once (one each); raises
-        ConcurrentUpdate if any of them moved on meanwhile."""
-
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
-    ) -> None: ...
-
-    async def append_histories(self, appends: HistoryAppends) -> None:
-        """`append_history` for many sagas at once: (saga_id, entries, actor) each."""
+    ) -> None:
+        """Append entries to the saga's history, numbered on from its last one; raises
+        SagaNotFound when no such saga exists."""
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         """Store messages to publish; returns them with their ids."""
@@ -142,8 +134,13 @@ class SagaTransaction(Protocol):
         appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
     ) -> list[OutboxMessage]:
-        """`save_all`, `append_histories` and `add_outbox` at once, which a store may do in
-        fewer round trips than one by one: everything a batch of transitions writes."""
+        """Everything a batch of transitions writes, which a store may do in one round trip:
+
+        - `changes`, one (before, after) per saga: `after` must be the same saga at revision
+          `before.revision + 1`, with no step removed (ValueError); raises ConcurrentUpdate if
+          a saga is no longer at `before.revision` (or does not exist);
+        - `appends`, `append_history` for each (saga_id, entries, actor);
+        - `messages`, as `add_outbox`: returned with their ids."""
 
     async def hold_cancel(self, key: str, saga: str | None, reason: str) -> None:
         """Remember a cancel whose saga has not started yet."""

@@ -109,11 +109,19 @@ class MemoryTransaction:
         ]
         return sorted(due, key=lambda s: s.next_due_at or now)[:limit]
 
-    async def save_all(self, changes: Transitions) -> None:
+    async def save_batch(
+        self,
+        changes: Transitions,
+        appends: HistoryAppends,
+        messages: Sequence[OutboxMessage],
+    ) -> list[OutboxMessage]:
         for before, after in changes:
-            await self.save(before, after)
+            self._save(before, after)
+        for saga_id, entries, actor in appends:
+            await self.append_history(saga_id, entries, actor)
+        return await self.add_outbox(messages)
 
-    async def save(self, before: SagaState, after: SagaState) -> None:
+    def _save(self, before: SagaState, after: SagaState) -> None:
         _check_transition(before, after)
         current = self.data.sagas.get(before.saga_id)
         if current is None or current.revision != before.revision:
@@ -138,20 +146,6 @@ class MemoryTransaction:
                 status_since=after.status_since,
             )
         )
-
-    async def append_histories(self, appends: HistoryAppends) -> None:
-        for saga_id, entries, actor in appends:
-            await self.append_history(saga_id, entries, actor)
-
-    async def save_batch(
-        self,
-        changes: Transitions,
-        appends: HistoryAppends,
-        messages: Sequence[OutboxMessage],
-    ) -> list[OutboxMessage]:
-        await self.save_all(changes)
-        await self.append_histories(appends)
-        return await self.add_outbox(messages)
 
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str

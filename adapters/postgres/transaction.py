@@ -120,19 +120,10 @@ class PostgresTransaction:
         )
         return await load_states(self._conn, found.all())
 
-    async def save(self, before: SagaState, after: SagaState) -> None:
-        await self.save_all([(before, after)])
-
-    async def save_all(self, changes: Transitions) -> None:
-        await self.save_batch(changes, [], [])
-
     async def append_history(
         self, saga_id: UUID, entries: Sequence[HistoryEntry], actor: str
     ) -> None:
-        await self.append_histories([(saga_id, entries, actor)])
-
-    async def append_histories(self, appends: HistoryAppends) -> None:
-        await self.save_batch([], appends, [])
+        await self.save_batch([], [(saga_id, entries, actor)], [])
 
     async def add_outbox(self, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         return await self.save_batch([], [], messages)
