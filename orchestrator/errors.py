@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class SagaError(Exception):
     """Base of every error the engine raises on purpose."""
@@ -50,6 +52,23 @@ class OperationRefused(SagaError):
 
 class ConcurrentUpdate(SagaError):
     """A guarded write found the saga changed by someone else since it was read; retry."""
+
+
+class PublishFailed(SagaError):
+    """The broker did not confirm every message of a publish: nacked, unroutable, or the
+    channel or connection failed.
+
+    `failures` holds (message_id, reason) for each message that was not confirmed; the
+    others of the batch were confirmed and will be delivered.
+    """
+
+    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
+        self.failures = list(failures)
+        shown = "; ".join(f"{mid}: {why}" for mid, why in self.failures[:5])
+        more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
+        super().__init__(
+            f"{len(self.failures)} message(s) not confirmed by the broker: {shown}{more}"
+        )
 
 
 class Poison(SagaError):

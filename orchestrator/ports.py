@@ -1,7 +1,10 @@
 """Ports: what the engine needs from the outside world. Adapters implement them.
 
-Every port has an in-memory fake (adapters/memory) and a real adapter; both pass the same
-contract tests (tests/contract).
+Every port has an in-memory fake (adapters/memory) and a real adapter (adapters/postgres,
+adapters/rabbitmq); both pass the same contract suite, one module of tests/contract per port:
+`SagaTransaction` in test_saga_transactions.py and its semantic locks in
+test_semantic_locks.py, the reads of `SagaStore` in test_saga_queries.py and its definitions
+in test_definitions.py, `Publisher` in test_publisher.py.
 """
 
 from __future__ import annotations
@@ -248,4 +251,6 @@ class SagaStore(Protocol):
 
 class Publisher(Protocol):
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
-        """Publish and wait for the broker's confirms; raise if any was not confirmed."""
+        """Publish and wait for the broker's confirms. Raises `errors.PublishFailed` naming
+        each message the broker did not confirm; the others of the batch are confirmed and
+        will be delivered. Publishing nothing confirms nothing and never fails."""

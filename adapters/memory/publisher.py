@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from orchestrator.errors import PublishFailed
 from orchestrator.messages import OutboxMessage
-
-
-class BrokerDown(ConnectionError):
-    """Raised by MemoryPublisher while `down` is set, like a publish without a confirm."""
 
 
 class MemoryPublisher:
     def __init__(self) -> None:
         self.published: list[OutboxMessage] = []
+        # The broker is down: a publish raises PublishFailed, as one nothing confirms does.
         self.down = False
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
+        if not messages:
+            return
         if self.down:
-            raise BrokerDown("broker unavailable")
+            raise PublishFailed([(m.message_id, "broker down") for m in messages])
         self.published.extend(messages)
 
     def routing_keys(self) -> list[str]:

@@ -14,28 +14,12 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, HeadersType
 from pydantic import BaseModel
 
 from adapters.rabbitmq.topology import Topology
-from orchestrator.errors import SagaError
+from orchestrator.errors import PublishFailed
 from orchestrator.messages import Exchange, OutboxMessage
 
 log = structlog.get_logger(__name__)
 
 JSON = "application/json"
-
-
-class PublishFailed(SagaError):
-    """The broker did not take every message: nacked, unroutable, or the channel failed.
-
-    `failures` holds (message_id, reason) for each message that was not confirmed; the
-    others of the batch were confirmed and will be delivered.
-    """
-
-    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
-        self.failures = list(failures)
-        shown = "; ".join(f"{mid}: {why}" for mid, why in self.failures[:5])
-        more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
-        super().__init__(
-            f"{len(self.failures)} message(s) not confirmed by the broker: {shown}{more}"
-        )
 
 
 class RabbitPublisher:
@@ -56,7 +40,8 @@ class RabbitPublisher:
         self._exchanges: dict[str, AbstractExchange] = {}
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
-        """Publish the batch concurrently and wait for every confirm; raise if any failed.
+        """Publish the batch concurrently and wait for every confirm; raise PublishFailed
+        naming each message that failed.
 
         Messages for the events exchange are not mandatory: an outcome event nobody has
         subscribed to is not an error. Everything else (commands, replies, requests) must

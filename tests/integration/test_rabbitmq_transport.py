@@ -24,7 +24,7 @@ from adapters.rabbitmq.consumer import (
     consume,
     parse,
 )
-from adapters.rabbitmq.publisher import PublishFailed, RabbitPublisher
+from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import (
     CANCELS_QUEUE,
     DEAD_QUEUE,
@@ -33,7 +33,7 @@ from adapters.rabbitmq.topology import (
     REQUESTS_QUEUE,
     Topology,
 )
-from orchestrator.errors import Poison
+from orchestrator.errors import Poison, PublishFailed
 from orchestrator.messages import (
     REPLY_QUEUE,
     CancelSaga,
