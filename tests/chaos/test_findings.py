@@ -48,7 +48,7 @@ def test_a_step_in_flight_whose_redelivery_crashed_is_compensated() -> None:
     run.fail(
         "customer cannot cover 10.50", type="insufficient_credit", retryable=False, command=credit
     )
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     # Stock's redelivery meets a database in recovery: the handler crashes.
     run.fail(
         "the database system is starting up", type="OperationalError", retryable=True, command=stock

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +98,12 @@ def test_definitions_declare_what_the_topology_declares() -> None:
     doc = load()
     assert mismatches(doc) == []
     assert all(q["vhost"] == "/" and not q["auto_delete"] for q in doc["queues"])
-    for change in (
+    changes: tuple[Callable[[dict[str, Any]], object], ...] = (
         lambda d: d["queues"][1]["arguments"].update({"x-delivery-limit": 5}),
         lambda d: d["exchanges"][3].update(type="topic"),
         lambda d: d["bindings"].pop(),
-    ):
+    )
+    for change in changes:
         broken = load()
         change(broken)
         assert mismatches(broken) != []

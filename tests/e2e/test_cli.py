@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,15 +105,15 @@ async def test_start_status_list_cancel(
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == "cli-k1"
 
-    async def completed() -> dict[str, object] | None:
+    async def completed() -> dict[str, Any] | None:
         out = saga(env, "status", "cli-k1", "--json")
         if out.returncode != 0:
             return None
-        doc: dict[str, object] = json.loads(out.stdout)
+        doc: dict[str, Any] = json.loads(out.stdout)
         return doc if doc["status"] == "completed" else None
 
     doc = await eventually(completed, timeout=30, message="cli-k1 completed")
-    assert [s["status"] for s in doc["steps"]] == ["succeeded"] * 4  # type: ignore[attr-defined]
+    assert [s["status"] for s in doc["steps"]] == ["succeeded"] * 4
 
     human = saga(env, "status", "cli-k1")
     assert "charge_payment" in human.stdout and "succeeded" in human.stdout

@@ -5,7 +5,7 @@ applied twice by the example shop."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -74,7 +74,10 @@ async def finished(store: PostgresStore, plan: list[PlannedOrder]) -> dict[str, 
 
 
 async def run_and_check(
-    procs: Processes, settings: Settings, plan: list[PlannedOrder], crash: object
+    procs: Processes,
+    settings: Settings,
+    plan: list[PlannedOrder],
+    crash: Callable[[PostgresStore], Awaitable[None]],
 ) -> None:
     db = make_engine(settings.database_url, pool_size=2)
     try:
@@ -87,7 +90,7 @@ async def run_and_check(
             settings, [("start", StartSaga(saga="order", key=o.key, input=o.input)) for o in plan]
         )
         store = PostgresStore(db)
-        await crash(store)  # type: ignore[operator]
+        await crash(store)
         procs.start_orchestrator()
         states = await eventually(
             lambda: finished(store, plan), timeout=60, message="every saga finished after restart"

@@ -221,14 +221,16 @@ class Page:
     def open(self, path: str) -> None:
         self.driver.get(self.base + path)
 
-    def until(self, probe: Callable[[], T], message: str, timeout: float = 15) -> T:
+    def until(self, probe: Callable[[], T | None], message: str, timeout: float = 15) -> T:
         wait = WebDriverWait(
             self.driver,
             timeout,
             poll_frequency=0.1,
             ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
         )
-        return wait.until(lambda _driver: probe(), message)
+        found = wait.until(lambda _driver: probe(), message)
+        assert found is not None  # `until` returns only a truthy value
+        return found
 
     def js(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)

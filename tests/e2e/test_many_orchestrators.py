@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import pytest
@@ -163,7 +163,18 @@ def plan(count: int, run_id: str) -> list[Order]:
     return [Order(s, *order_of(s, f"{run_id}-{i:04d}", i)) for i, s in enumerate(picked)]
 
 
-def order_of(s: Scenario, number: str, i: int) -> tuple[str, dict[str, Any]]:
+class OrderKnobs(Protocol):
+    """What `order_of` reads of a scenario (this file's, or the chaos workload's)."""
+
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def customer(self) -> str: ...
+    @property
+    def sku(self) -> str: ...
+
+
+def order_of(s: OrderKnobs, number: str, i: int) -> tuple[str, dict[str, Any]]:
     """(key, input) of the `i`th order of a plan, for scenario `s`."""
     order_id = f"{s.prefix}{number}"
     return f"order-{order_id}", {

@@ -20,6 +20,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from pydantic import BaseModel, ConfigDict
+from structlog.typing import EventDict
 
 from adapters.participant.core import Participant
 from adapters.participant.worker import ParticipantWorker
@@ -83,7 +84,7 @@ class FuzzSystem:
     store: PostgresStore
     channel: AbstractRobustChannel
     spy: AbstractQueue
-    logs: list[dict[str, Any]]
+    logs: list[EventDict]
     # By message id: what reached the dead queue; by correlation id: the participant's
     # final answers at the spy queue.
     dead: dict[str, AbstractIncomingMessage] = field(default_factory=dict)
@@ -135,7 +136,7 @@ class FuzzSystem:
 
 
 @pytest.fixture
-def captured_logs() -> Iterator[list[dict[str, Any]]]:
+def captured_logs() -> Iterator[list[EventDict]]:
     with structlog.testing.capture_logs() as logs:
         yield logs
 
@@ -146,7 +147,7 @@ async def fuzz_system(
     topology: Topology,
     amqp_url: str,
     amqp_connection: AbstractRobustConnection,
-    captured_logs: list[dict[str, Any]],
+    captured_logs: list[EventDict],
 ) -> AsyncIterator[FuzzSystem]:
     settings = fast_settings(
         database_url,

@@ -177,7 +177,7 @@ def valid_command(draw: st.DrawFn) -> dict[str, Any]:
 
 # Per kind: required fields and values of a type each of them refuses (pydantic's lax mode
 # coerces some look-alikes, e.g. "1" to an int or a number to a datetime: none of those here).
-NOT_STR = [1, 2.5, True, None, [], {}]
+NOT_STR: list[object] = [1, 2.5, True, None, [], {}]
 NOT_UUID = ["not-a-uuid", "1234", 7, None, [], {}]
 NOT_OBJECT = [[], "x", 3, True, None]
 REQUIRED: dict[str, dict[str, list[Any]]] = {

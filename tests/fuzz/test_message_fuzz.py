@@ -26,9 +26,9 @@ import re
 import time
 import uuid
 from collections import Counter
-from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
+from structlog.typing import EventDict
 
 from adapters.rabbitmq.consumer import DEAD_REASON_HEADER, MAX_REASON_CHARS
 from adapters.rabbitmq.topology import REPLIES_QUEUE, REQUESTS_QUEUE, Topology
@@ -171,7 +171,7 @@ class Run:
         sagas' histories, the log lines that name them."""
         s = self.system
         about = [
-            f"{k} dead: {(s.dead[k].headers or {}).get(DEAD_REASON_HEADER)}"
+            f"{k} dead: {(s.dead[k].headers or {}).get(DEAD_REASON_HEADER)!s}"
             for k in keys
             if k in s.dead
         ]
@@ -184,7 +184,7 @@ class Run:
         about += [str(e) for e in s.logs if any(n in str(e) for n in names)][-30:]
         return about
 
-    def _failures(self) -> list[dict[str, Any]]:
+    def _failures(self) -> list[EventDict]:
         return [e for e in self.system.logs if e.get("event") in FAILURES]
 
     def _check(self, sent: dict[str, Probe]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import httpx
@@ -23,7 +24,7 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from pydantic import SecretStr
-from schemathesis import Case, GenerationMode
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from adapters.http.app import create_app, openapi_document
@@ -35,6 +36,9 @@ from adapters.settings import Settings
 from orchestrator.engine import Engine
 from orchestrator.registry import Registry
 from tests.http.conftest import OPERATOR, SAGAS, TOKENS, Api
+
+if TYPE_CHECKING:  # the library declares its OpenAPI case type for type checkers only
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 EXAMPLES = 40
 
@@ -87,7 +91,7 @@ def test_no_request_makes_the_api_fail(
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
     @given(strategy)
-    def no_server_error(case: Case) -> None:
+    def no_server_error(case: OpenApiCase) -> None:
         params = case.path_parameters or {}
         if isinstance(params.get("saga_id"), str):
             try:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from adapters.rabbitmq.topology import REQUESTS_QUEUE, Topology
 from orchestrator.messages import CancelSaga
+from orchestrator.state import StepStatus
 from sagas.order import order_v1
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, order_input, running_system
@@ -49,7 +50,7 @@ async def test_starts_wait_for_room_and_cancels_do_not(system: System) -> None:
 
     async def cancel_held() -> bool:
         async with system.store.db_engine.connect() as conn:
-            found = await conn.scalar(
+            found: int | None = await conn.scalar(
                 sa.text("SELECT count(*) FROM inbox WHERE kind = 'cancel' AND key = :k"),
                 {"k": keys[3]},
             )
@@ -71,7 +72,7 @@ async def test_starts_wait_for_room_and_cancels_do_not(system: System) -> None:
     await eventually(all_begun, message="every held start begun as sagas ended")
     cancelled = await system.wait_status(keys[3], "cancelled")
     assert cancelled.cancel_reason == "changed my mind"
-    assert [s.status for s in cancelled.steps].count("pending") == len(cancelled.steps)
+    assert [s.status for s in cancelled.steps].count(StepStatus.PENDING) == len(cancelled.steps)
     assert admission.held == 0
     queue = await system.channel.declare_queue(system.topology.name(REQUESTS_QUEUE), passive=True)
     assert queue.declaration_result.message_count == 0

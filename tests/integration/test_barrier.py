@@ -171,13 +171,13 @@ async def test_a_compensation_slipping_in_before_a_failure_is_stored_wins(
     do = Handler(errors=[StepFailed("card_declined", "no funds", retryable=False)])
     do.hold = asyncio.Event()
     undo = Handler({"refunded": True})
-    action = asyncio.create_task(barrier.guard(do)(command(saga_id=saga_id)))
+    action = asyncio.ensure_future(barrier.guard(do)(command(saga_id=saga_id)))
 
     async def action_running() -> bool:
         return do.calls == 1
 
     await eventually(action_running, message="the action running")
-    compensation = asyncio.create_task(
+    compensation = asyncio.ensure_future(
         barrier.guard(undo)(command("compensation", saga_id=saga_id))
     )
     await eventually(lambda: someone_waits_for_a_lock(engine), message="a blocked compensation")
@@ -338,13 +338,13 @@ async def test_a_compensation_racing_its_action_waits_then_undoes_it(
     saga_id = uuid.uuid4()
     do, undo = Handler(), Handler({"refunded": True})
     do.hold = asyncio.Event()
-    action = asyncio.create_task(barrier.guard(do)(command(saga_id=saga_id)))
+    action = asyncio.ensure_future(barrier.guard(do)(command(saga_id=saga_id)))
 
     async def action_running() -> bool:
         return do.calls == 1
 
     await eventually(action_running, message="the action running")
-    compensation = asyncio.create_task(
+    compensation = asyncio.ensure_future(
         barrier.guard(undo)(command("compensation", saga_id=saga_id))
     )
     await eventually(lambda: someone_waits_for_a_lock(engine), message="a blocked compensation")

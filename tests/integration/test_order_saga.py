@@ -7,12 +7,13 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from aio_pika.abc import AbstractQueue
 
 from adapters.rabbitmq.topology import Topology
 from examples.shop.verify import check_effects, ledger
 from orchestrator import Retry, Saga
 from orchestrator.messages import REPLY_QUEUE, CancelSaga, Exchange, Reply, StartSaga
-from orchestrator.ports import SagaQuery
+from orchestrator.ports import HistoryRecord, SagaQuery
 from sagas.order import OrderPlaced
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 from tests.fixtures.polling import eventually
@@ -39,8 +40,8 @@ async def system(database_url: str, topology: Topology, amqp_url: str) -> AsyncI
         yield sys_
 
 
-def events(history: list[object]) -> list[tuple[str, str | None]]:
-    return [(h.event, h.step) for h in history]  # type: ignore[attr-defined]
+def events(history: list[HistoryRecord]) -> list[tuple[str, str | None]]:
+    return [(h.event, h.step) for h in history]
 
 
 async def test_happy_path_completes_and_publishes_the_outcome(system: System) -> None:
@@ -119,7 +120,8 @@ async def test_cancel_after_the_pivot_is_refused_with_an_event(system: System) -
     assert published[0]["saga_id"] == str(state.saga_id)
     history = await system.history(state.saga_id)
     assert history[-1].event == "cancel_refused"
-    assert (await system.saga_by_key("k-late")).status == "completed"  # type: ignore[union-attr]
+    late = await system.saga_by_key("k-late")
+    assert late is not None and late.status == "completed"
 
 
 async def test_cancel_before_start_is_remembered(system: System) -> None:
@@ -142,7 +144,9 @@ async def test_duplicate_starts_and_replies_change_nothing(system: System) -> No
     dispatched = [h for h in history if h.event == "step_dispatched" and h.step == "reserve_credit"]
     assert len(dispatched) == 1
     # Replay the first step's success reply twice more: acknowledged, recorded, ignored.
-    command_id = dispatched[0].detail["command_id"]  # type: ignore[index]
+    detail = dispatched[0].detail
+    assert detail is not None
+    command_id = detail["command_id"]
     reply = Reply(
         command_id=command_id,
         saga_id=state.saga_id,
@@ -193,7 +197,7 @@ async def test_malformed_starts_are_dead_lettered_and_serving_goes_on(system: Sy
     await system.start_order("k-good", order_input("good-1"))
     await system.wait_status("k-good", "completed")
 
-    async def four_dead() -> list[object] | None:
+    async def four_dead() -> list[str] | None:
         got = await dead_messages(system, dead)
         return got if len(got) >= 4 else None
 
@@ -202,9 +206,9 @@ async def test_malformed_starts_are_dead_lettered_and_serving_goes_on(system: Sy
     assert "JSON" in text and "nope" in text and "customer_id" in text and "pickle" in text
 
 
-async def dead_messages(system: System, queue: object) -> list[str]:
+async def dead_messages(system: System, queue: AbstractQueue) -> list[str]:
     out = []
-    while (message := await queue.get(no_ack=True, fail=False)) is not None:  # type: ignore[attr-defined]
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
         out.append(str(message.headers.get("x-saga-dead-reason")))
     return out
 

@@ -164,7 +164,9 @@ async def test_saga_parked_lists_failed_sagas_with_their_error_and_since_when(
 
 async def test_step_latency_per_saga_and_step_from_the_history(db: AsyncEngine) -> None:
     saga_id = await add_saga(db, "l-1", "completed")
-    entries = [("step_succeeded", f"pack[{n}]", {"attempt": 1, "seconds": n}) for n in range(1, 11)]
+    entries: list[tuple[str, str, dict[str, float]]] = [
+        ("step_succeeded", f"pack[{n}]", {"attempt": 1, "seconds": n}) for n in range(1, 11)
+    ]
     entries += [
         ("step_compensated", "pack[1]", {"attempt": 1, "seconds": 0.5}),
         ("step_succeeded", "charge", {"attempt": 2}),  # sent before latency was recorded

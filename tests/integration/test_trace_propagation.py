@@ -10,9 +10,15 @@ from typing import Any
 
 import structlog
 from aio_pika import DeliveryMode, Message
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    HeadersType,
+)
 from pydantic import BaseModel
 from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
 from adapters.participant.core import Participant
 from adapters.participant.worker import ParticipantWorker
@@ -59,7 +65,7 @@ def recording(service: str, command: str, seen: list[tuple[str, str | None]]) ->
     return participant
 
 
-async def start(system: System, key: str, headers: dict[str, str] | None) -> None:
+async def start(system: System, key: str, headers: HeadersType | None) -> None:
     """A start request as a caller publishes it, with its tracing headers."""
     body = StartSaga(saga="traced_trip", key=key, input={"ref": key})
     exchange = await system.channel.get_exchange(system.topology.name(Exchange.SAGAS))
@@ -109,7 +115,7 @@ async def test_a_start_messages_trace_context_follows_the_saga_everywhere(
         [("load", TRACE_ID), ("drive", TRACE_ID), ("load", None), ("drive", None)], key=str
     )
     traced = [m for m in events if (m.headers or {}).get("traceparent") == TRACEPARENT]
-    assert sorted(m.routing_key for m in traced) == [
+    assert sorted((m.routing_key for m in traced), key=str) == [
         "traced_leg.completed",
         "traced_trip.completed",
     ]
@@ -188,14 +194,18 @@ async def test_the_consumers_lines_about_a_message_carry_its_trace_and_the_handl
         consumer = await consume(channel, REPLY_QUEUE, handler, topology=topology, prefetch=1)
         try:
             publisher = RabbitPublisher(amqp_channel, topology)
-            for message_id, headers in (("traced", {"traceparent": TRACEPARENT}), ("plain", None)):
+            sent: list[tuple[str, HeadersType | None]] = [
+                ("traced", {"traceparent": TRACEPARENT}),
+                ("plain", None),
+            ]
+            for message_id, headers in sent:
                 await publisher.publish_message(
                     Exchange.DEFAULT,
                     topology.name(REPLY_QUEUE),
                     Message(b"{}", message_id=message_id, headers=headers),
                 )
 
-            async def both_dead() -> list[dict[str, Any]]:
+            async def both_dead() -> list[EventDict]:
                 dead = [e for e in logs if e["event"] == "message_dead_lettered"]
                 return dead if len(dead) == 2 else []
 

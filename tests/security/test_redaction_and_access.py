@@ -25,7 +25,7 @@ def test_settings_print_without_passwords() -> None:
     settings = Settings(
         amqp_url=f"amqp://saga:{PASSWORD}@mq.internal:5672/prod",
         database_url=f"postgresql+psycopg://saga:{PASSWORD}@db.internal/saga",
-        api_tokens=f"ops:operate:{PASSWORD}",  # type: ignore[arg-type]
+        api_tokens=f"ops:operate:{PASSWORD}",
     )
     for shown in (repr(settings), str(settings)):
         assert PASSWORD not in shown

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel
 
@@ -37,6 +37,18 @@ SAGA_ID = uuid.UUID("00000000-0000-4000-8000-000000000007")
 # Quick, predictable retry policies: no jitter, so waits are exact.
 ONCE = Retry(max_attempts=1)
 TWICE = Retry(max_attempts=2, initial_interval=1, jitter=0)
+
+
+class Limits(TypedDict, total=False):
+    """A remote step's time limits in seconds, as keyword arguments of `Saga.remote`."""
+
+    timeout: float | None
+    heartbeat_timeout: float | None
+    schedule_to_start: float | None
+    schedule_to_close: float | None
+    compensation_timeout: float | None
+    compensation_heartbeat_timeout: float | None
+    compensation_schedule_to_close: float | None
 
 
 class Input(BaseModel):
@@ -119,14 +131,21 @@ class Run:
     def outcomes(self) -> list[str]:
         return [e.status for d in self.decisions for e in d.events]
 
-    @property
     def status(self) -> SagaStatus:
+        """A method, not a property: each event fed changes it, and mypy would keep a
+        property's value narrowed by one assert across the calls that feed the next events."""
         return self.state.status
 
     def step(self, name: str) -> StepState:
         found = self.state.step(name)
         assert found is not None
         return found
+
+    def due_at(self, name: str) -> datetime:
+        """When step `name`'s timer fires; the step must have one."""
+        due = self.step(name).due_at
+        assert due is not None, f"{name} has no timer: {self.step(name)}"
+        return due
 
     def statuses(self) -> dict[str, StepStatus]:
         return {s.name: s.status for s in self.state.steps}

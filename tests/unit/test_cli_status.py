@@ -51,7 +51,7 @@ def test_a_parked_compensation_and_one_marked_done_by_hand() -> None:
     run.succeed()
     run.fail("card declined", retryable=False)
     run.fail("no such reservation", retryable=False)
-    assert run.status == "failed"
+    assert run.status() == "failed"
     assert row(run, "reserve").endswith("parked after 1 attempt; last failure: no such reservation")
     run.mark_compensated("released in the warehouse UI")
     assert row(run, "reserve").endswith(

@@ -56,8 +56,8 @@ def test_on_guard_false_must_be_skip_or_fail() -> None:
             "reserve",
             command="stock.reserve",
             guard=always,
-            on_guard_false="ignore",
-            compensation=None,  # type: ignore[arg-type]
+            on_guard_false="ignore",  # type: ignore[arg-type]
+            compensation=None,
         )
 
 

@@ -147,6 +147,7 @@ async def test_timers_fire_timeouts_once(
 ) -> None:
     engine, store, _publisher = parts
     started = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    assert started.saga_id is not None
     assert await engine.fire_timers() == 0
     clock.now += timedelta(seconds=31)
     assert await engine.fire_timers() == 1
@@ -163,6 +164,7 @@ async def test_cancel_before_start_is_held_then_applied(
     held = await engine.cancel(CancelSaga(key="k", reason="changed mind"))
     assert held.held
     started = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    assert started.saga_id is not None
     state = await store.get(started.saga_id)
     assert state is not None and state.status == "cancelled"
     assert publisher.routing_keys() == ["order.cancelled"]
@@ -175,6 +177,7 @@ async def test_an_operators_cancel_of_an_unknown_key_is_refused_and_holds_nothin
     with pytest.raises(SagaNotFound, match="no saga has key 'typo', and no start with it"):
         await engine.cancel(CancelSaga(key="typo", reason="oops"), hold=False)
     started = await engine.start(StartSaga(saga="order", key="typo", input=ORDER))
+    assert started.saga_id is not None
     state = await store.get(started.saga_id)
     assert state is not None and state.status == "running"  # no cancel was waiting for it
     cancelled = await engine.cancel(CancelSaga(key="typo", reason="now"), hold=False)
@@ -202,6 +205,7 @@ async def test_history_records_every_transition_with_its_actor(
 ) -> None:
     engine, store, publisher = parts
     started = await engine.start(StartSaga(saga="order", key="k", input=ORDER), actor="test")
+    assert started.saga_id is not None
     await engine.cancel(CancelSaga(key="k", reason="stop"), actor="operator:ann")
     await engine.reply(success(last_command(publisher)))  # the in-flight credit reservation
     history = await store.history(started.saga_id)

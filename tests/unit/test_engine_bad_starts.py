@@ -19,7 +19,7 @@ from orchestrator.registry import Registry
 from orchestrator.starting import start_error
 from sagas.order import order_v1
 
-ORDER = {
+ORDER: dict[str, object] = {
     "order_id": "o1",
     "customer_id": "c1",
     "amount": "10.00",

@@ -153,8 +153,9 @@ async def test_reject_refuses_a_second_saga_and_names_the_holder(h: Harness) -> 
 
 async def test_the_saga_history_says_when_locks_were_taken_and_given_back(h: Harness) -> None:
     first = await h.start(REJECT, "a")
+    assert first.saga_id is not None
     await h.finish(first.saga_id)
-    history = await h.store.history(first.saga_id)  # type: ignore[arg-type]
+    history = await h.store.history(first.saga_id)
     assert history[0].event == "locks_acquired"
     assert history[0].detail == {"resources": ["order:o1"]}
     assert [r.event for r in history[-2:]] == ["saga_completed", "locks_released"]
@@ -358,7 +359,8 @@ async def test_a_rejected_child_fails_its_parents_step_at_once() -> None:
     assert event["saga"] == "edit_reject" and event["error"]["held_by"] == str(holder.saga_id)
     state = await f.state(parent.saga_id)
     assert state.status == "compensating"
-    assert state.step("edit") is not None and state.step("edit").status == "failed"  # type: ignore[union-attr]
+    edit = state.step("edit")
+    assert edit is not None and edit.status == "failed"
     assert state.error is not None and "held by saga" in state.error["message"]
     await f.answer(parent.saga_id)  # unprep
     assert (await f.state(parent.saga_id)).status == "compensated"

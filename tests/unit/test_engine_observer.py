@@ -59,6 +59,7 @@ async def test_every_history_entry_is_observed_with_its_saga_and_step() -> None:
     store, publisher = MemoryStore(clock=lambda: NOW), MemoryPublisher()
     engine = engine_with(store, publisher, observe)
     started = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    assert started.saga_id is not None
     cmd = last_command(publisher)
     await engine.reply(success(cmd))
     await engine.reply(success(cmd))  # a duplicate
@@ -157,6 +158,7 @@ async def test_a_broken_observer_does_not_undo_or_fail_the_transition() -> None:
     store, publisher = MemoryStore(clock=lambda: NOW), MemoryPublisher()
     engine = engine_with(store, publisher, observe)
     started = await engine.start(StartSaga(saga="order", key="k", input=ORDER))
+    assert started.saga_id is not None
     assert await engine.reply(success(last_command(publisher))) is True
     state = await store.get(started.saga_id)
     assert state is not None and state.steps[0].status == "succeeded"

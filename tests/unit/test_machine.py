@@ -69,7 +69,7 @@ def step_statuses(state: SagaState) -> dict[str, StepStatus]:
 def test_happy_path_runs_every_step_in_order_and_completes() -> None:
     run = Run()
     for name in STEPS:
-        assert run.state.status == SagaStatus.RUNNING
+        assert run.status() == SagaStatus.RUNNING
         run.succeed(result={"step": name})
 
     assert run.sent == [
@@ -78,7 +78,7 @@ def test_happy_path_runs_every_step_in_order_and_completes() -> None:
         ("action", "payments.charge"),
         ("action", "notifications.order_confirmed"),
     ]
-    assert run.state.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
     assert set(step_statuses(run.state).values()) == {StepStatus.SUCCEEDED}
     assert run.outcomes == ["order.completed"]
     completed = run.decisions[-1].events[0]
@@ -117,12 +117,12 @@ def test_failure_at_each_step_compensates_exactly_the_earlier_steps_in_reverse(
     for _ in STEPS[: STEPS.index(failing)]:
         run.succeed()
     run.fail("no can do", retryable=False)
-    assert run.state.status == (SagaStatus.COMPENSATING if undone else SagaStatus.COMPENSATED)
+    assert run.status() == (SagaStatus.COMPENSATING if undone else SagaStatus.COMPENSATED)
     for _ in undone:
         run.succeed()
 
     assert [name for kind, name in run.sent if kind == "compensation"] == undone
-    assert run.state.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.state.error == {"type": "step_failed", "step": failing, "message": "no can do"}
     assert run.outcomes == ["order.compensated"]
     statuses = step_statuses(run.state)
@@ -146,7 +146,7 @@ def test_payment_declined_is_not_retried_and_undoes_the_reservations() -> None:
     assert run.sent[-1] == ("compensation", "customers.release_credit")
     run.succeed()
 
-    assert run.state.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.state.error is not None and run.state.error["message"] == "card declined"
     assert run.decisions[-1].events[0].error == run.state.error
 
@@ -155,14 +155,14 @@ def test_retryable_failure_before_the_pivot_is_retried_before_compensating() -> 
     run = Run()
     succeed_through(run, "reserve_stock")
     run.fail("gateway busy")  # retryable: attempt 2 after a backoff
-    assert run.state.status == SagaStatus.RUNNING
+    assert run.status() == SagaStatus.RUNNING
     assert run.history[-1] == ("step_retry_scheduled", "charge_payment")
     for attempt in (2, 3):
-        run.at(run.step("charge_payment").due_at)
+        run.at(run.due_at("charge_payment"))
         assert (run.last.step, run.last.attempt) == ("charge_payment", attempt)
         run.fail("gateway busy")
     # Three attempts (the policy's max_attempts) failed: now the reservations are undone.
-    assert run.state.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert run.sent[-1] == ("compensation", "inventory.release")
 
 
@@ -170,15 +170,15 @@ def test_a_timed_out_step_is_compensated_because_it_may_have_acted() -> None:
     run = Run()
     succeed_through(run, "reserve_credit")  # reserve_stock is in flight
     for _ in range(3):  # the default policy allows 3 attempts
-        run.at(run.step("reserve_stock").due_at)  # timeout
-        if run.state.status == SagaStatus.RUNNING:
-            run.at(run.step("reserve_stock").due_at)  # retry wait over: next attempt
+        run.at(run.due_at("reserve_stock"))  # timeout
+        if run.status() == SagaStatus.RUNNING:
+            run.at(run.due_at("reserve_stock"))  # retry wait over: next attempt
     assert [e for e, s in run.history if s == "reserve_stock"].count("step_timed_out") == 3
     assert run.step("reserve_stock").outcome_uncertain
     assert run.sent[-1] == ("compensation", "inventory.release")
     run.succeed()
     run.succeed()
-    assert run.state.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.state.error is not None and "no reply within 30s" in run.state.error["message"]
 
 
@@ -230,7 +230,7 @@ def test_backoff_grows_between_attempts() -> None:
     waits = []
     for _ in range(6):
         run.fail("smtp down")
-        due = run.step("notify_customer").due_at
+        due = run.due_at("notify_customer")
         waits.append((due - run.now).total_seconds())
         run.at(due)
     # 1, 2, 4, 8, 16, 30 (capped) seconds, each within +-20 % jitter.
@@ -256,7 +256,7 @@ def test_heartbeat_for_an_old_attempt_changes_nothing() -> None:
     run = Run()
     first = run.last
     run.fail("flaky")
-    run.at(run.step("reserve_credit").due_at)
+    run.at(run.due_at("reserve_credit"))
     before = run.state
     stale = run.feed(ReplyReceived(reply(first, "heartbeat")))
     assert stale.state == before
@@ -301,7 +301,7 @@ def test_cancel_with_a_step_in_flight_waits_for_it_and_undoes_it_when_it_succeed
 
     accepted = run.cancel("customer changed their mind")
     assert accepted.commands == ()
-    assert run.state.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert [h.event for h in accepted.history] == ["saga_cancel_accepted"]
 
     run.succeed(command=in_flight)  # the reservation went through after all
@@ -310,7 +310,7 @@ def test_cancel_with_a_step_in_flight_waits_for_it_and_undoes_it_when_it_succeed
     assert run.sent[-1] == ("compensation", "customers.release_credit")
     run.succeed()
 
-    assert run.state.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
     assert run.state.error == {"type": "cancelled", "message": "customer changed their mind"}
     assert run.outcomes == ["order.cancelled"]
     assert ("action", "payments.charge") not in run.sent
@@ -324,7 +324,7 @@ def test_cancel_with_a_step_in_flight_that_then_fails_for_good_does_not_undo_it(
     assert run.step("reserve_stock").status == StepStatus.FAILED
     assert run.sent[-1] == ("compensation", "customers.release_credit")
     run.succeed()
-    assert run.state.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
     assert ("compensation", "inventory.release") not in run.sent
     assert [c.attempt for c in run.commands if c.step == "reserve_stock"] == [1]
 
@@ -341,7 +341,7 @@ def test_cancel_with_a_step_in_flight_that_then_fails_retryably_undoes_it_to_be_
     run.succeed({"null_compensation": True})
     assert run.sent[-1] == ("compensation", "customers.release_credit")
     run.succeed()
-    assert run.state.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
     assert [
         c.attempt for c in run.commands if c.step == "reserve_stock" and c.kind == "action"
     ] == [1]
@@ -353,7 +353,7 @@ def test_cancel_while_waiting_to_retry_stops_the_retry_and_undoes_the_attempt() 
     run.cancel()
     assert run.sent[-1] == ("compensation", "customers.release_credit")
     run.succeed({"null_compensation": True})
-    assert run.state.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
     assert run.state.next_due_at is None
     run.later(3600)
     assert [c.attempt for c in run.commands if c.kind == "action"] == [1]
@@ -362,7 +362,7 @@ def test_cancel_while_waiting_to_retry_stops_the_retry_and_undoes_the_attempt() 
 def test_cancel_before_start_ends_cancelled_without_any_command() -> None:
     run = Run(cancel_reason="cancelled before it started")
     assert run.commands == []
-    assert run.state.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
     assert set(step_statuses(run.state).values()) == {StepStatus.PENDING}
     assert [e for e, _ in run.history] == ["saga_started", "saga_cancel_accepted", "saga_cancelled"]
     assert run.outcomes == ["order.cancelled"]
@@ -385,7 +385,7 @@ def test_cancel_after_the_pivot_was_dispatched_is_refused() -> None:
     assert event.error is not None and "charge_payment" in event.error["message"]
     run.succeed()
     run.succeed()
-    assert run.state.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
 
 
 def test_cancel_of_a_finished_saga_is_refused() -> None:
@@ -406,7 +406,7 @@ def test_cancel_while_compensating_is_ignored() -> None:
     ignored = run.cancel()
     assert [h.event for h in ignored.history] == ["cancel_ignored"]
     run.succeed()
-    assert run.state.status == SagaStatus.COMPENSATED  # a failure, not a cancel
+    assert run.status() == SagaStatus.COMPENSATED  # a failure, not a cancel
 
 
 # -- parking --------------------------------------------------------------------------------------
@@ -420,15 +420,16 @@ def test_compensation_failing_until_exhausted_parks_the_saga_as_failed() -> None
     assert release.command == "customers.release_credit"
 
     attempts = order_saga.step("reserve_credit").compensation_retry.max_attempts
+    assert attempts is not None
     for attempt in range(1, attempts + 1):
         assert (run.last.kind, run.last.attempt) == ("compensation", attempt)
         assert run.last.idempotency_key == release.idempotency_key
         run.fail("credit service says no")
         if attempt < attempts:
-            assert run.state.status == SagaStatus.COMPENSATING
-            run.at(run.step("reserve_credit").due_at)
+            assert run.status() == SagaStatus.COMPENSATING
+            run.at(run.due_at("reserve_credit"))
 
-    assert run.state.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     assert run.state.error == {
         "type": "compensation_failed",
         "step": "reserve_credit",
@@ -448,7 +449,7 @@ def test_non_retryable_compensation_failure_parks_at_once() -> None:
     succeed_through(run, "reserve_stock")
     run.fail("card declined", retryable=False)
     run.fail("stock ledger closed", retryable=False)
-    assert run.state.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     assert run.state.error is not None and run.state.error["step"] == "reserve_stock"
     assert ("compensation", "customers.release_credit") not in run.sent
 
@@ -457,7 +458,7 @@ def test_failure_after_the_pivot_is_never_compensated_and_parks_the_saga() -> No
     run = Run()
     succeed_through(run, "charge_payment")
     run.fail("address unknown", retryable=False)
-    assert run.state.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     # Not retryable: it failed for good rather than running out of retries.
     assert run.state.error == {
         "type": "step_failed",
@@ -479,7 +480,7 @@ def test_decide_is_deterministic() -> None:
     assert decide(order_saga, run.state, failure, T0) == decide(order_saga, run.state, failure, T0)
     run.feed(failure)
     event = TimersDue()
-    later = run.step("reserve_credit").due_at
+    later = run.due_at("reserve_credit")
     assert decide(order_saga, run.state, event, later) == decide(
         order_saga, run.state, event, later
     )

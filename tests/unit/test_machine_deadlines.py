@@ -65,7 +65,7 @@ def test_a_saga_that_finishes_in_time_ignores_its_deadline() -> None:
     run = Run(two_reservations())
     for _ in range(4):
         run.succeed()
-    assert run.status == SagaStatus.COMPLETED and run.state.next_due_at is None
+    assert run.status() == SagaStatus.COMPLETED and run.state.next_due_at is None
     assert run.later(3600).history == ()
 
 
@@ -100,7 +100,7 @@ def test_deadline_before_the_pivot_cuts_off_the_step_in_flight_and_undoes_it() -
         "saga_compensating",
         "compensation_dispatched",
     ]
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert deadline_error(run)["type"] == "deadline_exceeded"
     assert run.detail("saga_deadline_exceeded") == {
         "deadline_at": (T0 + timedelta(seconds=DEADLINE)).isoformat()
@@ -121,7 +121,7 @@ def test_deadline_before_the_pivot_cuts_off_the_step_in_flight_and_undoes_it() -
     run.succeed()
     assert run.sent[-1] == ("compensation", "reserve_a")
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert deadline_error(run)["type"] == "deadline_exceeded"
     assert run.outcomes == ["compensated"]
     assert ("action", "charge") not in run.sent
@@ -141,7 +141,7 @@ def test_a_cut_off_step_without_a_compensation_is_not_undone() -> None:
     run.fail("late answer", command=checking)  # ignored: the step was cut off
     assert run.step("check").status == StepStatus.FAILED
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert [c.step for c in run.commands if c.kind == "compensation"] == ["reserve"]
 
 
@@ -159,7 +159,7 @@ def test_deadline_during_a_retry_wait_stops_the_retry() -> None:
     run.succeed({"null_compensation": True})
     assert run.last.kind == "compensation" and run.last.step == "reserve_a"
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.later(3600).commands == ()
     assert [c.attempt for c in run.commands if c.step == "reserve_b" and c.kind == "action"] == [1]
 
@@ -190,7 +190,7 @@ def test_deadline_once_the_pivot_was_dispatched_parks_the_saga() -> None:
     parked = run.at(T0 + timedelta(seconds=DEADLINE))
     assert events(parked) == ["saga_deadline_exceeded", "saga_failed"]
     assert parked.commands == ()
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     error = deadline_error(run)
     assert error["type"] == "deadline_exceeded"
     assert "past its pivot" in str(error["message"])
@@ -215,11 +215,11 @@ def test_a_saga_parked_by_its_deadline_is_retried_with_a_fresh_deadline() -> Non
     retried = run.retry()
     (again,) = retried.commands
     assert (again.step, again.attempt) == ("charge", 2)
-    assert run.status == SagaStatus.RUNNING
+    assert run.status() == SagaStatus.RUNNING
     assert run.state.deadline_at == run.now + timedelta(seconds=DEADLINE)
     run.succeed()
     run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
 
 
 def test_deadline_during_a_retry_wait_past_the_pivot_parks_the_step_for_a_skip() -> None:
@@ -229,13 +229,13 @@ def test_deadline_during_a_retry_wait_past_the_pivot_parks_the_step_for_a_skip()
     run.now = T0 + timedelta(seconds=DEADLINE - 1)
     run.fail("smtp down")  # retry wait of notify, due after the deadline
     at_deadline(run)
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     notify = run.step("notify")
     assert notify.due_at is None and not notify.in_flight  # the retry wait ended
 
     skipped = run.skip("notify", result={"sent": "by hand"})
     assert skipped.refused is None
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
     assert run.decisions[-1].events[0].result == {
         "reserve_a": {"done": "reserve_a"},
         "reserve_b": {"done": "reserve_b"},
@@ -253,17 +253,17 @@ def test_a_retry_after_a_deadline_in_a_retry_wait_sends_the_step_at_once() -> No
         run.when_due()
     run.fail("smtp down")
     run.at(max(T0 + timedelta(seconds=DEADLINE), run.now))
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     (again,) = run.retry().commands
     assert (again.step, again.attempt) == ("notify", 5)
     assert run.step("notify").retry_base == 4
     # The budget is fresh: five more attempts, not the one left.
     for _ in range(4):
         run.fail("smtp down")
-        assert run.status == SagaStatus.RUNNING
+        assert run.status() == SagaStatus.RUNNING
         run.when_due()
     run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
 
 
 # -- compensation deadline ------------------------------------------------------------------------
@@ -290,13 +290,13 @@ def test_compensation_not_finished_by_its_deadline_parks_the_saga() -> None:
     assert run.state.compensation_deadline_at == T0 + timedelta(seconds=32)
     assert run.state.next_due_at == T0 + timedelta(seconds=12)  # the release's timeout
 
-    while run.status == SagaStatus.COMPENSATING:
+    while run.status() == SagaStatus.COMPENSATING:
         assert run.now < T0 + timedelta(seconds=32)
         run.fail("stock ledger locked")  # retried forever...
         run.when_due()
     # ...but not past the compensation deadline.
     assert run.now == T0 + timedelta(seconds=32)
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     assert deadline_error(run)["type"] == "compensation_deadline_exceeded"
     assert events(run.decisions[-1]) == ["compensation_deadline_exceeded", "saga_failed"]
     reserve = run.step("reserve")
@@ -314,7 +314,7 @@ def test_a_late_compensation_reply_after_its_deadline_is_ignored() -> None:
     run.now = T0 + timedelta(seconds=9)
     run.heartbeat()  # the release runs long
     run.at(T0 + timedelta(seconds=30))
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     late = run.succeed(command=release)
     assert events(late) == ["reply_ignored"]
     assert run.step("reserve").status == StepStatus.COMPENSATING
@@ -333,9 +333,9 @@ def test_the_steps_deadline_does_not_apply_while_compensating() -> None:
     run = Run(s)
     run.succeed()
     run.fail("declined", retryable=False)
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert run.state.next_due_at == T0 + timedelta(seconds=100)
     assert run.at(T0 + timedelta(seconds=50)).history == ()
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert deadline_error(run)["type"] == "step_failed"

@@ -67,7 +67,7 @@ def test_a_false_guard_skips_the_step_and_dispatches_the_next_in_the_same_decisi
     assert run.detail("step_skipped", "gift_wrap") == {"reason": "guard is false"}
     run.succeed()
     run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
     assert ("action", "gift_wrap") not in run.sent
     assert "gift_wrap" not in run.decisions[-1].events[0].result
 
@@ -80,7 +80,7 @@ def test_consecutive_skipped_steps_to_the_end_complete_the_saga() -> None:
     run = Run(s)
     done = run.succeed()
     assert events(done) == ["step_succeeded", "step_skipped", "step_skipped", "saga_completed"]
-    assert run.status == SagaStatus.COMPLETED and done.commands == ()
+    assert run.status() == SagaStatus.COMPLETED and done.commands == ()
 
 
 def test_a_false_guard_on_the_first_step_skips_it_at_start() -> None:
@@ -107,7 +107,7 @@ def test_a_false_guard_with_fail_fails_the_step_unsent_and_undoes_the_earlier_on
     assert wrap.error is not None and wrap.error["type"] == "guard_failed"
     assert "'gift_wrap' is false" in wrap.error["message"]
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.state.error is not None and run.state.error["step"] == "gift_wrap"
     assert ("action", "gift_wrap") not in run.sent
     assert ("compensation", "gift_wrap") not in run.sent  # never sent: nothing to undo
@@ -118,9 +118,10 @@ def test_a_false_guard_with_fail_past_the_pivot_parks_the_saga() -> None:
     run.succeed()
     parked = run.succeed()  # the charge went through; gift_wrap's guard is false
     assert parked.commands == ()
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     assert run.state.error is not None and run.state.error["step"] == "gift_wrap"
-    assert run.step("gift_wrap").error["type"] == "guard_failed"  # type: ignore[index]
+    error = run.step("gift_wrap").error
+    assert error is not None and error["type"] == "guard_failed"
     assert all(kind == "action" for kind, _ in run.sent)
     assert run.outcomes == ["failed"]
 
@@ -185,7 +186,7 @@ def test_a_sleep_sends_nothing_and_a_timer_wakes_it_then_the_next_step_is_dispat
     assert [(c.kind, c.step) for c in woke.commands] == [("action", "charge")]
     assert run.step("nap").status == StepStatus.SUCCEEDED
     run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
     assert [step for _, step in run.sent] == ["reserve", "charge"]
 
 
@@ -224,7 +225,7 @@ def test_an_until_that_raises_fails_the_step_and_undoes_the_earlier_ones() -> No
     assert nap.error["message"] == "until= raised KeyError: 'at'"
     assert [(c.kind, c.step) for c in decision.commands] == [("compensation", "reserve")]
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
 
 
 def test_a_cancel_during_a_sleep_ends_the_saga_cancelled() -> None:
@@ -234,7 +235,7 @@ def test_a_cancel_during_a_sleep_ends_the_saga_cancelled() -> None:
     assert [(c.kind, c.step) for c in accepted.commands] == [("compensation", "reserve")]
     assert run.step("nap").status == StepStatus.FAILED and run.step("nap").due_at is None
     run.succeed()
-    assert run.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
     assert run.later(7200).commands == ()
     assert ("sleep_finished", "nap") not in run.history
     assert ("action", "charge") not in run.sent
@@ -277,24 +278,25 @@ def test_an_until_that_raises_past_the_pivot_parks_and_a_retry_computes_it_again
 
     run = Run(after_the_pivot(until))
     run.succeed()
-    assert run.status == SagaStatus.FAILED
-    assert run.step("nap").error["type"] == "sleep_until_failed"  # type: ignore[index]
+    assert run.status() == SagaStatus.FAILED
+    error = run.step("nap").error
+    assert error is not None and error["type"] == "sleep_until_failed"
 
     again = run.retry("until= still broken")  # raises again: parked again, nothing sent
     assert events(again) == ["saga_retried", "step_failed", "saga_failed"]
-    assert again.commands == () and run.status == SagaStatus.FAILED
+    assert again.commands == () and run.status() == SagaStatus.FAILED
 
     moments.append(T0 + timedelta(minutes=5))  # the fix is deployed
     fixed = run.retry("until= fixed")
     assert events(fixed) == ["saga_retried", "sleep_started"] and fixed.commands == ()
-    assert run.status == SagaStatus.RUNNING
+    assert run.status() == SagaStatus.RUNNING
     nap = run.step("nap")
     assert nap.status == StepStatus.RUNNING and nap.error is None
     assert nap.due_at == T0 + timedelta(minutes=5)
     woke = run.at(T0 + timedelta(minutes=5))
     assert [(c.kind, c.step) for c in woke.commands] == [("action", "notify")]
     run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
 
 
 def test_a_sleep_that_failed_past_the_pivot_can_be_skipped() -> None:
@@ -317,5 +319,5 @@ def test_a_saga_deadline_during_a_sleep_before_the_pivot_compensates() -> None:
     assert [(c.kind, c.step) for c in passed.commands] == [("compensation", "reserve")]
     assert run.step("nap").status == StepStatus.FAILED
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.later(7200).history == ()

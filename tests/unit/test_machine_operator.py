@@ -50,7 +50,7 @@ def park_in_compensation(run: Run) -> None:
     run.fail("credit ledger locked")
     run.when_due()
     run.fail("credit ledger locked")
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     assert run.state.error is not None and run.state.error["type"] == "compensation_failed"
 
 
@@ -61,7 +61,7 @@ def park_past_the_pivot(run: Run) -> None:
     run.fail("smtp down")
     run.when_due()
     run.fail("smtp down")
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     assert run.state.error is not None and run.state.error["type"] == "retries_exhausted"
 
 
@@ -74,7 +74,7 @@ def test_pause_holds_the_timers_and_remembers_where_to_resume() -> None:
     paused = run.pause("looks wrong")
     assert events(paused) == ["saga_paused"] and paused.commands == ()
     assert run.detail("saga_paused") == {"reason": "looks wrong"}
-    assert run.status == SagaStatus.PAUSED
+    assert run.status() == SagaStatus.PAUSED
     assert run.state.resume_status == SagaStatus.RUNNING
     assert run.state.next_due_at is None
     assert not run.state.finished
@@ -87,13 +87,13 @@ def test_a_reply_while_paused_is_applied_but_nothing_new_is_dispatched() -> None
     assert events(applied) == ["step_succeeded"] and applied.commands == ()
     assert run.step("reserve_a").status == StepStatus.SUCCEEDED
     assert run.step("reserve_a").result == {"held": 1}
-    assert run.status == SagaStatus.PAUSED
+    assert run.status() == SagaStatus.PAUSED
 
     resumed = run.resume("checked")
     assert events(resumed) == ["saga_resumed", "step_dispatched"]
     assert run.detail("saga_resumed") == {"reason": "checked"}
     assert [(c.kind, c.step) for c in resumed.commands] == [("action", "reserve_b")]
-    assert run.status == SagaStatus.RUNNING and run.state.resume_status is None
+    assert run.status() == SagaStatus.RUNNING and run.state.resume_status is None
 
 
 def test_timers_do_nothing_while_paused_and_fire_on_resume() -> None:
@@ -124,15 +124,15 @@ def test_a_step_failing_for_good_while_paused_moves_the_resume_target_to_compens
     run.pause()
     failed = run.fail("no credit", retryable=False)
     assert failed.commands == ()
-    assert run.status == SagaStatus.PAUSED
+    assert run.status() == SagaStatus.PAUSED
     assert run.state.resume_status == SagaStatus.COMPENSATING
     assert run.step("reserve_b").status == StepStatus.FAILED
 
     resumed = run.resume()
     assert [(c.kind, c.step) for c in resumed.commands] == [("compensation", "reserve_a")]
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
 
 
 def test_a_step_failing_for_good_while_paused_past_the_pivot_parks_the_saga() -> None:
@@ -141,7 +141,7 @@ def test_a_step_failing_for_good_while_paused_past_the_pivot_parks_the_saga() ->
         run.succeed()
     run.pause()
     run.fail("address unknown", retryable=False)
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     assert run.state.error is not None and run.state.error["type"] == "step_failed"
     assert run.state.resume_status == SagaStatus.RUNNING
     assert run.outcomes == ["failed"]
@@ -155,7 +155,7 @@ def test_a_cancel_while_paused_is_accepted_and_compensates_on_resume() -> None:
     run.pause()
     accepted = run.cancel("customer left")
     assert events(accepted) == ["saga_cancel_accepted"] and accepted.commands == ()
-    assert run.status == SagaStatus.PAUSED
+    assert run.status() == SagaStatus.PAUSED
     assert run.state.resume_status == SagaStatus.COMPENSATING
     assert run.state.cancel_reason == "customer left"
     run.succeed(command=in_flight)  # reserve_b went through: still nothing sent
@@ -165,7 +165,7 @@ def test_a_cancel_while_paused_is_accepted_and_compensates_on_resume() -> None:
     assert [(c.kind, c.step) for c in resumed.commands] == [("compensation", "reserve_b")]
     run.succeed()
     run.succeed()
-    assert run.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
     assert run.outcomes == ["cancelled"]
 
 
@@ -176,7 +176,7 @@ def test_a_cancel_while_paused_past_the_pivot_is_refused() -> None:
     run.pause()
     refused = run.cancel()
     assert events(refused) == ["cancel_refused"]
-    assert run.status == SagaStatus.PAUSED and run.state.resume_status == SagaStatus.RUNNING
+    assert run.status() == SagaStatus.PAUSED and run.state.resume_status == SagaStatus.RUNNING
 
 
 def test_pause_while_compensating_resumes_compensating() -> None:
@@ -209,17 +209,17 @@ def test_retry_of_a_parked_compensation_gives_it_a_fresh_budget() -> None:
     assert (again.kind, again.step, again.attempt) == ("compensation", "reserve_b", 3)
     assert again.command_id != old.command_id
     assert again.idempotency_key == old.idempotency_key
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert run.step("reserve_b").retry_base == 2
 
     # The policy's two attempts apply again: one more failure is retried, not parked.
     run.fail("still locked")
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     run.when_due()
     run.succeed()
     assert run.sent[-1] == ("compensation", "reserve_a")
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.outcomes == ["failed", "compensated"]
     # It ends with the reason it was compensating for, not the park it got past.
     assert run.state.error is not None and run.state.error["type"] == "step_failed"
@@ -232,10 +232,10 @@ def test_retry_of_a_cancel_parked_in_compensation_ends_cancelled() -> None:
     run.cancel("customer left")  # reserve_b in flight: awaited
     run.fail("no credit", retryable=False)
     run.fail("stock ledger locked", retryable=False)  # release of reserve_a: parks
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     run.retry()
     run.succeed()
-    assert run.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
     assert run.state.error == {"type": "cancelled", "message": "customer left"}
 
 
@@ -245,15 +245,15 @@ def test_retry_of_a_saga_parked_past_the_pivot_runs_the_step_again() -> None:
     retried = run.retry()
     (again,) = retried.commands
     assert (again.kind, again.step, again.attempt) == ("action", "notify", 3)
-    assert run.status == SagaStatus.RUNNING
+    assert run.status() == SagaStatus.RUNNING
     assert run.step("notify").status == StepStatus.RUNNING
     assert run.step("notify").retry_base == 2
     run.fail("smtp flaky")  # a fresh budget: retried
-    assert run.status == SagaStatus.RUNNING
+    assert run.status() == SagaStatus.RUNNING
     run.when_due()
     run.succeed()
     run.succeed()  # survey
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
     assert run.state.error is None
     assert run.outcomes == ["failed", "completed"]
 
@@ -277,7 +277,7 @@ def test_skip_of_a_step_parked_past_the_pivot_completes_it_with_the_given_result
     assert run.state.results()["notify"] == {"sent": "by phone"}
 
     run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
     completed = run.decisions[-1].events[0]
     assert completed.status == "completed"
     assert completed.result is not None and completed.result["notify"] == {"sent": "by phone"}
@@ -289,7 +289,7 @@ def test_skip_of_a_pending_step_of_a_paused_saga() -> None:
     run.pause()
     skipped = run.skip("reserve_b", result={"held": 0})
     assert events(skipped) == ["step_skipped"] and skipped.commands == ()
-    assert run.status == SagaStatus.PAUSED
+    assert run.status() == SagaStatus.PAUSED
     run.succeed()  # reserve_a
     resumed = run.resume()
     assert [(c.kind, c.step) for c in resumed.commands] == [("action", "charge")]
@@ -335,9 +335,9 @@ def test_mark_compensated_carries_on_with_the_remaining_compensations() -> None:
     }
     assert run.step("reserve_b").status == StepStatus.COMPENSATED
     assert [(c.kind, c.step) for c in marked.commands] == [("compensation", "reserve_a")]
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert [step for kind, step in run.sent if kind == "compensation"] == [
         "reserve_b",
         "reserve_b",
@@ -350,11 +350,11 @@ def test_mark_compensated_of_the_last_compensation_finishes_the_saga() -> None:
     run.succeed()
     run.fail("no credit", retryable=False)
     run.fail("stock ledger closed", retryable=False)  # release of reserve_a parks at once
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     finished = run.mark_compensated()
     assert events(finished) == ["step_marked_compensated", "saga_compensated"]
     assert finished.commands == ()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
 
 
 def test_mark_compensated_is_refused_past_the_pivot_and_when_nothing_is_parked() -> None:
@@ -372,7 +372,7 @@ def test_pause_of_a_finished_saga_is_refused() -> None:
     run = Run(store())
     for _ in range(5):
         run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
     assert_refused(run.pause(), run, why="it is completed")
 
 

@@ -17,7 +17,7 @@ def test_status_since_moves_only_when_the_status_does() -> None:
     assert run.state.status_since == T0
     run.now = T0 + timedelta(seconds=5)
     run.fail("declined", retryable=False)  # charge: compensating from now
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert run.state.status_since == T0 + timedelta(seconds=5)
 
 

@@ -60,7 +60,7 @@ def test_a_failing_branch_waits_for_the_branches_in_flight_then_undoes_all_in_re
     credit, stock, coupon = run.commands[-3:]
     run.succeed(command=credit)
     run.fail("out of stock", retryable=False, command=stock)
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert run.last.step == "coupon"  # coupon is in flight: its success must be undone too
     run.succeed(command=coupon)
     # The group's successes are undone together, then the earlier step.
@@ -71,7 +71,7 @@ def test_a_failing_branch_waits_for_the_branches_in_flight_then_undoes_all_in_re
     run.succeed(command=coupon_undo)
     assert run.last == run.last_for("order") and run.last.kind == "compensation"
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.state.error is not None and run.state.error["step"] == "stock"
     assert run.statuses()["stock"] == StepStatus.FAILED
 
@@ -112,14 +112,14 @@ def test_cancel_during_a_group_undoes_what_the_branches_did() -> None:
     credit, stock, coupon = run.commands[-3:]
     run.succeed(command=credit)
     run.cancel()
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     run.succeed(command=stock)
     run.fail("refused", retryable=False, command=coupon)
     assert sorted(run.sent[-2:]) == [("compensation", "credit"), ("compensation", "stock")]
     for cmd in run.commands[-2:]:
         run.succeed(command=cmd)
     run.succeed()  # order
-    assert run.status == SagaStatus.CANCELLED
+    assert run.status() == SagaStatus.CANCELLED
 
 
 def test_a_branch_failing_past_the_pivot_parks_and_a_retry_sends_only_it_again() -> None:
@@ -128,13 +128,13 @@ def test_a_branch_failing_past_the_pivot_parks_and_a_retry_sends_only_it_again()
     run.succeed()  # charge
     mail, sms = run.commands[-2:]
     run.fail("smtp down", command=mail)
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     run.succeed(command=sms)  # a branch in flight still reports
     assert run.step("sms").status == StepStatus.SUCCEEDED
     run.retry()
     assert run.sent[-1] == ("action", "mail")
     run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
 
 
 def test_guards_apply_per_branch() -> None:

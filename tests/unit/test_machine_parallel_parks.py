@@ -31,7 +31,7 @@ def test_a_sibling_compensation_running_out_leaves_the_park_as_it_was() -> None:
     run = two_branches_then_pivot()
     undo_b, undo_a = run.commands[-2:]
     run.fail("undo b broke", command=undo_b)
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     parked = run.state
     late = run.fail("undo a broke", command=undo_a)
     assert run.step("a").status == StepStatus.COMPENSATING
@@ -47,11 +47,11 @@ def test_an_operator_retry_after_it_carries_on_compensating() -> None:
     run.fail("undo b broke", command=undo_b)
     run.fail("undo a broke", command=undo_a)
     run.retry()
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert sorted(run.sent[-2:]) == [("compensation", "a"), ("compensation", "b")]
     for cmd in run.commands[-2:]:
         run.succeed(command=cmd)
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
 
 
 def test_two_last_compensations_timing_out_together_park_once() -> None:

@@ -70,6 +70,7 @@ from orchestrator.state import (
 )
 from sagas.order import order_v1
 from sagas.order import saga as order_saga
+from tests.unit.builders import Limits
 from tests.unit.property_model import (
     Model,
     Sent,
@@ -114,16 +115,21 @@ timeouts = st.sampled_from([1.0, 5.0, 10.0])
 
 
 @st.composite
-def limits(draw: st.DrawFn) -> dict[str, float | None]:
+def limits(draw: st.DrawFn) -> Limits:
     """An action's and a compensation's timeouts, each maybe with a heartbeat timeout."""
-    drawn: dict[str, float | None] = {}
-    for prefix in ("", "compensation_"):
+
+    def timeout_and_heartbeat() -> tuple[float, float | None]:
         timeout = draw(timeouts)
-        drawn[f"{prefix}timeout"] = timeout
-        drawn[f"{prefix}heartbeat_timeout"] = draw(
-            st.sampled_from([None, None] + [b for b in (1.0, 2.0) if b < timeout])
-        )
-    return drawn
+        return timeout, draw(st.sampled_from([None, None] + [b for b in (1.0, 2.0) if b < timeout]))
+
+    timeout, heartbeat = timeout_and_heartbeat()
+    undo_timeout, undo_heartbeat = timeout_and_heartbeat()
+    return Limits(
+        timeout=timeout,
+        heartbeat_timeout=heartbeat,
+        compensation_timeout=undo_timeout,
+        compensation_heartbeat_timeout=undo_heartbeat,
+    )
 
 
 # Mostly none: a deadline ends a run early, and the other paths need runs that go on.
@@ -382,6 +388,7 @@ class SagaRun(RuleBasedStateMachine):
         if cmd.kind == "action":
             assert not m.cancel_accepted, f"action {cmd.step} dispatched after cancel"
             assert cmd.command == spec.command
+            assert spec.retry.max_attempts is not None
             assert cmd.attempt <= spec.retry.max_attempts
             waiting = [d.name for d in definition.steps if d.stage < stage and not m.done(d)]
             assert not waiting, f"{cmd.step} dispatched before {waiting} succeeded"
@@ -389,6 +396,7 @@ class SagaRun(RuleBasedStateMachine):
         else:
             must = m.must_compensate()
             assert spec.compensation is not None and cmd.command == spec.compensation
+            assert spec.compensation_retry.max_attempts is not None
             assert cmd.attempt <= spec.compensation_retry.max_attempts
             assert cmd.step in must, f"compensation of {cmd.step} not called for"
             assert not m.past_pivot(cmd.step) and not spec.pivot, "compensated past the pivot"
@@ -589,7 +597,7 @@ class SagaRun(RuleBasedStateMachine):
             command_id=command_id,
             saga_id=self.s.saga_id,
             step=step,
-            outcome=outcome,  # type: ignore[arg-type]
+            outcome=outcome,
             result={"unknown": True},
         )
         self.ignored(reply)

@@ -8,6 +8,7 @@ heartbeat extends. `schedule_to_close` is the step's budget across attempts and 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Unpack
 
 import pytest
 
@@ -15,14 +16,14 @@ from orchestrator.definition import Saga
 from orchestrator.errors import DefinitionError
 from orchestrator.retry import Retry
 from orchestrator.state import SagaStatus, StepStatus
-from tests.unit.builders import ONCE, T0, Run, events, shop
+from tests.unit.builders import ONCE, T0, Limits, Run, events, shop
 
 LONG = 3600.0  # start-to-close of the long step
 BEAT = 5.0  # its heartbeat timeout
 RETRY = Retry(max_attempts=3, initial_interval=2, multiplier=1, jitter=0)
 
 
-def long_step(**limits: float) -> Run:
+def long_step(**limits: Unpack[Limits]) -> Run:
     """`reserve` (compensatable) -> `export` (long, heartbeating) -> `charge` (pivot)."""
     s = shop()
     s.remote("reserve", command="stock.reserve", compensation="stock.release", retry=ONCE)
@@ -31,7 +32,7 @@ def long_step(**limits: float) -> Run:
         command="reports.export",
         compensation="reports.discard",
         retry=RETRY,
-        **({"timeout": LONG, "heartbeat_timeout": BEAT} | limits),
+        **(Limits(timeout=LONG, heartbeat_timeout=BEAT) | limits),
     )
     s.remote("charge", command="payments.charge", pivot=True, retry=ONCE)
     run = Run(s)
@@ -112,9 +113,9 @@ def test_retries_run_out_on_heartbeat_timeouts_then_the_saga_compensates() -> No
     for _ in range(3):
         run.heartbeat()
         run.later(BEAT)
-        if run.status == SagaStatus.RUNNING:
+        if run.status() == SagaStatus.RUNNING:
             run.when_due()
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     assert run.step("export").outcome_uncertain  # it may have acted: undone too
     assert run.last.kind == "compensation" and run.last.step == "export"
 
@@ -166,13 +167,13 @@ def flaky(budget: float) -> Run:
 
 def test_schedule_to_close_ends_retryable_failures_before_the_attempts_run_out() -> None:
     run = flaky(budget=15)
-    while run.status == SagaStatus.RUNNING:  # fails at 0, 4, 8, 12 s; a 5th would start at 16
+    while run.status() == SagaStatus.RUNNING:  # fails at 0, 4, 8, 12 s; a 5th would start at 16
         run.fail("flaky")
-        if run.status == SagaStatus.RUNNING:
+        if run.status() == SagaStatus.RUNNING:
             run.when_due()
     sent = [c.attempt for c in run.commands if c.step == "export" and c.kind == "action"]
     assert sent == [1, 2, 3, 4]
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
     failed = run.detail("step_failed", "export")
     error = failed["error"]
     assert (error["type"], error["timeout"]) == ("timeout", "schedule_to_close")
@@ -191,7 +192,7 @@ def test_the_budget_caps_an_attempts_timeout_and_ends_it_without_a_retry() -> No
     timed_out = run.at(T0 + timedelta(seconds=12))
     assert events(timed_out)[:2] == ["step_timed_out", "step_failed"]
     assert run.detail("step_timed_out") == {"attempt": 2, "timeout": "schedule_to_close"}
-    assert run.status == SagaStatus.COMPENSATING
+    assert run.status() == SagaStatus.COMPENSATING
 
 
 def test_an_operators_retry_gives_the_step_a_fresh_budget() -> None:
@@ -209,12 +210,12 @@ def test_an_operators_retry_gives_the_step_a_fresh_budget() -> None:
     run.later(5)
     run.when_due()
     run.at(T0 + timedelta(seconds=10))  # the budget ends: parked past the pivot
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     run.later(100)
     run.retry()
     assert run.step("notify").close_at == run.now + timedelta(seconds=10)
     run.succeed()
-    assert run.status == SagaStatus.COMPLETED
+    assert run.status() == SagaStatus.COMPLETED
 
 
 # -- definition ----------------------------------------------------------------------------------
@@ -237,9 +238,7 @@ def test_an_operators_retry_gives_the_step_a_fresh_budget() -> None:
         ),
     ],
 )
-def test_limits_that_cannot_hold_are_refused_at_definition_time(
-    limits: dict[str, float], says: str
-) -> None:
+def test_limits_that_cannot_hold_are_refused_at_definition_time(limits: Limits, says: str) -> None:
     s = shop()
     with pytest.raises(DefinitionError, match="step 'export'") as refused:
         s.remote("export", command="reports.export", compensation="reports.discard", **limits)
@@ -257,9 +256,11 @@ def test_a_long_step_is_told_what_to_set() -> None:
 
 
 def test_new_limits_enter_the_fingerprint_only_when_set() -> None:
-    def saga(**limits: float) -> Saga:
+    def saga(**limits: Unpack[Limits]) -> Saga:
         s = shop()
-        s.remote("export", command="reports.export", compensation=None, timeout=60, **limits)
+        s.remote(
+            "export", command="reports.export", compensation=None, **(Limits(timeout=60) | limits)
+        )
         return s
 
     plain = saga()

@@ -133,7 +133,7 @@ def test_schedule_to_start_timeouts_exhaust_the_policy_then_compensate() -> None
     assert run.sent[-1] == ("compensation", "report")
     assert run.step("report").status == StepStatus.COMPENSATING
     run.succeed()
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.state.error is not None and "schedule-to-start" in run.state.error["message"]
 
 

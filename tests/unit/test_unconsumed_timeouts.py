@@ -55,7 +55,7 @@ def test_a_timeout_of_a_command_nobody_consumes_names_the_queue_and_what_to_chec
         "unconsumed": True,
     }
     # The saga's own error carries it too: what `saga status` shows first.
-    assert run.status == SagaStatus.COMPENSATED
+    assert run.status() == SagaStatus.COMPENSATED
     assert run.state.error is not None
     assert NOBODY in run.state.error["message"]
 
@@ -98,7 +98,7 @@ def test_a_compensation_nobody_consumes_says_so_when_it_parks_the_saga() -> None
     assert run.last.command == "hotel.cancel"
     timers(run, 10, HOTEL)
     assert run.detail("compensation_timed_out", "book")["unconsumed"] == "commands.hotel"
-    assert run.status == SagaStatus.FAILED
+    assert run.status() == SagaStatus.FAILED
     assert run.step("book").status == StepStatus.COMPENSATING
     assert run.state.error is not None
     assert NOBODY in run.state.error["message"]
