@@ -38,7 +38,7 @@ from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
 from orchestrator import trace
-from orchestrator.definition import NAME_RE
+from orchestrator.definition_rules import NAME_RE
 from orchestrator.engine import Engine
 from orchestrator.errors import (
     ConcurrentUpdate,
