@@ -23,17 +23,8 @@ from adapters.postgres.schema import SchemaNotReady, require_schema
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.command_queues import CommandQueueWatch
 from adapters.rabbitmq.connection import connect, open_channel
-from adapters.rabbitmq.consumer import (
-    MAX_REASON_CHARS,
-    BatchHandler,
-    Consumer,
-    Delivery,
-    Handler,
-    consume,
-    json_object,
-    parse,
-    printable,
-)
+from adapters.rabbitmq.consumer import BatchHandler, Consumer, Handler, consume
+from adapters.rabbitmq.delivery import MAX_REASON_CHARS, Delivery, json_object, parse, printable
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
