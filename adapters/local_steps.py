@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from adapters.participant.core import Participant, StepFailed
-from orchestrator.definition import LocalHandler, StepContext
 from orchestrator.messages import Command
 from orchestrator.registry import Registry
+from orchestrator.steps import LocalHandler, StepContext
 
 
 def local_steps(registry: Registry) -> Participant:

@@ -8,40 +8,31 @@ import contextlib
 import hashlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy.exc import DBAPIError
 
 from adapters import metrics
 from adapters.admission import Admission
+from adapters.clock import utcnow
 from adapters.faults import FaultyPublisher, crash_after, fault_hook
 from adapters.postgres.database import make_engine
 from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
+from adapters.postgres.retries import with_db_retries
 from adapters.postgres.schema import SchemaNotReady, require_schema
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.command_queues import CommandQueueWatch
 from adapters.rabbitmq.connection import connect, open_channel
-from adapters.rabbitmq.consumer import (
-    MAX_REASON_CHARS,
-    BatchHandler,
-    Consumer,
-    Delivery,
-    Handler,
-    consume,
-    json_object,
-    parse,
-    printable,
-)
+from adapters.rabbitmq.consumer import BatchHandler, Consumer, Handler, consume
+from adapters.rabbitmq.delivery import MAX_REASON_CHARS, Delivery, json_object, parse, printable
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
 from orchestrator import trace
-from orchestrator.definition import NAME_RE
+from orchestrator.definition_rules import NAME_RE
 from orchestrator.engine import Engine
 from orchestrator.errors import (
-    ConcurrentUpdate,
     DefinitionConflict,
     InvalidInput,
     MissingDefinition,
@@ -68,11 +59,6 @@ if TYPE_CHECKING:
     from adapters.http.serve import HttpServer
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 async def register_definitions(
@@ -94,38 +80,6 @@ async def register_definitions(
             log.info("definition_registered", **fields)
         else:  # the old definition of this version is gone: say so loudly
             log.warning("definition_replaced", **fields)
-
-
-async def with_db_retries(call: Callable[[], Awaitable[T]], *, patience: float = 600.0) -> T:
-    """Retry a transition on a lost race or while the database is unreachable.
-
-    The message stays unacked meanwhile: requeueing it would count against the queue's
-    delivery limit and a database outage would dead-letter good messages.
-    """
-    delay, waited = 0.05, 0.0
-    conflicts = 0
-    while True:
-        try:
-            return await call()
-        except ConcurrentUpdate:
-            conflicts += 1
-            if conflicts > 20:
-                raise
-        except DBAPIError as exc:
-            if (not exc.connection_invalidated and not _is_transient(exc)) or waited > patience:
-                raise
-            log.warning(
-                "database_unavailable_retrying", error=str(exc.orig or exc)[:200], delay=delay
-            )
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 5.0)
-
-
-def _is_transient(exc: DBAPIError) -> bool:
-    code = getattr(exc.orig, "sqlstate", None) or ""
-    # 40001 serialization, 40P01 deadlock, 08* connection, 57P* shutdown / admin terminate.
-    return code in ("40001", "40P01") or code.startswith(("08", "57P"))
 
 
 class Orchestrator:

@@ -3,7 +3,6 @@
 Imports no infrastructure (no sqlalchemy, psycopg, aio_pika, fastapi, os.environ).
 """
 
-from orchestrator.definition import Saga, StepContext, StepDefinition
 from orchestrator.errors import (
     DefinitionConflict,
     DefinitionError,
@@ -16,7 +15,9 @@ from orchestrator.errors import (
 )
 from orchestrator.messages import CancelSaga, Command, OutcomeEvent, Reply, ReplyError, StartSaga
 from orchestrator.retry import Retry
+from orchestrator.saga import Saga
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
+from orchestrator.steps import StepContext, StepDefinition
 
 __all__ = [
     "CancelSaga",

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from orchestrator.definition import Saga
 from orchestrator.events import (
     CancelRequested,
     Decision,
@@ -34,6 +33,7 @@ from orchestrator.events import (
 )
 from orchestrator.messages import ParentRef
 from orchestrator.operators import operate
+from orchestrator.saga import Saga
 from orchestrator.state import SagaState, SagaStatus, StepState
 from orchestrator.transition.advance import advance
 from orchestrator.transition.cancels import on_cancel, on_undo

@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from orchestrator.definition import Saga
 from orchestrator.errors import DefinitionError, InvalidInput, UnknownSaga
 from orchestrator.ports import DefinitionRecord
+from orchestrator.saga import Saga
 
 
 class Registry:

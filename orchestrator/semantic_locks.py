@@ -13,7 +13,6 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator import machine
-from orchestrator.definition import Saga
 from orchestrator.errors import ConcurrentUpdate
 from orchestrator.locks import LockWaiter
 from orchestrator.machine import Decision, HistoryEntry
@@ -21,6 +20,7 @@ from orchestrator.messages import ParentRef
 from orchestrator.outbox import rejection_messages
 from orchestrator.ports import Clock, SagaTransaction
 from orchestrator.registry import Registry
+from orchestrator.saga import Saga
 from orchestrator.state import SagaState, SagaStatus
 from orchestrator.unit_of_work import UnitOfWork
 

@@ -12,12 +12,12 @@ from uuid import UUID
 import structlog
 
 from orchestrator import locks, machine
-from orchestrator.definition import Saga
 from orchestrator.errors import ConcurrentUpdate, InvalidInput, UnknownSaga
 from orchestrator.machine import Decision, HistoryEntry
 from orchestrator.messages import StartSaga
 from orchestrator.ports import Clock, SagaQuery
 from orchestrator.registry import Registry
+from orchestrator.saga import Saga
 from orchestrator.semantic_locks import AlreadyStarted, Kept, SemanticLocks, holding
 from orchestrator.state import SagaState, SagaStatus
 from orchestrator.unit_of_work import Change, UnitsOfWork

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from orchestrator.definition import StepDefinition
 from orchestrator.state import StepState
+from orchestrator.steps import StepDefinition
 
 Kind = Literal["action", "compensation"]
 # Which limit ended an attempt: the `timeout` field of its timeout error.

@@ -161,13 +161,14 @@ async def with_store(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
 async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     """An Engine on the configured database and broker, for one operator action: what it
     decides is published like any transition (outbox, confirms). Lost races are retried."""
+    from adapters.clock import utcnow
     from adapters.postgres.database import make_engine
+    from adapters.postgres.retries import with_db_retries
     from adapters.postgres.schema import require_schema
     from adapters.postgres.store import PostgresStore
     from adapters.rabbitmq.connection import connect, open_channel
     from adapters.rabbitmq.publisher import RabbitPublisher
     from adapters.rabbitmq.topology import Topology
-    from adapters.runtime import utcnow, with_db_retries
     from orchestrator.engine import Engine
     from orchestrator.registry import load_modules
 

@@ -13,8 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from adapters.http import api, dashboard, observability, problems
-from adapters.http.api import ApiContext
+from adapters.http import dashboard, observability, problems
+from adapters.http.api import reads, writes
+from adapters.http.api.context import ApiContext
 from adapters.http.auth import Tokens
 from adapters.http.body_limit import BodyLimit
 from adapters.http.redact import Redactor
@@ -65,7 +66,8 @@ def create_app(
     app.state.unconsumed_queues = unconsumed_queues
     problems.install(app)
     _describe_problems(app)
-    app.include_router(api.router)
+    app.include_router(reads.router)
+    app.include_router(writes.router)
     app.include_router(observability.router)
     app.include_router(dashboard.router)
     # Added innermost first: a request passes CORS, then the body cap, then the log line and

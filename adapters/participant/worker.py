@@ -14,7 +14,8 @@ from aio_pika.abc import AbstractChannel
 
 from adapters import metrics
 from adapters.participant.core import SendReply, heartbeat, heartbeats
-from adapters.rabbitmq.consumer import MAX_BODY_BYTES, Consumer, Delivery, consume, parse
+from adapters.rabbitmq.consumer import Consumer, consume
+from adapters.rabbitmq.delivery import MAX_BODY_BYTES, Delivery, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
 from orchestrator import trace

@@ -1,4 +1,4 @@
-"""What PostgreSQL cannot store, refused before a message is parsed (consumer.parse).
+"""What PostgreSQL cannot store, refused before a message is parsed (delivery.parse).
 
 PostgreSQL stores neither a NUL character (in text or jsonb) nor a number that is not
 finite (in jsonb; Python reads 1e400 as inf and writes it back as Infinity). A message holding

@@ -10,9 +10,9 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from orchestrator.definition import StepDefinition
 from orchestrator.messages import aware_utc
 from orchestrator.state import SagaStatus, StepState, StepStatus
+from orchestrator.steps import StepDefinition
 from orchestrator.transition.dispatch import dispatch
 from orchestrator.transition.scratch import Transition, error_message
 

@@ -9,9 +9,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from orchestrator.definition import GuardContext, Saga, StepDefinition
 from orchestrator.events import Decision, HistoryEntry, SagaRequest
 from orchestrator.messages import Command, OutcomeEvent, Reply, ReplyError
+from orchestrator.saga import Saga
 from orchestrator.state import (
     SagaState,
     SagaStatus,
@@ -20,6 +20,7 @@ from orchestrator.state import (
     check_saga_move,
     step_results,
 )
+from orchestrator.steps import GuardContext, StepDefinition
 
 
 class Transition:

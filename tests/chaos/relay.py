@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from adapters.rabbitmq.consumer import Delivery
+from adapters.rabbitmq.delivery import Delivery
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
 from tests.e2e.chaos import ChaosRelay

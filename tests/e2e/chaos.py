@@ -29,7 +29,8 @@ from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractRobustConnection
 
 from adapters.rabbitmq.connection import connect, open_channel
-from adapters.rabbitmq.consumer import Consumer, Delivery, consume
+from adapters.rabbitmq.consumer import Consumer, consume
+from adapters.rabbitmq.delivery import Delivery
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import REPLIES_QUEUE, Topology
 from orchestrator.messages import Exchange

@@ -10,7 +10,8 @@ from collections import Counter
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
 
-from adapters.rabbitmq.consumer import Consumer, Delivery, consume, parse
+from adapters.rabbitmq.consumer import Consumer, consume
+from adapters.rabbitmq.delivery import Delivery, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
 from orchestrator.messages import Command, Exchange, Reply

@@ -22,13 +22,14 @@ from aio_pika.abc import (
 from pydantic import BaseModel, ConfigDict
 from structlog.typing import EventDict
 
+from adapters.clock import utcnow
 from adapters.participant.core import Participant
 from adapters.participant.worker import ParticipantWorker
 from adapters.postgres.database import make_engine
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.topology import DEAD_QUEUE, REPLIES_QUEUE, REQUESTS_QUEUE, Topology
-from adapters.runtime import Orchestrator, utcnow
+from adapters.runtime import Orchestrator
 from adapters.settings import Settings
 from orchestrator import Saga
 from orchestrator.messages import Command, Exchange, Reply

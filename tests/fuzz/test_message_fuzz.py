@@ -30,7 +30,8 @@ from collections import Counter
 from hypothesis import HealthCheck, Phase, given, settings
 from structlog.typing import EventDict
 
-from adapters.rabbitmq.consumer import DEAD_REASON_HEADER, MAX_REASON_CHARS
+from adapters.rabbitmq.consumer import DEAD_REASON_HEADER
+from adapters.rabbitmq.delivery import MAX_REASON_CHARS
 from adapters.rabbitmq.topology import REPLIES_QUEUE, REQUESTS_QUEUE, Topology
 from orchestrator.ports import SagaQuery
 from tests.fixtures.rabbitmq import leftovers

@@ -20,10 +20,10 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict
 
+from adapters.clock import utcnow
 from adapters.http.app import create_app
 from adapters.memory.publisher import MemoryPublisher
 from adapters.postgres.store import PostgresStore
-from adapters.runtime import utcnow
 from adapters.settings import Settings
 from orchestrator import Saga
 from orchestrator.engine import Engine

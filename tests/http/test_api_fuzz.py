@@ -27,11 +27,11 @@ from pydantic import SecretStr
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from adapters.clock import utcnow
 from adapters.http.app import create_app, openapi_document
 from adapters.memory.publisher import MemoryPublisher
 from adapters.postgres.database import single_use_engine
 from adapters.postgres.store import PostgresStore
-from adapters.runtime import utcnow
 from adapters.settings import Settings
 from orchestrator.engine import Engine
 from orchestrator.registry import Registry

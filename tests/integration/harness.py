@@ -15,13 +15,14 @@ from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnectio
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters.clock import utcnow
 from adapters.participant.worker import ParticipantWorker
 from adapters.postgres.database import make_engine
 from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.client import send_requests
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import Topology
-from adapters.runtime import Orchestrator, utcnow
+from adapters.runtime import Orchestrator
 from adapters.settings import Settings
 from examples.demo import CUSTOMERS, STOCK
 from examples.shop import schema

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from adapters import metrics
+from adapters.clock import utcnow
 from adapters.participant.core import Participant
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
-from adapters.runtime import utcnow
 from orchestrator.ports import Clock, HistoryRecord
 from tests.integration.harness import System
 

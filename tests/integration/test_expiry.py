@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from adapters.clock import utcnow
 from adapters.participant.core import Participant
 from adapters.rabbitmq.topology import Topology
-from adapters.runtime import utcnow
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command
 from orchestrator.ports import HistoryRecord

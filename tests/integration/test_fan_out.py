@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from adapters.clock import utcnow
 from adapters.participant.core import Participant, StepFailed
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.topology import Topology
-from adapters.runtime import utcnow
 from orchestrator import Retry, Saga
 from orchestrator.definition import GuardContext
 from orchestrator.messages import Command

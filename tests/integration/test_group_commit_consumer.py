@@ -12,7 +12,8 @@ from aio_pika import Message
 from aio_pika.abc import AbstractRobustConnection
 
 from adapters.rabbitmq.connection import open_channel
-from adapters.rabbitmq.consumer import DEAD_REASON_HEADER, Delivery, consume, parse
+from adapters.rabbitmq.consumer import DEAD_REASON_HEADER, consume
+from adapters.rabbitmq.delivery import Delivery, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import DEAD_QUEUE, REQUESTS_QUEUE, Topology
 from orchestrator.messages import Exchange, StartSaga

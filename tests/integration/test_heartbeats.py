@@ -17,12 +17,12 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from adapters.clock import utcnow
 from adapters.participant.core import Participant
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import REPLIES_QUEUE, Topology
-from adapters.runtime import utcnow
 from orchestrator.messages import REPLY_QUEUE, Command, Exchange, OutboxMessage, Reply
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import take

@@ -16,13 +16,13 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from structlog.testing import capture_logs
 
+from adapters.clock import utcnow
 from adapters.participant.barrier import Barrier
 from adapters.participant.core import Participant, StepFailed
 from adapters.participant.worker import ParticipantWorker
 from adapters.postgres.database import make_engine
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.topology import Topology
-from adapters.runtime import utcnow
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command
 from tests.fixtures.polling import eventually

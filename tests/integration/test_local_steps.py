@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import BaseModel
 
+from adapters.clock import utcnow
 from adapters.local_steps import local_steps
 from adapters.participant.core import StepFailed
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.topology import Topology
-from adapters.runtime import Orchestrator, utcnow
+from adapters.runtime import Orchestrator
 from orchestrator import DefinitionConflict, Retry, Saga, StepContext
 from orchestrator.registry import Registry
 from tests.integration.harness import System, running_system

@@ -19,11 +19,10 @@ from adapters.rabbitmq.consumer import (
     DEAD_REASON_HEADER,
     ORIGINAL_QUEUE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
-    Delivery,
     backoff,
     consume,
-    parse,
 )
+from adapters.rabbitmq.delivery import Delivery, parse
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import (
     CANCELS_QUEUE,

@@ -23,7 +23,8 @@ from structlog.typing import EventDict
 from adapters.participant.core import Participant
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
-from adapters.rabbitmq.consumer import Delivery, consume
+from adapters.rabbitmq.consumer import consume
+from adapters.rabbitmq.delivery import Delivery
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import REPLIES_QUEUE, Topology
 from orchestrator import Retry, Saga

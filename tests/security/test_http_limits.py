@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from adapters.clock import utcnow
 from adapters.http.app import create_app
 from adapters.memory.publisher import MemoryPublisher
 from adapters.postgres.database import single_use_engine
 from adapters.postgres.store import PostgresStore
-from adapters.runtime import utcnow
 from adapters.settings import Settings
 from orchestrator.engine import Engine
 from orchestrator.ports import SagaQuery

@@ -15,6 +15,7 @@ from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters.clock import utcnow
 from adapters.participant.core import Participant
 from adapters.participant.worker import ParticipantWorker
 from adapters.postgres.database import make_engine, single_use_engine
@@ -23,7 +24,7 @@ from adapters.postgres.store import PostgresStore
 from adapters.rabbitmq.client import send_requests
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.topology import Topology
-from adapters.runtime import Orchestrator, utcnow
+from adapters.runtime import Orchestrator
 from orchestrator import Saga
 from orchestrator.messages import Command, StartSaga
 from orchestrator.ports import SagaQuery

@@ -1,38 +1,29 @@
-"""The JSON API under /api: list, read, start, cancel and every operator action
-(docs/http-api.md). Reads go to the store; writes go through the engine like any other
-transition (row lock, history with who and why, outbox), so an action taken here is the
-same as one taken with the CLI or sent through the broker."""
+"""The /api writes: start a saga, cancel one (by id or by start key), and the operator
+actions (retry, pause, resume, skip a step, mark a compensation done). Each goes through the
+engine and is recorded in the saga's history as `api:<caller>`, or `api:<who>` if given."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Annotated, TypeVar
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import Path, Query, Request, Response
 
-from adapters.http import cursor, models
-from adapters.http.auth import Caller, authorize
+from adapters.http import models
+from adapters.http.api.context import CALLER, SagaId, api_router, context_of, engine_of, saga_of
+from adapters.http.auth import Caller
 from adapters.http.models import (
     ActionRequest,
-    HistoryPage,
     KeyCancelResult,
     SagaDetail,
-    SagaFilters,
-    SagaList,
-    SagaPage,
     SkipRequest,
     StartRequest,
     StartResponse,
-    StatusCounts,
 )
 from adapters.http.problems import ProblemError, problem_responses
-from adapters.http.redact import Redactor
 from adapters.rabbitmq.storable import check_storable
 from orchestrator import trace
-from orchestrator.engine import Engine
 from orchestrator.errors import ConcurrentUpdate, InvalidInput, Poison, SagaNotFound
 from orchestrator.machine import (
     MarkCompensated,
@@ -42,8 +33,7 @@ from orchestrator.machine import (
     RetryRequested,
     SkipRequested,
 )
-from orchestrator.messages import MAX_KEY_LENGTH, CancelSaga, StartSaga, aware_utc
-from orchestrator.ports import SagaQuery, SagaStore
+from orchestrator.messages import MAX_KEY_LENGTH, CancelSaga, StartSaga
 from orchestrator.state import SagaState
 
 T = TypeVar("T")
@@ -52,43 +42,7 @@ T = TypeVar("T")
 # plenty (it needs another writer on the same row each time).
 _RACE_RETRIES = 5
 
-
-@dataclass(frozen=True)
-class ApiContext:
-    """What the routes use, on `app.state.saga_api`. `engine` None: a read-only process."""
-
-    store: SagaStore
-    engine: Engine | None
-    redact: Redactor
-
-
-router = APIRouter(
-    prefix="/api",
-    tags=["sagas"],
-    dependencies=[Depends(authorize)],
-    responses=problem_responses(401, 403, 422),
-)
-
-SagaId = Annotated[UUID, Path(description="The saga's id.")]
-_CALLER = Depends(authorize)
-
-
-def _ctx(request: Request) -> ApiContext:
-    context: ApiContext = request.app.state.saga_api
-    return context
-
-
-def _engine(request: Request) -> Engine:
-    engine = _ctx(request).engine
-    if engine is None:
-        raise ProblemError(
-            503,
-            "read-only",
-            "Read-only",
-            "this process cannot act on sagas (it has no engine): send writes to the API "
-            "of `saga run`",
-        )
-    return engine
+router = api_router()
 
 
 def _actor(caller: Caller, who: str | None) -> str:
@@ -103,113 +57,6 @@ async def _retried(call: Callable[[], Awaitable[T]]) -> T:
             if attempt == _RACE_RETRIES - 1:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _get(request: Request, saga_id: UUID) -> SagaState:
-    state = await _ctx(request).store.get(saga_id)
-    if state is None:
-        raise SagaNotFound(f"no saga with id {saga_id}")
-    return state
-
-
-# -- reads --------------------------------------------------------------------------------
-
-
-@router.get(
-    "/sagas",
-    summary="List sagas",
-    description="Newest activity first (updated_at, then id, descending); every filter given "
-    "must hold. Page with `next_cursor`: a saga that changes while you page moves to the "
-    "front, so it is never listed twice.",
-    responses=problem_responses(400),
-)
-async def list_sagas(request: Request, filters: Annotated[SagaFilters, Query()]) -> SagaPage:
-    ctx = _ctx(request)
-    try:
-        after = None if filters.cursor is None else cursor.decode(filters.cursor)
-    except cursor.BadCursor as exc:
-        raise ProblemError(
-            400,
-            "bad-cursor",
-            "Bad cursor",
-            "`cursor` is not one this API issued: pass `next_cursor` from the previous page "
-            "unchanged, or leave it out to start from the first page",
-        ) from exc
-    f = filters
-    query = SagaQuery(
-        status=f.status,
-        saga=f.saga,
-        key=f.key,
-        version=f.version,
-        step=f.step,
-        created_after=None if f.created_after is None else aware_utc(f.created_after),
-        created_before=None if f.created_before is None else aware_utc(f.created_before),
-        in_status_for=(
-            None if f.in_status_for_minutes is None else timedelta(minutes=f.in_status_for_minutes)
-        ),
-        after=after,
-        limit=f.limit + 1,  # one more tells whether there is a next page
-    )
-    found = await ctx.store.find(query)
-    page = found[: f.limit]
-    more = len(found) > f.limit
-    return SagaPage(
-        items=[models.summary(s, ctx.redact) for s in page],
-        next_cursor=cursor.encode(page[-1].updated_at, page[-1].saga_id) if more else None,
-    )
-
-
-@router.get("/sagas/counts", summary="How many sagas are in each status")
-async def count_sagas(
-    request: Request,
-    saga: Annotated[str | None, Query(max_length=100, description="Only this saga name.")] = None,
-) -> StatusCounts:
-    return StatusCounts(counts=await _ctx(request).store.count_by_status(saga))
-
-
-@router.get(
-    "/sagas/by-key/{key:path}",
-    summary="Find sagas by start key",
-    description="Every saga started with this key (one per saga name), newest activity first.",
-    responses=problem_responses(404),
-)
-async def find_by_key(
-    request: Request,
-    key: Annotated[str, Path(max_length=MAX_KEY_LENGTH, description="The start's key.")],
-    saga: Annotated[str | None, Query(max_length=100, description="Only this saga name.")] = None,
-) -> SagaList:
-    ctx = _ctx(request)
-    found = await ctx.store.find(SagaQuery(key=key, saga=saga, limit=500))
-    if not found:
-        where = "" if saga is None else f" for saga {saga!r}"
-        raise SagaNotFound(f"no saga has key {key!r}{where}")
-    return SagaList(items=[models.detail(s, ctx.redact) for s in found])
-
-
-@router.get(
-    "/sagas/{saga_id}",
-    summary="A saga with its steps",
-    responses=problem_responses(404),
-)
-async def get_saga(request: Request, saga_id: SagaId) -> SagaDetail:
-    return models.detail(await _get(request, saga_id), _ctx(request).redact)
-
-
-@router.get(
-    "/sagas/{saga_id}/history",
-    summary="A saga's history",
-    description="Every transition and operator action, oldest first, with who and why "
-    "(refused actions included).",
-    responses=problem_responses(404),
-)
-async def saga_history(request: Request, saga_id: SagaId) -> HistoryPage:
-    ctx = _ctx(request)
-    await _get(request, saga_id)
-    records = await ctx.store.history(saga_id)
-    return HistoryPage(items=[models.history_item(r, ctx.redact) for r in records])
-
-
-# -- writes -------------------------------------------------------------------------------
 
 
 @router.post(
@@ -227,9 +74,9 @@ async def saga_history(request: Request, saga_id: SagaId) -> HistoryPage:
     },
 )
 async def start_saga(
-    request: Request, response: Response, body: StartRequest, caller: Caller = _CALLER
+    request: Request, response: Response, body: StartRequest, caller: Caller = CALLER
 ) -> StartResponse:
-    engine = _engine(request)
+    engine = engine_of(request)
     try:
         # What validates as JSON but PostgreSQL cannot store (a NUL, a non-finite number)
         # would fail the start's transaction: say so as a 422, not a 500.
@@ -270,15 +117,15 @@ _ACTION_RESPONSES = problem_responses(404, 409, 413, 503)
     responses=_ACTION_RESPONSES,
 )
 async def cancel_saga(
-    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = _CALLER
+    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = CALLER
 ) -> SagaDetail:
-    engine = _engine(request)
+    engine = engine_of(request)
     cancel = CancelSaga(saga_id=saga_id, reason=body.reason)
     outcome = await _retried(lambda: engine.cancel(cancel, actor=_actor(caller, body.who)))
-    state = await _get(request, saga_id)
+    state = await saga_of(request, saga_id)
     if outcome.refused is not None:
         raise _cancel_refused(outcome.refused, [state])
-    return models.detail(state, _ctx(request).redact)
+    return models.detail(state, context_of(request).redact)
 
 
 @router.post(
@@ -306,9 +153,9 @@ async def cancel_by_key(
         bool,
         Query(description="No saga has the key yet: hold the cancel for its start (202)."),
     ] = False,
-    caller: Caller = _CALLER,
+    caller: Caller = CALLER,
 ) -> KeyCancelResult:
-    engine = _engine(request)
+    engine = engine_of(request)
     cancel = CancelSaga(key=key, saga=saga or None, reason=body.reason)
     try:
         outcome = await _retried(
@@ -322,10 +169,10 @@ async def cancel_by_key(
     if outcome.held:
         response.status_code = 202
         return KeyCancelResult(held=True, items=[])
-    states = [await _get(request, saga_id) for saga_id, _ in outcome.sagas]
+    states = [await saga_of(request, saga_id) for saga_id, _ in outcome.sagas]
     if outcome.refused is not None:
         raise _cancel_refused(outcome.refused, states)
-    redact = _ctx(request).redact
+    redact = context_of(request).redact
     return KeyCancelResult(held=False, items=[models.detail(s, redact) for s in states])
 
 
@@ -342,9 +189,9 @@ def _cancel_refused(why: str, states: list[SagaState]) -> ProblemError:
 async def _operate(
     request: Request, saga_id: UUID, action: OperatorEvent, caller: Caller, who: str | None
 ) -> SagaDetail:
-    engine = _engine(request)
+    engine = engine_of(request)
     state = await _retried(lambda: engine.operate(saga_id, action, _actor(caller, who)))
-    return models.detail(state, _ctx(request).redact)
+    return models.detail(state, context_of(request).redact)
 
 
 @router.post(
@@ -354,7 +201,7 @@ async def _operate(
     responses=_ACTION_RESPONSES,
 )
 async def retry_saga(
-    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = _CALLER
+    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = CALLER
 ) -> SagaDetail:
     return await _operate(request, saga_id, RetryRequested(body.reason), caller, body.who)
 
@@ -366,7 +213,7 @@ async def retry_saga(
     responses=_ACTION_RESPONSES,
 )
 async def pause_saga(
-    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = _CALLER
+    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = CALLER
 ) -> SagaDetail:
     return await _operate(request, saga_id, PauseRequested(body.reason), caller, body.who)
 
@@ -377,7 +224,7 @@ async def pause_saga(
     responses=_ACTION_RESPONSES,
 )
 async def resume_saga(
-    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = _CALLER
+    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = CALLER
 ) -> SagaDetail:
     return await _operate(request, saga_id, ResumeRequested(body.reason), caller, body.who)
 
@@ -390,7 +237,7 @@ async def resume_saga(
     responses=_ACTION_RESPONSES,
 )
 async def skip_step(
-    request: Request, saga_id: SagaId, body: SkipRequest, caller: Caller = _CALLER
+    request: Request, saga_id: SagaId, body: SkipRequest, caller: Caller = CALLER
 ) -> SagaDetail:
     action = SkipRequested(step=body.step, result=body.result, reason=body.reason)
     return await _operate(request, saga_id, action, caller, body.who)
@@ -403,6 +250,6 @@ async def skip_step(
     responses=_ACTION_RESPONSES,
 )
 async def mark_compensated(
-    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = _CALLER
+    request: Request, saga_id: SagaId, body: ActionRequest, caller: Caller = CALLER
 ) -> SagaDetail:
     return await _operate(request, saga_id, MarkCompensated(body.reason), caller, body.who)
