@@ -12,8 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters import eventloop
 from adapters.logging import configure_logging
+from adapters.participant import Participant, StepFailed
 from adapters.participant.barrier import Barrier
-from adapters.participant.core import Participant, StepFailed
 from adapters.participant.serve import serve
 from adapters.postgres.database import make_engine
 from adapters.settings import Settings

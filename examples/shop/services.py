@@ -24,8 +24,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.participant import Participant, StepFailed
 from adapters.participant.barrier import Barrier
-from adapters.participant.core import Participant, StepFailed
 from examples.shop import schema
 from examples.shop.schema import (
     credit_reservations,

@@ -6,7 +6,7 @@ from typing import Any
 
 from adapters import metrics
 from adapters.clock import utcnow
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from orchestrator.ports import Clock, HistoryRecord

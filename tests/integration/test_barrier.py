@@ -15,8 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.participant import Participant, StepFailed
 from adapters.participant.barrier import Barrier
-from adapters.participant.core import Participant, StepFailed
 from adapters.postgres.database import make_engine
 from orchestrator.messages import Command
 from tests.fixtures.polling import eventually

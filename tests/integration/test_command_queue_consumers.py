@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from structlog.testing import capture_logs
 
 from adapters import metrics
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command

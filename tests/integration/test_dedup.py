@@ -17,7 +17,7 @@ from uuid import UUID
 import pytest
 from pydantic import BaseModel
 
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.rabbitmq.client import send_requests
 from adapters.rabbitmq.topology import DEAD_QUEUE, REPLIES_QUEUE, REQUESTS_QUEUE, Topology
 from orchestrator import Retry, Saga

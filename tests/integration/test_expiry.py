@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from adapters.clock import utcnow
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from adapters.clock import utcnow
-from adapters.participant.core import Participant, StepFailed
+from adapters.participant import Participant, StepFailed
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.topology import Topology

@@ -18,7 +18,7 @@ from aio_pika.abc import (
 )
 
 from adapters.clock import utcnow
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.publisher import RabbitPublisher

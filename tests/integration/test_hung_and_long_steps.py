@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from structlog.testing import capture_logs
 
 from adapters.clock import utcnow
+from adapters.participant import Participant, StepFailed
 from adapters.participant.barrier import Barrier
-from adapters.participant.core import Participant, StepFailed
 from adapters.participant.worker import ParticipantWorker
 from adapters.postgres.database import make_engine
 from adapters.rabbitmq.connection import open_channel

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from adapters.clock import utcnow
 from adapters.local_steps import local_steps
-from adapters.participant.core import StepFailed
+from adapters.participant import StepFailed
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.topology import Topology

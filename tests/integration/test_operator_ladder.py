@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from adapters.participant.core import Participant, StepFailed
+from adapters.participant import Participant, StepFailed
 from adapters.rabbitmq.topology import Topology
 from orchestrator import OperationRefused, Retry, Saga
 from orchestrator.machine import (

@@ -12,7 +12,7 @@ from aio_pika import DeliveryMode, Message
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
 from adapters.faults import FaultyParticipant
-from adapters.participant.core import Participant, StepFailed
+from adapters.participant import Participant, StepFailed
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.consumer import DEAD_REASON_HEADER

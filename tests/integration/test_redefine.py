@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import Orchestrator
 from orchestrator import DefinitionConflict, Saga

@@ -29,8 +29,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.participant import Participant, StepFailed
 from adapters.participant.barrier import Barrier
-from adapters.participant.core import Participant, StepFailed
 from adapters.rabbitmq.client import send_requests
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Retry, Saga

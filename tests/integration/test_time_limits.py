@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.consumer import consume

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import pytest
 
-from adapters.participant.core import Participant
+from adapters.participant import Participant
 from adapters.rabbitmq.topology import Topology
 from adapters.runtime import Orchestrator
 from orchestrator.errors import MissingDefinition
