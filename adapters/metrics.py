@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.postgres import gauges
 from adapters.postgres.gauges import LIVE_STATUSES, DatabaseGauges
+from orchestrator.event_names import HistoryEvent
 
 log = structlog.get_logger(__name__)
 
@@ -125,22 +126,35 @@ COMMAND_QUEUE_CONSUMERS = Gauge(
     registry=REGISTRY,
 )
 
-_NO_HISTORY = "saga_start_duplicate"
-# Starts that found a resource held: no saga (yet), so no history either.
+# Starts whose key had a saga: counted apart, not as a transition.
+_NO_HISTORY = HistoryEvent.SAGA_START_DUPLICATE
+# Starts that found a resource held: no saga (yet), so no history either; by outcome label.
 _LOCKED = {
-    "saga_start_rejected": "rejected",
-    "saga_start_queued": "queued",
-    "lock_wait_expired": "lock_wait_expired",
+    HistoryEvent.SAGA_START_REJECTED: "rejected",
+    HistoryEvent.SAGA_START_QUEUED: "queued",
+    HistoryEvent.LOCK_WAIT_EXPIRED: "lock_wait_expired",
 }
-_LATENCY = {"step_succeeded": "action", "step_compensated": "compensation"}
-_RETRIES = {"step_retry_scheduled": "action", "compensation_retry_scheduled": "compensation"}
+# Replies that settle an attempt, and so time it; by kind label.
+_LATENCY = {
+    HistoryEvent.STEP_SUCCEEDED: "action",
+    HistoryEvent.STEP_COMPENSATED: "compensation",
+}
+# Failed attempts tried again after a wait; by kind label.
+_RETRIES = {
+    HistoryEvent.STEP_RETRY_SCHEDULED: "action",
+    HistoryEvent.COMPENSATION_RETRY_SCHEDULED: "compensation",
+}
+# A saga's end; by status label.
 _FINISHED = {
-    f"saga_{status}": status for status in ("completed", "compensated", "cancelled", "failed")
+    HistoryEvent.SAGA_COMPLETED: "completed",
+    HistoryEvent.SAGA_COMPENSATED: "compensated",
+    HistoryEvent.SAGA_CANCELLED: "cancelled",
+    HistoryEvent.SAGA_FAILED: "failed",
 }
 _ITEM = re.compile(r"\[\d+\]$")
 
 
-def observe(event: str, detail: Mapping[str, Any]) -> None:
+def observe(event: HistoryEvent, detail: Mapping[str, Any]) -> None:
     """The engine's observer (orchestrator.unit_of_work.Observer)."""
     if event == _NO_HISTORY:
         STARTS_DEDUPLICATED.labels(saga=str(detail.get("saga", ""))).inc()
@@ -150,7 +164,7 @@ def observe(event: str, detail: Mapping[str, Any]) -> None:
         return
     TRANSITIONS.labels(event=event).inc()
     saga = str(detail.get("saga", ""))
-    if event == "reply_ignored":
+    if event == HistoryEvent.REPLY_IGNORED:
         REPLIES_IGNORED.labels(reason=str(detail.get("reason", ""))).inc()
     elif event in _LATENCY:
         seconds = detail.get("seconds")
@@ -159,11 +173,11 @@ def observe(event: str, detail: Mapping[str, Any]) -> None:
             STEP_SECONDS.labels(
                 saga=saga, step=step_label(detail.get("step")), kind=_LATENCY[event]
             ).observe(max(0.0, float(seconds)))
-        if event == "step_compensated":
+        if event == HistoryEvent.STEP_COMPENSATED:
             COMPENSATIONS.labels(saga=saga).inc()
     elif event in _RETRIES:
         RETRIES.labels(saga=saga, kind=_RETRIES[event]).inc()
-    elif event == "saga_started":
+    elif event == HistoryEvent.SAGA_STARTED:
         STARTED.labels(saga=saga).inc()
     elif event in _FINISHED:
         FINISHED.labels(saga=saga, status=_FINISHED[event]).inc()

@@ -32,6 +32,7 @@ from adapters.settings import Settings
 from orchestrator import trace
 from orchestrator.definition_rules import NAME_RE
 from orchestrator.engine import Engine
+from orchestrator.error_info import ErrorInfo
 from orchestrator.errors import (
     DefinitionConflict,
     InvalidInput,
@@ -270,12 +271,14 @@ class Orchestrator:
         except Poison as exc:
             body = json_object(message)
             if body is not None:
-                error = {"type": "invalid_start", "message": printable(str(exc))[:MAX_REASON_CHARS]}
+                error = ErrorInfo(
+                    type="invalid_start", message=printable(str(exc))[:MAX_REASON_CHARS]
+                )
                 await self._announce_rejected(message, body.get("saga"), body.get("key"), error)
             raise
 
     async def _announce_rejected(
-        self, message: Delivery, saga: object, key: object, error: dict[str, str]
+        self, message: Delivery, saga: object, key: object, error: ErrorInfo
     ) -> None:
         """Tell the sender of a start that will be dead-lettered why, on `saga.events`
         (`<saga>.rejected`): the name only if it is a valid saga name (it becomes part of the

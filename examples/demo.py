@@ -28,6 +28,7 @@ from adapters.text_table import render_table
 from examples.processes import Processes
 from examples.shop import schema
 from examples.shop.verify import check_effects
+from orchestrator.event_names import HistoryEvent
 from orchestrator.messages import CancelSaga, StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaState
@@ -292,7 +293,9 @@ async def _show_late_cancel(settings: Settings, store: PostgresStore, order: Pla
     saga = (await store.find(SagaQuery(key=order.key, limit=1)))[0]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        refusals = [h for h in await store.history(saga.saga_id) if h.event == "cancel_refused"]
+        refusals = [
+            h for h in await store.history(saga.saga_id) if h.event == HistoryEvent.CANCEL_REFUSED
+        ]
         if refusals:
             why = (refusals[0].detail or {}).get("why")
             print(f"\ncancel of {order.key} after its pivot: refused ({why})")

@@ -17,7 +17,9 @@ from uuid import UUID
 import structlog
 
 from orchestrator import machine
+from orchestrator.error_info import ErrorInfo
 from orchestrator.errors import OperationRefused, SagaNotFound
+from orchestrator.event_names import HistoryEvent
 from orchestrator.machine import (
     CancelRequested,
     HistoryEntry,
@@ -41,7 +43,7 @@ from orchestrator.unit_of_work import Change, Observer, UnitsOfWork
 log = structlog.get_logger(__name__)
 
 
-def _ignore(_event: str, _detail: Mapping[str, Any]) -> None:
+def _ignore(_event: HistoryEvent, _detail: Mapping[str, Any]) -> None:
     return None
 
 
@@ -114,7 +116,7 @@ class Engine:
         return await self._starter.start_many(requests, actor)
 
     async def reject_start(
-        self, saga: str | None, key: str | None, error: dict[str, Any], *, message_id: str
+        self, saga: str | None, key: str | None, error: ErrorInfo, *, message_id: str
     ) -> None:
         """Announce a start its caller dead-letters (an unknown saga, invalid input, a body
         that is no valid start: `error` says which and why) as a `<saga>.rejected` outcome
@@ -129,7 +131,7 @@ class Engine:
                 key,
                 error,
                 parent=None,
-                event="saga_start_invalid",
+                event=HistoryEvent.SAGA_START_INVALID,
                 message_id=message_id,
             )
 
@@ -185,7 +187,7 @@ class Engine:
                     (
                         str((h.detail or {}).get("why"))
                         for h in decision.history
-                        if h.event == "cancel_refused"
+                        if h.event == HistoryEvent.CANCEL_REFUSED
                     ),
                     None,
                 )
@@ -228,10 +230,10 @@ class Engine:
             if state is None:
                 return
             await uow.tx.append_history(
-                saga_id, [HistoryEntry("operator_action_refused", step, detail)], actor
+                saga_id, [HistoryEntry(HistoryEvent.OPERATOR_ACTION_REFUSED, step, detail)], actor
             )
             uow.observe(
-                "operator_action_refused",
+                HistoryEvent.OPERATOR_ACTION_REFUSED,
                 {**detail, "actor": actor, "saga": state.name, "saga_id": str(saga_id)},
             )
 
@@ -282,7 +284,7 @@ class Engine:
                         "command_id": str(r.command_id),
                         "outcome": r.outcome,
                     }
-                    uow.warn("reply_ignored", detail)
+                    uow.warn(HistoryEvent.REPLY_IGNORED, detail)
         return known
 
     async def fire_timers(self, limit: int = 100) -> int:
@@ -317,7 +319,7 @@ class Engine:
                     waiter.key,
                     waiter.expired_error(now),
                     parent=waiter.parent,
-                    event="lock_wait_expired",
+                    event=HistoryEvent.LOCK_WAIT_EXPIRED,
                 )
             granted = await self._locks.grant(uow, None, limit)
         return len(expired) + granted

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
+from orchestrator.event_names import HistoryEvent
 from orchestrator.messages import CancelSaga, Command, OutcomeEvent, ParentRef, Reply, StartSaga
 from orchestrator.state import SagaState
 
@@ -96,7 +97,7 @@ SagaRequest = tuple[Literal["start", "cancel"], StartSaga | CancelSaga]
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    event: str
+    event: HistoryEvent
     step: str | None = None
     detail: dict[str, Any] | None = None
 

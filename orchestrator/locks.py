@@ -35,6 +35,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from orchestrator.error_info import ErrorInfo
 from orchestrator.errors import DefinitionError, InvalidInput
 from orchestrator.messages import ParentRef
 from orchestrator.state import SagaStatus
@@ -157,14 +158,14 @@ class LockConflict:
             return f"{self.resource} has starts queued for it"
         return f"{self.resource} is held by saga {self.held_by} (key {self.held_by_key})"
 
-    def error(self) -> dict[str, Any]:
+    def error(self) -> ErrorInfo:
         """The `error` of the `<saga>.rejected` event of a start refused by this conflict."""
-        return {
-            "type": "locked",
-            "resource": self.resource,
-            "held_by": None if self.held_by is None else str(self.held_by),
-            "message": self.describe(),
-        }
+        return ErrorInfo(
+            type="locked",
+            resource=self.resource,
+            held_by=None if self.held_by is None else str(self.held_by),
+            message=self.describe(),
+        )
 
 
 @dataclass(frozen=True)
@@ -195,15 +196,15 @@ class LockWaiter:
     # A child saga's start: the parent step it answers once started (or refused).
     parent: ParentRef | None = None
 
-    def expired_error(self, now: datetime) -> dict[str, Any]:
+    def expired_error(self, now: datetime) -> ErrorInfo:
         """The `error` of the `<saga>.rejected` event when its wait has run out."""
         waited = (now - self.enqueued_at).total_seconds()
-        return {
-            "type": "lock_wait_expired",
-            "resources": list(self.resources),
-            "enqueued_at": self.enqueued_at.isoformat(),
-            "message": f"waited {waited:.1f}s for {', '.join(self.resources)}; still held",
-        }
+        return ErrorInfo(
+            type="lock_wait_expired",
+            resources=self.resources,
+            enqueued_at=self.enqueued_at,
+            message=f"waited {waited:.1f}s for {', '.join(self.resources)}; still held",
+        )
 
 
 @dataclass(frozen=True)

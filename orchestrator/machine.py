@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from orchestrator.event_names import HistoryEvent
 from orchestrator.events import (
     CancelRequested,
     Decision,
@@ -93,10 +94,13 @@ def start(
         trace=dict(trace) if trace else None,
     )
     t = Transition(definition, state, now)
-    t.record("saga_started", detail={"version": definition.version})
+    t.record(HistoryEvent.SAGA_STARTED, detail={"version": definition.version})
     if cancel_reason is not None:
         t.cancel_reason = cancel_reason
-        t.record("saga_cancel_accepted", detail={"reason": cancel_reason, "before_start": True})
+        t.record(
+            HistoryEvent.SAGA_CANCEL_ACCEPTED,
+            detail={"reason": cancel_reason, "before_start": True},
+        )
         t.begin_compensation()
     advance(t)
     return t.build()

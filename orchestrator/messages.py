@@ -149,7 +149,7 @@ class OutcomeEvent(_Wire):
     saga_id: UUID | None
     saga: str | None
     key: str | None
-    status: str
+    status: str  # an Outcome's value (orchestrator/event_names.py)
     result: Any = None
     error: dict[str, Any] | None = None
 

@@ -3,6 +3,7 @@ done. Each is refused (with the reason) when it does not apply to the saga as it
 
 from __future__ import annotations
 
+from orchestrator.event_names import HistoryEvent
 from orchestrator.events import (
     MarkCompensated,
     OperatorEvent,
@@ -28,21 +29,21 @@ def operate(b: Transition, event: OperatorEvent) -> None:
             return
         b.resume_status = status
         b.set_status(SagaStatus.PAUSED)
-        b.record("saga_paused", detail={"reason": event.reason})
+        b.record(HistoryEvent.SAGA_PAUSED, detail={"reason": event.reason})
     elif isinstance(event, ResumeRequested):
         if status != SagaStatus.PAUSED:
             b.refuse(f"only a paused saga can be resumed; it is {status.value}")
             return
         b.set_status(b.phase)
         b.resume_status = None
-        b.record("saga_resumed", detail={"reason": event.reason})
+        b.record(HistoryEvent.SAGA_RESUMED, detail={"reason": event.reason})
         on_timers(b, TimersDue())  # what came due while paused
         advance(b)
     elif isinstance(event, RetryRequested):
         if status != SagaStatus.FAILED:
             b.refuse(f"only a failed (parked) saga can be retried; it is {status.value}")
             return
-        b.record("saga_retried", detail={"reason": event.reason})
+        b.record(HistoryEvent.SAGA_RETRIED, detail={"reason": event.reason})
         if parked_phase(b) == SagaStatus.COMPENSATING:
             _resume_compensating(b)
             for s in b.steps:
@@ -100,7 +101,7 @@ def _resume_compensating(b: Transition) -> None:
     b.resume_status = None
     b.set_status(SagaStatus.COMPENSATING)
     # The saga ends with the reason it was compensating for, not the park it got past.
-    b.error = (b.error or {}).get("cause")
+    b.error = None if b.error is None else b.error.cause
     b.compensation_deadline_at = after(b.now, b.definition.compensation_deadline)
 
 
@@ -121,7 +122,7 @@ def skip(b: Transition, event: SkipRequested) -> None:
         StepStatus.SKIPPED, result=event.result, command_id=None, due_at=None
     )
     b.record(
-        "step_skipped",
+        HistoryEvent.STEP_SKIPPED,
         step.name,
         {"reason": event.reason, "by": "operator", "result": event.result},
     )
@@ -143,6 +144,6 @@ def mark_compensated(b: Transition, event: MarkCompensated) -> None:
         return
     for s in parked:
         b.steps[s.index] = s.moved(StepStatus.COMPENSATED, command_id=None, due_at=None)
-        b.record("step_marked_compensated", s.name, {"note": event.reason})
+        b.record(HistoryEvent.STEP_MARKED_COMPENSATED, s.name, {"note": event.reason})
     _resume_compensating(b)
     advance(b)

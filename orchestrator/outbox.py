@@ -3,8 +3,8 @@ they leave only if it commits, and published after its commit (orchestrator/unit
 
 from __future__ import annotations
 
-from typing import Any
-
+from orchestrator.error_info import ErrorInfo
+from orchestrator.event_names import Outcome
 from orchestrator.machine import Decision
 from orchestrator.messages import (
     REPLY_QUEUE,
@@ -70,14 +70,16 @@ def decision_messages(decision: Decision, state: SagaState) -> list[OutboxMessag
 def rejection_messages(
     saga: str | None,
     key: str | None,
-    error: dict[str, Any],
+    error: ErrorInfo,
     *,
     parent: ParentRef | None,
     message_id: str,
 ) -> list[OutboxMessage]:
     """What a start that started nothing sends: a `<saga>.rejected` outcome event with
     `error`, and for a child saga a failure reply to its parent's step."""
-    outcome = OutcomeEvent(saga_id=None, saga=saga, key=key, status="rejected", error=error)
+    outcome = OutcomeEvent(
+        saga_id=None, saga=saga, key=key, status=Outcome.REJECTED, error=error.to_dict()
+    )
     messages = [
         OutboxMessage(
             exchange=Exchange.EVENTS,
@@ -92,7 +94,7 @@ def rejection_messages(
             saga_id=parent.saga_id,
             step=parent.step,
             outcome="failure",
-            error=ReplyError(type=error["type"], message=error["message"], retryable=False),
+            error=ReplyError(type=error.type, message=error.message, retryable=False),
         )
         messages.append(
             OutboxMessage(

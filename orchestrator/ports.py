@@ -65,6 +65,8 @@ class HistoryRecord:
     saga_id: UUID
     seq: int
     at: datetime
+    # A HistoryEvent's value (it compares equal to the member); a plain str, as the rows
+    # hold whatever release wrote them.
     event: str
     step: str | None
     detail: dict[str, Any] | None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from datetime import timedelta
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from orchestrator.error_info import ErrorInfo
 
 
 class Retry(BaseModel):
@@ -52,10 +53,10 @@ class Retry(BaseModel):
     def exhausted(self, attempts_made: int) -> bool:
         return self.max_attempts is not None and attempts_made >= self.max_attempts
 
-    def retries(self, error: dict[str, Any]) -> bool:
+    def retries(self, error: ErrorInfo) -> bool:
         """Whether this error may be retried at all: the participant did not say no, and the
         step does not declare its type non-retryable."""
-        return bool(error.get("retryable", True)) and error.get("type") not in self.non_retryable
+        return error.retryable is not False and error.type not in self.non_retryable
 
     def delay(self, attempts_made: int, seed: str) -> timedelta:
         """Wait before attempt ``attempts_made + 1``.

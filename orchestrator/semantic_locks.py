@@ -13,7 +13,9 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator import machine
+from orchestrator.error_info import ErrorInfo
 from orchestrator.errors import ConcurrentUpdate
+from orchestrator.event_names import HistoryEvent
 from orchestrator.locks import LockWaiter
 from orchestrator.machine import Decision, HistoryEntry
 from orchestrator.messages import ParentRef
@@ -69,7 +71,7 @@ class SemanticLocks:
                 state.key,
                 conflict.error(),
                 parent=state.parent,
-                event="saga_start_rejected",
+                event=HistoryEvent.SAGA_START_REJECTED,
             )
             return Kept(rejected=conflict.describe())
         waiter = LockWaiter(
@@ -86,9 +88,10 @@ class SemanticLocks:
             ),
             parent=state.parent,
         )
-        event = "saga_start_queued"
+        event = HistoryEvent.SAGA_START_QUEUED
         if not await uow.tx.enqueue_lock_waiter(waiter):
-            event = "saga_start_duplicate"  # this key waits already: nothing more to do
+            # This key waits already: nothing more to do.
+            event = HistoryEvent.SAGA_START_DUPLICATE
         held_by = None if conflict.held_by is None else str(conflict.held_by)
         fields = {"saga": state.name, "key": state.key, "resource": conflict.resource}
         uow.observe(event, {**fields, "held_by": held_by, "queued": True})
@@ -131,7 +134,8 @@ class SemanticLocks:
         now = self.clock()
         if await uow.tx.lock_by_key(waiter.key, waiter.saga):
             uow.observe(
-                "saga_start_duplicate", {"saga": waiter.saga, "key": waiter.key, "queued": True}
+                HistoryEvent.SAGA_START_DUPLICATE,
+                {"saga": waiter.saga, "key": waiter.key, "queued": True},
             )
             return None
         decision = machine.start(
@@ -165,10 +169,10 @@ class SemanticLocks:
         uow: UnitOfWork,
         saga: str | None,
         key: str | None,
-        error: dict[str, Any],
+        error: ErrorInfo,
         *,
         parent: ParentRef | None,
-        event: str,
+        event: HistoryEvent,
         message_id: str | None = None,
     ) -> None:
         """Tell the starter through a `<saga>.rejected` outcome event: there is no saga, so
@@ -184,7 +188,8 @@ class SemanticLocks:
                 message_id=message_id or f"{saga}:{key}:rejected:{self.new_id()}",
             )
         )
-        detail = {"saga": saga, "key": key, **{k: v for k, v in error.items() if k != "type"}}
+        fields = error.to_dict()
+        detail = {"saga": saga, "key": key, **{k: v for k, v in fields.items() if k != "type"}}
         uow.observe(event, detail)
 
 
@@ -195,5 +200,5 @@ def holding(
     detail: dict[str, Any] = {"resources": list(resources)}
     if queued_at is not None:
         detail["queued_at"] = queued_at.isoformat()
-    entry = HistoryEntry("locks_acquired", detail=detail)
+    entry = HistoryEntry(HistoryEvent.LOCKS_ACQUIRED, detail=detail)
     return replace(decision, history=(entry, *decision.history))

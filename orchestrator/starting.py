@@ -12,7 +12,9 @@ from uuid import UUID
 import structlog
 
 from orchestrator import locks, machine
+from orchestrator.error_info import ErrorInfo
 from orchestrator.errors import ConcurrentUpdate, InvalidInput, UnknownSaga
+from orchestrator.event_names import HistoryEvent
 from orchestrator.machine import Decision, HistoryEntry
 from orchestrator.messages import StartSaga
 from orchestrator.ports import Clock, SagaQuery
@@ -46,10 +48,10 @@ class StartOutcome:
     input_differs: bool = False
 
 
-def start_error(exc: UnknownSaga | InvalidInput) -> dict[str, Any]:
+def start_error(exc: UnknownSaga | InvalidInput) -> ErrorInfo:
     """The `error` of the `<saga>.rejected` event for a start that cannot be made."""
     kind = "invalid_input" if isinstance(exc, InvalidInput) else "unknown_saga"
-    return {"type": kind, "message": str(exc)}
+    return ErrorInfo(type=kind, message=str(exc))
 
 
 class Starter:
@@ -209,10 +211,9 @@ class Starter:
             raise ConcurrentUpdate(f"saga {saga!r} key {key!r} vanished while starting; retry")
         found = existing[0]
         saga_id = str(found.saga_id)
-        log.info("saga_start_duplicate", saga_id=saga_id, key=key)
-        self.units.notify(
-            [("saga_start_duplicate", {"saga": saga, "key": key, "saga_id": saga_id})]
-        )
+        event = HistoryEvent.SAGA_START_DUPLICATE
+        log.info(event, saga_id=saga_id, key=key)
+        self.units.notify([(event, {"saga": saga, "key": key, "saga_id": saga_id})])
         differs = found.input != input
         if differs:
             await self._flag_reused_key(found, input, actor)
@@ -232,11 +233,11 @@ class Starter:
             if await uow.tx.lock(saga.saga_id) is None:  # pragma: no cover - retention ran
                 return
             await uow.tx.append_history(
-                saga.saga_id, [HistoryEntry("start_repeated", None, detail)], actor
+                saga.saga_id, [HistoryEntry(HistoryEvent.START_REPEATED, None, detail)], actor
             )
         about = {"saga": saga.name, "saga_id": str(saga.saga_id), "key": saga.key}
         log.warning("start_key_reused_with_other_input", **about, differing_fields=fields)
-        self.units.notify([("start_repeated", {**detail, **about})])
+        self.units.notify([(HistoryEvent.START_REPEATED, {**detail, **about})])
 
     async def _refuse_child(self, request: StartSaga, exc: UnknownSaga | InvalidInput) -> None:
         async with self.units() as uow:
@@ -246,5 +247,5 @@ class Starter:
                 request.key,
                 start_error(exc),
                 parent=request.parent,
-                event="saga_start_rejected",
+                event=HistoryEvent.SAGA_START_REJECTED,
             )

@@ -22,6 +22,7 @@ from uuid import UUID
 
 import structlog
 
+from orchestrator.event_names import HistoryEvent
 from orchestrator.machine import Decision, HistoryEntry
 from orchestrator.messages import OutboxMessage
 from orchestrator.outbox import decision_messages
@@ -31,7 +32,7 @@ from orchestrator.trace import log_fields as trace_log_fields
 
 log = structlog.get_logger(__name__)
 
-Observer = Callable[[str, Mapping[str, Any]], None]
+Observer = Callable[[HistoryEvent, Mapping[str, Any]], None]
 """Told `(event, detail)` for every history entry once its transaction has committed, and for
 what leaves no history: `reply_ignored` with reason `unknown saga` (there is no saga row to
 record it in), `saga_start_duplicate`, `saga_start_invalid` (a start announced as rejected
@@ -40,7 +41,7 @@ before its caller dead-letters it), and the starts a semantic lock kept from sta
 (adapters/metrics.py), so the core needs no metrics library; it must not raise, and must not
 block."""
 
-Observed = list[tuple[str, dict[str, Any]]]
+Observed = list[tuple[HistoryEvent, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class UnitsOfWork:
     def __call__(self) -> UnitOfWork:
         return UnitOfWork(self)
 
-    def notify(self, observed: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def notify(self, observed: Sequence[tuple[HistoryEvent, Mapping[str, Any]]]) -> None:
         for event, detail in observed:
             try:
                 self.observe(event, detail)
@@ -170,11 +171,11 @@ class UnitOfWork:
         """Write messages to the outbox, to publish after commit."""
         self.outbox += await self.tx.add_outbox(messages)
 
-    def observe(self, event: str, detail: dict[str, Any]) -> None:
+    def observe(self, event: HistoryEvent, detail: dict[str, Any]) -> None:
         """Log `event` and tell the observer, after commit."""
         self.observed.append((event, detail))
 
-    def warn(self, event: str, detail: dict[str, Any]) -> None:
+    def warn(self, event: HistoryEvent, detail: dict[str, Any]) -> None:
         """Log `event` as a warning and tell the observer, after commit."""
         self.warned.append((event, detail))
 
@@ -212,7 +213,9 @@ class UnitOfWork:
             freed = await self._units.locks.release(self.tx, change.before, state)
             if freed:
                 freed_all += freed
-                history.append(HistoryEntry("locks_released", detail={"resources": list(freed)}))
+                history.append(
+                    HistoryEntry(HistoryEvent.LOCKS_RELEASED, detail={"resources": list(freed)})
+                )
             if history:
                 appends.append((state.saga_id, history, change.actor))
             messages += decision_messages(change.decision, state)
@@ -224,7 +227,7 @@ class UnitOfWork:
         return saved
 
 
-def _observed(entry: HistoryEntry, state: SagaState) -> tuple[str, dict[str, Any]]:
+def _observed(entry: HistoryEntry, state: SagaState) -> tuple[HistoryEvent, dict[str, Any]]:
     return (
         entry.event,
         {
@@ -233,7 +236,7 @@ def _observed(entry: HistoryEntry, state: SagaState) -> tuple[str, dict[str, Any
             "saga_id": str(state.saga_id),
             "step": entry.step,
             # The one log line of a start names its key too.
-            **({"key": state.key} if entry.event == "saga_started" else {}),
+            **({"key": state.key} if entry.event == HistoryEvent.SAGA_STARTED else {}),
             # Log lines of a timer's transition too name the saga's trace.
             **trace_log_fields(state.trace),
         },

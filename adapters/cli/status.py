@@ -21,6 +21,7 @@ from adapters.cli import support as cs
 from adapters.cli.api import ApiClient
 from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
 from adapters.text_table import render_table
+from orchestrator.event_names import HistoryEvent
 from orchestrator.ports import HistoryRecord
 from orchestrator.state import SagaState, StepState, StepStatus
 
@@ -31,14 +32,16 @@ WideOpt = Annotated[
 NARROW = 60  # a value's width in a table cell when not --wide
 DETAIL_NARROW = 70
 
-_ACTION_FAILURES = frozenset({"step_failed", "step_retry_scheduled"})
-_COMPENSATION_FAILURES = frozenset({"compensation_retry_scheduled", "compensation_parked"})
+_ACTION_FAILURES = frozenset({HistoryEvent.STEP_FAILED, HistoryEvent.STEP_RETRY_SCHEDULED})
+_COMPENSATION_FAILURES = frozenset(
+    {HistoryEvent.COMPENSATION_RETRY_SCHEDULED, HistoryEvent.COMPENSATION_PARKED}
+)
 _COMPENSATION_EVENTS = _COMPENSATION_FAILURES | {
-    "compensation_dispatched",
-    "compensation_timed_out",
-    "step_compensated",
-    "step_marked_compensated",
-    "saga_failed",
+    HistoryEvent.COMPENSATION_DISPATCHED,
+    HistoryEvent.COMPENSATION_TIMED_OUT,
+    HistoryEvent.STEP_COMPENSATED,
+    HistoryEvent.STEP_MARKED_COMPENSATED,
+    HistoryEvent.SAGA_FAILED,
 }
 
 
@@ -146,17 +149,19 @@ def compensation(step: StepState, mine: Sequence[HistoryRecord], *, wide: bool =
     attempts = f"{step.compensation_attempt} attempt{'s' * (step.compensation_attempt != 1)}"
     undo = [r for r in mine if r.event in _COMPENSATION_EVENTS]
     if step.status == StepStatus.COMPENSATED:
-        marked = next((r for r in reversed(undo) if r.event == "step_marked_compensated"), None)
+        marked = next(
+            (r for r in reversed(undo) if r.event == HistoryEvent.STEP_MARKED_COMPENSATED), None
+        )
         if marked is not None:
             note = (marked.detail or {}).get("note", "")
             text = f"marked compensated by {marked.actor}: {note}"
         else:
             text = f"compensated ({attempts})"
     elif step.status == StepStatus.COMPENSATING:
-        latest = undo[-1].event if undo else "compensation_dispatched"
-        if latest in ("compensation_parked", "saga_failed"):
+        latest = undo[-1].event if undo else HistoryEvent.COMPENSATION_DISPATCHED
+        if latest in (HistoryEvent.COMPENSATION_PARKED, HistoryEvent.SAGA_FAILED):
             text = f"parked after {attempts}"
-        elif latest == "compensation_retry_scheduled":
+        elif latest == HistoryEvent.COMPENSATION_RETRY_SCHEDULED:
             text = f"attempt {step.compensation_attempt} failed, waiting to retry"
         else:
             text = f"attempt {step.compensation_attempt} in flight"
@@ -193,7 +198,7 @@ def _about(record: HistoryRecord, step: str) -> bool:
 def _parked(record: HistoryRecord) -> bool:
     """The saga was parked because a compensation ran out (the detail names the step)."""
     detail = record.detail or {}
-    return record.event == "saga_failed" and detail.get("type") == "compensation_failed"
+    return record.event == HistoryEvent.SAGA_FAILED and detail.get("type") == "compensation_failed"
 
 
 def _failure(record: HistoryRecord, step: StepState) -> Any:

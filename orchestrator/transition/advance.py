@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
 
+from orchestrator.error_info import ErrorInfo
+from orchestrator.event_names import HistoryEvent
 from orchestrator.messages import aware_utc
 from orchestrator.state import SagaStatus, StepState, StepStatus
 from orchestrator.steps import StepDefinition
 from orchestrator.transition.dispatch import dispatch
-from orchestrator.transition.scratch import Transition, error_message
+from orchestrator.transition.scratch import Transition
 
 
 def advance(t: Transition) -> None:
@@ -39,7 +40,9 @@ def advance(t: Transition) -> None:
             for s in reversed(ready[-room:] if room > 0 else []):
                 dispatch(t, s, "compensation")
         elif t.cancel_reason is not None:
-            t.finish(SagaStatus.CANCELLED, error={"type": "cancelled", "message": t.cancel_reason})
+            t.finish(
+                SagaStatus.CANCELLED, error=ErrorInfo(type="cancelled", message=t.cancel_reason)
+            )
         else:
             t.finish(SagaStatus.COMPENSATED, error=t.error)
 
@@ -78,13 +81,13 @@ def begin_step(t: Transition, step: StepState) -> bool:
         if not allowed:
             if why is None and spec.on_guard_false == "skip":
                 t.steps[step.index] = step.moved(StepStatus.SKIPPED)
-                t.record("step_skipped", step.name, {"reason": "guard is false"})
+                t.record(HistoryEvent.STEP_SKIPPED, step.name, {"reason": "guard is false"})
                 return False
-            error = {
-                "type": "guard_failed",
-                "message": why or f"the guard of step {step.name!r} is false",
-                "retryable": False,
-            }
+            error = ErrorInfo(
+                type="guard_failed",
+                message=why or f"the guard of step {step.name!r} is false",
+                retryable=False,
+            )
             fail_unsent(t, step, error)
             return True
     if spec.sleep:
@@ -110,11 +113,11 @@ def begin_child(t: Transition, step: StepState, spec: StepDefinition) -> None:
         fail_unsent(
             t,
             step,
-            {
-                "type": "child_input_failed",
-                "message": f"input= failed: {type(exc).__name__}: {exc}",
-                "retryable": False,
-            },
+            ErrorInfo(
+                type="child_input_failed",
+                message=f"input= failed: {type(exc).__name__}: {exc}",
+                retryable=False,
+            ),
         )
         return
     step = replace(step, payload=payload)
@@ -135,23 +138,23 @@ def begin_map(t: Transition, step: StepState, spec: StepDefinition) -> None:
         fail_unsent(
             t,
             step,
-            {
-                "type": "map_items_failed",
-                "message": f"items= failed: {type(exc).__name__}: {exc}",
-                "retryable": False,
-            },
+            ErrorInfo(
+                type="map_items_failed",
+                message=f"items= failed: {type(exc).__name__}: {exc}",
+                retryable=False,
+            ),
         )
         return
     if len(items) > spec.max_items:
         fail_unsent(
             t,
             step,
-            {
-                "type": "map_items_failed",
-                "message": f"items= returned {len(items)} items, more than max_items="
+            ErrorInfo(
+                type="map_items_failed",
+                message=f"items= returned {len(items)} items, more than max_items="
                 f"{spec.max_items}: make each item a bigger chunk, or raise max_items",
-                "retryable": False,
-            },
+                retryable=False,
+            ),
         )
         return
     t.steps[step.index] = step.moved(StepStatus.RUNNING, started_at=t.now, error=None)
@@ -159,7 +162,9 @@ def begin_map(t: Transition, step: StepState, spec: StepDefinition) -> None:
         t.steps.append(
             StepState(name=f"{step.name}[{n}]", index=len(t.steps), item=n, payload=item)
         )
-    t.record("map_started", step.name, {"items": len(items), "concurrency": spec.concurrency})
+    t.record(
+        HistoryEvent.MAP_STARTED, step.name, {"items": len(items), "concurrency": spec.concurrency}
+    )
 
 
 def progress_map(t: Transition, step: StepState) -> None:
@@ -170,7 +175,7 @@ def progress_map(t: Transition, step: StepState) -> None:
         t.steps[step.index] = step.moved(
             StepStatus.SUCCEEDED, result=[s.result for s in items], due_at=None
         )
-        t.record("map_finished", step.name, {"items": len(items)})
+        t.record(HistoryEvent.MAP_FINISHED, step.name, {"items": len(items)})
         return
     room = t.spec(step).concurrency - sum(1 for s in items if s.status == StepStatus.RUNNING)
     for item in items:
@@ -186,11 +191,11 @@ def begin_sleep(t: Transition, step: StepState, spec: StepDefinition) -> None:
         try:
             wake = aware_utc(spec.sleep_until(t.context()))
         except Exception as exc:
-            error = {
-                "type": "sleep_until_failed",
-                "message": f"until= raised {type(exc).__name__}: {exc}",
-                "retryable": False,
-            }
+            error = ErrorInfo(
+                type="sleep_until_failed",
+                message=f"until= raised {type(exc).__name__}: {exc}",
+                retryable=False,
+            )
             fail_unsent(t, step, error)
             return
     else:
@@ -198,7 +203,7 @@ def begin_sleep(t: Transition, step: StepState, spec: StepDefinition) -> None:
         wake = t.now + timedelta(seconds=spec.sleep_seconds)
     # RUNNING with a due time and no command: a timer, like a retry wait.
     t.steps[step.index] = step.moved(StepStatus.RUNNING, due_at=wake, started_at=t.now, error=None)
-    t.record("sleep_started", step.name, {"until": wake.isoformat()})
+    t.record(HistoryEvent.SLEEP_STARTED, step.name, {"until": wake.isoformat()})
 
 
 def needs_compensation(t: Transition, step: StepState) -> bool:
@@ -209,19 +214,19 @@ def needs_compensation(t: Transition, step: StepState) -> bool:
     )
 
 
-def fail_unsent(t: Transition, step: StepState, error: dict[str, Any]) -> None:
+def fail_unsent(t: Transition, step: StepState, error: ErrorInfo) -> None:
     """Fail a step that was never sent (its guard or `until=` said no): nothing to wait
     for, so the saga compensates or parks at once."""
     if step.status == StepStatus.FAILED:  # an operator's retry, and it said no again
-        failed = replace(step, error=error)
+        failed = replace(step, error=error.to_dict())
     else:
-        failed = step.moved(StepStatus.FAILED, error=error)
+        failed = step.moved(StepStatus.FAILED, error=error.to_dict())
     t.steps[step.index] = failed
-    t.record("step_failed", step.name, {"attempt": 0, "error": error})
+    t.record(HistoryEvent.STEP_FAILED, step.name, {"attempt": 0, "error": error.to_dict()})
     failed_for_good(t, failed, error)
 
 
-def failed_for_good(t: Transition, step: StepState, error: dict[str, Any]) -> None:
+def failed_for_good(t: Transition, step: StepState, error: ErrorInfo) -> None:
     """A step's action will not be tried again: undo what came before, or park."""
     if t.phase != SagaStatus.RUNNING:
         advance(t)  # a cancel or deadline is compensating already; carry on with it
@@ -233,13 +238,13 @@ def failed_for_good(t: Transition, step: StepState, error: dict[str, Any]) -> No
         kind = "retries_exhausted" if t.spec(step).retry.retries(error) else "step_failed"
         t.finish(
             SagaStatus.FAILED,
-            error={"type": kind, "step": step.name, "message": error_message(error)},
+            error=ErrorInfo(type=kind, step=step.name, message=error.summary),
         )
         return
-    t.error = {"type": "step_failed", "step": step.name, "message": error_message(error)}
+    t.error = ErrorInfo(type="step_failed", step=step.name, message=error.summary)
     stop_waiting_steps(t)  # parallel steps waiting to retry (or sleeping) stop here
     t.begin_compensation()
-    t.record("saga_compensating", step.name, {"reason": t.error["message"]})
+    t.record(HistoryEvent.SAGA_COMPENSATING, step.name, {"reason": t.error.message})
     advance(t)
 
 

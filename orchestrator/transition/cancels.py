@@ -5,6 +5,8 @@ undone."""
 
 from __future__ import annotations
 
+from orchestrator.error_info import ErrorInfo
+from orchestrator.event_names import HistoryEvent, Outcome
 from orchestrator.events import CancelRequested, UndoRequested, child_key
 from orchestrator.messages import CancelSaga
 from orchestrator.state import FINISHED, SagaStatus, StepStatus
@@ -18,7 +20,9 @@ def on_cancel(t: Transition, event: CancelRequested) -> None:
         refuse_cancel(t, reason, f"the saga is already {t.status.value}")
         return
     if t.phase == SagaStatus.COMPENSATING:
-        t.record("cancel_ignored", detail={"reason": reason, "why": "already compensating"})
+        t.record(
+            HistoryEvent.CANCEL_IGNORED, detail={"reason": reason, "why": "already compensating"}
+        )
         return
     if t.pivot_dispatched():
         assert t.definition.pivot_index is not None
@@ -30,7 +34,7 @@ def on_cancel(t: Transition, event: CancelRequested) -> None:
     t.cancel_reason = reason
     stop_waiting_steps(t)
     t.begin_compensation()
-    t.record("saga_cancel_accepted", detail={"reason": reason})
+    t.record(HistoryEvent.SAGA_CANCEL_ACCEPTED, detail={"reason": reason})
     cancel_children(t, reason)
     advance(t)
 
@@ -44,14 +48,17 @@ def cancel_children(t: Transition, reason: str) -> None:
             why = f"parent saga {t.original.name} {t.original.saga_id} cancelled: {reason}"
             key = child_key(t.original.saga_id, s.name)
             t.requests.append(("cancel", CancelSaga(key=key, saga=child, reason=why)))
-            t.record("child_cancel_requested", s.name, {"child_key": key})
+            t.record(HistoryEvent.CHILD_CANCEL_REQUESTED, s.name, {"child_key": key})
 
 
 def on_undo(t: Transition, event: UndoRequested) -> None:
     """The parent undoes this child: answer at once if it is undone already, compensate
     it if it completed, cancel it if it runs; it answers the parent once undone."""
     t.parent = event.parent
-    t.record("undo_requested", detail={"reason": event.reason, "parent": str(event.parent.saga_id)})
+    t.record(
+        HistoryEvent.UNDO_REQUESTED,
+        detail={"reason": event.reason, "parent": str(event.parent.saga_id)},
+    )
     if t.status in (SagaStatus.COMPENSATED, SagaStatus.CANCELLED):
         t.answer_parent()
     elif t.status == SagaStatus.COMPLETED:
@@ -63,5 +70,5 @@ def on_undo(t: Transition, event: UndoRequested) -> None:
 
 
 def refuse_cancel(t: Transition, reason: str, why: str) -> None:
-    t.record("cancel_refused", detail={"reason": reason, "why": why})
-    t.emit("cancel_refused", error={"type": "cancel_refused", "message": why})
+    t.record(HistoryEvent.CANCEL_REFUSED, detail={"reason": reason, "why": why})
+    t.emit(Outcome.CANCEL_REFUSED, error=ErrorInfo(type="cancel_refused", message=why))

@@ -7,6 +7,7 @@ from typing import Literal
 from uuid import UUID
 
 from orchestrator import time_limits
+from orchestrator.event_names import HistoryEvent
 from orchestrator.events import child_key, command_id, idempotency_key
 from orchestrator.messages import CancelSaga, Command, ParentRef, StartSaga
 from orchestrator.state import StepState, StepStatus
@@ -54,7 +55,7 @@ def dispatch(
         **counters,
     )
     t.record(
-        "step_dispatched" if kind == "action" else "compensation_dispatched",
+        HistoryEvent.STEP_DISPATCHED if kind == "action" else HistoryEvent.COMPENSATION_DISPATCHED,
         step.name,
         {"attempt": attempt, "command": name, "command_id": str(cid)},
     )

@@ -8,6 +8,8 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from orchestrator import time_limits
+from orchestrator.error_info import ErrorInfo
+from orchestrator.event_names import HistoryEvent
 from orchestrator.events import ReplyReceived
 from orchestrator.messages import Reply
 from orchestrator.state import StepState, StepStatus
@@ -21,7 +23,7 @@ def on_reply(t: Transition, event: ReplyReceived) -> None:
     reply = event.reply
     step = next((s for s in t.steps if s.name == reply.step), None)
     if step is None:
-        t.record("reply_ignored", reply.step, {"reason": "unknown step", **_ids(reply)})
+        t.record(HistoryEvent.REPLY_IGNORED, reply.step, {"reason": "unknown step", **_ids(reply)})
         return
     if not step.in_flight or step.command_id != reply.command_id:
         ignore(t, step, reply)
@@ -34,14 +36,16 @@ def on_reply(t: Transition, event: ReplyReceived) -> None:
             t.steps[step.index] = step.moved(
                 StepStatus.SUCCEEDED, result=reply.result, error=None, due_at=None
             )
-            t.record("step_succeeded", step.name, {"attempt": step.attempt, **took(t, step)})
+            t.record(
+                HistoryEvent.STEP_SUCCEEDED, step.name, {"attempt": step.attempt, **took(t, step)}
+            )
             advance(t)
         else:
             action_failed(t, step, _error(reply))
     elif reply.outcome == "success":
         t.steps[step.index] = step.moved(StepStatus.COMPENSATED, due_at=None)
         t.record(
-            "step_compensated",
+            HistoryEvent.STEP_COMPENSATED,
             step.name,
             {"attempt": step.compensation_attempt, **took(t, step)},
         )
@@ -64,7 +68,7 @@ def heard(t: Transition, step: StepState, reply: Reply) -> None:
     limits = Limits.of(t.spec(step), kind)
     t.steps[step.index] = replace(heard, due_at=time_limits.heard_due(limits, heard, t.now))
     if step.started_at is None and kind == "action":
-        t.record("step_started", step.name, {"attempt": step.attempt})
+        t.record(HistoryEvent.STEP_STARTED, step.name, {"attempt": step.attempt})
 
 
 def took(t: Transition, step: StepState) -> dict[str, float]:
@@ -82,14 +86,15 @@ def ignore(t: Transition, step: StepState, reply: Reply) -> None:
     else:
         reason = "late"
     if reply.outcome != "heartbeat":
-        t.record("reply_ignored", step.name, {"reason": reason, **_ids(reply)})
+        t.record(HistoryEvent.REPLY_IGNORED, step.name, {"reason": reason, **_ids(reply)})
 
 
-def _error(reply: Reply) -> dict[str, Any]:
+def _error(reply: Reply) -> ErrorInfo:
     """A failure reply's error; one that gives none counts as retryable."""
     if reply.error:
-        return reply.error.model_dump()
-    return {"type": "error", "message": "", "retryable": True}
+        e = reply.error
+        return ErrorInfo(type=e.type, message=e.message, retryable=e.retryable)
+    return ErrorInfo(type="error", message="", retryable=True)
 
 
 def _ids(reply: Reply) -> dict[str, Any]:

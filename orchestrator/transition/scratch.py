@@ -9,6 +9,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from orchestrator.error_info import ErrorInfo
+from orchestrator.event_names import HistoryEvent, Outcome
 from orchestrator.events import Decision, HistoryEntry, SagaRequest
 from orchestrator.messages import Command, OutcomeEvent, Reply, ReplyError
 from orchestrator.saga import Saga
@@ -21,6 +23,14 @@ from orchestrator.state import (
     step_results,
 )
 from orchestrator.steps import GuardContext, StepDefinition
+
+# How a saga that finishes in a status records it, and announces it on `saga.events`.
+FINISHES: dict[SagaStatus, tuple[HistoryEvent, Outcome]] = {
+    SagaStatus.COMPLETED: (HistoryEvent.SAGA_COMPLETED, Outcome.COMPLETED),
+    SagaStatus.COMPENSATED: (HistoryEvent.SAGA_COMPENSATED, Outcome.COMPENSATED),
+    SagaStatus.CANCELLED: (HistoryEvent.SAGA_CANCELLED, Outcome.CANCELLED),
+    SagaStatus.FAILED: (HistoryEvent.SAGA_FAILED, Outcome.FAILED),
+}
 
 
 class Transition:
@@ -38,7 +48,8 @@ class Transition:
         self.status = state.status
         self.steps = list(state.steps)
         self.cancel_reason = state.cancel_reason
-        self.error = state.error
+        # The saga's error as the transition works with it; a dict again in `build()`.
+        self.error = None if state.error is None else ErrorInfo.from_dict(state.error)
         self.deadline_at = state.deadline_at
         self.compensation_deadline_at = state.compensation_deadline_at
         self.resume_status = state.resume_status
@@ -51,7 +62,7 @@ class Transition:
         self.history: list[HistoryEntry] = []
 
     def record(
-        self, event: str, step: str | None = None, detail: dict[str, Any] | None = None
+        self, event: HistoryEvent, step: str | None = None, detail: dict[str, Any] | None = None
     ) -> None:
         self.history.append(HistoryEntry(event=event, step=step, detail=detail))
 
@@ -91,7 +102,7 @@ class Transition:
             status=self.status,
             steps=tuple(self.steps),
             cancel_reason=self.cancel_reason,
-            error=self.error,
+            error=None if self.error is None else self.error.to_dict(),
             deadline_at=self.deadline_at,
             compensation_deadline_at=self.compensation_deadline_at,
             resume_status=self.resume_status,
@@ -127,13 +138,14 @@ class Transition:
         pivot = self.definition.pivot_index
         return pivot is not None and self.steps[pivot].status != StepStatus.PENDING
 
-    def finish(self, status: SagaStatus, *, error: dict[str, Any] | None = None) -> None:
+    def finish(self, status: SagaStatus, *, error: ErrorInfo | None = None) -> None:
         # A parked saga remembers the phase it stopped in: an operator's retry continues it.
         self.resume_status = self.phase if status == SagaStatus.FAILED else None
         self.set_status(status)
         self.error = error
-        self.record(f"saga_{status.value}", detail=error)
-        self.emit(status.value, error=error)
+        event, outcome = FINISHES[status]
+        self.record(event, detail=None if error is None else error.to_dict())
+        self.emit(outcome, error=error)
         self.answer_parent()
 
     def answer_parent(self) -> None:
@@ -150,7 +162,7 @@ class Transition:
             error = ReplyError(
                 type=f"child_{self.status.value}",
                 message=f"child saga {self.original.name} {self.original.saga_id} ended "
-                f"{self.status.value}: {error_message(self.error or {})}",
+                f"{self.status.value}: {self.error.summary if self.error else 'error'}",
                 retryable=False,
             )
         self.replies.append(
@@ -164,7 +176,7 @@ class Transition:
             )
         )
         self.record(
-            "parent_answered",
+            HistoryEvent.PARENT_ANSWERED,
             detail={
                 "parent": str(self.parent.saga_id),
                 "step": self.parent.step,
@@ -172,15 +184,15 @@ class Transition:
             },
         )
 
-    def emit(self, status: str, *, error: dict[str, Any] | None = None) -> None:
+    def emit(self, outcome: Outcome, *, error: ErrorInfo | None = None) -> None:
         self.events.append(
             OutcomeEvent(
                 saga_id=self.original.saga_id,
                 saga=self.original.name,
                 key=self.original.key,
-                status=status,
-                result=self.results() if status == SagaStatus.COMPLETED else None,
-                error=error,
+                status=outcome,
+                result=self.results() if outcome == Outcome.COMPLETED else None,
+                error=None if error is None else error.to_dict(),
             )
         )
 
@@ -202,7 +214,3 @@ def after(now: datetime, seconds: float | None) -> datetime | None:
 
 def due(moment: datetime | None, now: datetime) -> bool:
     return moment is not None and moment <= now
-
-
-def error_message(error: dict[str, Any]) -> str:
-    return str(error.get("message") or error.get("type") or "error")

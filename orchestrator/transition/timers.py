@@ -9,6 +9,8 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from orchestrator import time_limits
+from orchestrator.error_info import ErrorInfo
+from orchestrator.event_names import HistoryEvent
 from orchestrator.events import TimersDue
 from orchestrator.state import SagaStatus, StepState, StepStatus
 from orchestrator.time_limits import Limits
@@ -38,7 +40,7 @@ def on_timers(t: Transition, event: TimersDue) -> None:
                 action_failed(t, step, timed_out(t, step, "action", queues))
             elif spec.sleep:
                 t.steps[index] = step.moved(StepStatus.SUCCEEDED, due_at=None)
-                t.record("sleep_finished", step.name)
+                t.record(HistoryEvent.SLEEP_FINISHED, step.name)
                 advance(t)
             elif t.status == SagaStatus.RUNNING:
                 dispatch(t, step, "action")
@@ -54,17 +56,17 @@ def timed_out(
     step: StepState,
     kind: Literal["action", "compensation"],
     unconsumed: Mapping[str, str],
-) -> dict[str, Any]:
+) -> ErrorInfo:
     """Record which limit ended the attempt in flight; its timeout error, which says so
     when the command's queue had no consumer (`unconsumed`: command -> queue)."""
     spec = t.spec(step)
     limits = Limits.of(spec, kind)
     which = time_limits.expired(limits, step, t.now)
     if kind == "action":
-        event, attempt, command = "step_timed_out", step.attempt, spec.command
+        event, attempt, command = HistoryEvent.STEP_TIMED_OUT, step.attempt, spec.command
     else:
         event, attempt, command = (
-            "compensation_timed_out",
+            HistoryEvent.COMPENSATION_TIMED_OUT,
             step.compensation_attempt,
             spec.compensation,
         )
@@ -81,7 +83,7 @@ def timed_out(
 def deadline_passed(t: Transition) -> None:
     assert t.deadline_at is not None
     message = f"the saga did not finish by its deadline {t.deadline_at.isoformat()}"
-    t.record("saga_deadline_exceeded", detail={"deadline_at": t.deadline_at.isoformat()})
+    t.record(HistoryEvent.SAGA_DEADLINE_EXCEEDED, detail={"deadline_at": t.deadline_at.isoformat()})
     if t.pivot_dispatched():
         # Nothing past the pivot is undone: an operator decides (retry, skip).
         for s in t.steps:
@@ -91,51 +93,51 @@ def deadline_passed(t: Transition) -> None:
                 t.steps[s.index] = replace(s, command_id=None, due_at=None)
         t.finish(
             SagaStatus.FAILED,
-            error={
-                "type": "deadline_exceeded",
-                "message": f"{message}, past its pivot: retry or skip the step by hand",
-            },
+            error=ErrorInfo(
+                type="deadline_exceeded",
+                message=f"{message}, past its pivot: retry or skip the step by hand",
+            ),
         )
         return
-    t.error = {"type": "deadline_exceeded", "message": message}
+    t.error = ErrorInfo(type="deadline_exceeded", message=message)
     # The saga's time is up: a step in flight is not waited for. It is cut off as timed
     # out (its outcome unknown, so it is compensated too) and its late reply is ignored.
-    cut_off = {**timeout_error(0, "deadline"), "message": message}
+    cut_off = replace(timeout_error(0, "deadline"), message=message).to_dict()
     for s in t.steps:
         if s.in_flight and s.status == StepStatus.RUNNING:
             t.steps[s.index] = s.moved(
                 StepStatus.FAILED, command_id=None, due_at=None, error=cut_off
             )
-            t.record("step_failed", s.name, {"attempt": s.attempt, "error": cut_off})
+            t.record(HistoryEvent.STEP_FAILED, s.name, {"attempt": s.attempt, "error": cut_off})
     stop_waiting_steps(t)
     t.begin_compensation()
-    t.record("saga_compensating", detail={"reason": message})
+    t.record(HistoryEvent.SAGA_COMPENSATING, detail={"reason": message})
     advance(t)
 
 
 def compensation_overdue(t: Transition) -> None:
     assert t.compensation_deadline_at is not None
     at = t.compensation_deadline_at.isoformat()
-    t.record("compensation_deadline_exceeded", detail={"deadline_at": at})
+    t.record(HistoryEvent.COMPENSATION_DEADLINE_EXCEEDED, detail={"deadline_at": at})
     for s in t.steps:
         if s.status == StepStatus.COMPENSATING:
             t.steps[s.index] = replace(s, command_id=None, due_at=None)
     t.finish(
         SagaStatus.FAILED,
-        error={
-            "type": "compensation_deadline_exceeded",
-            "message": f"compensation did not finish by {at}; retry it or mark it done",
-            "cause": t.error,
-        },
+        error=ErrorInfo(
+            type="compensation_deadline_exceeded",
+            message=f"compensation did not finish by {at}; retry it or mark it done",
+            cause=t.error,
+        ),
     )
 
 
-def _no_consumer(error: dict[str, Any], queue: str, *, local: bool) -> dict[str, Any]:
+def _no_consumer(error: ErrorInfo, queue: str, *, local: bool) -> ErrorInfo:
     """A timeout error that says its command's queue had nobody consuming it."""
     hint = (
         "is `saga worker` running with these SAGA_MODULES?"
         if local
         else "is its participant running, or is the service name misspelled?"
     )
-    message = f"{error['message']}; nobody consumes {queue}: {hint}"
-    return {**error, "message": message, "unconsumed": True}
+    message = f"{error.message}; nobody consumes {queue}: {hint}"
+    return replace(error, message=message, unconsumed=True)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
 
+from orchestrator.event_names import HistoryEvent
 from orchestrator.machine import HistoryEntry
 from orchestrator.ports import SagaQuery, SagaStore
 from orchestrator.state import SagaState, SagaStatus, StepStatus
@@ -25,8 +26,8 @@ class QueryContract(StoreSuite):
         await self.insert(store, state)
         after = first_step_succeeded(state)
         entries = [
-            HistoryEntry("saga_started", detail={"version": 1}),
-            HistoryEntry("step_succeeded", "reserve_credit", {"attempt": 1}),
+            HistoryEntry(HistoryEvent.SAGA_STARTED, detail={"version": 1}),
+            HistoryEntry(HistoryEvent.STEP_SUCCEEDED, "reserve_credit", {"attempt": 1}),
         ]
         async with store.transaction() as tx:
             await tx.save_batch([(state, after)], [(state.saga_id, entries, "broker")], [])

@@ -12,6 +12,7 @@ from uuid import uuid4
 import pytest
 
 from orchestrator.errors import ConcurrentUpdate, SagaNotFound
+from orchestrator.event_names import HistoryEvent
 from orchestrator.machine import HistoryEntry
 from orchestrator.messages import OutboxMessage
 from orchestrator.ports import SagaQuery, SagaStore
@@ -73,7 +74,9 @@ class TransactionContract(StoreSuite):
         with pytest.raises(RuntimeError):
             async with store.transaction() as tx:
                 await tx.insert(state)
-                await tx.append_history(state.saga_id, [HistoryEntry("saga_started")], "test")
+                await tx.append_history(
+                    state.saga_id, [HistoryEntry(HistoryEvent.SAGA_STARTED)], "test"
+                )
                 await tx.add_outbox([message(1)])
                 await tx.hold_cancel("held", None, "why")
                 raise RuntimeError("boom")
@@ -224,9 +227,16 @@ class TransactionContract(StoreSuite):
             await tx.save_batch(
                 [(a, first_step_succeeded(a)), (c, first_step_succeeded(c))],
                 [
-                    (a.saga_id, [HistoryEntry("one"), HistoryEntry("two", "s", {"n": 2})], "x"),
-                    (c.saga_id, [HistoryEntry("one")], "y"),
-                    (a.saga_id, [HistoryEntry("three")], "z"),
+                    (
+                        a.saga_id,
+                        [
+                            HistoryEntry(HistoryEvent.SAGA_STARTED),
+                            HistoryEntry(HistoryEvent.STEP_DISPATCHED, "s", {"n": 2}),
+                        ],
+                        "x",
+                    ),
+                    (c.saga_id, [HistoryEntry(HistoryEvent.SAGA_STARTED)], "y"),
+                    (a.saga_id, [HistoryEntry(HistoryEvent.STEP_SUCCEEDED)], "z"),
                     (b.saga_id, [], "nobody"),
                 ],
                 [],
@@ -238,14 +248,16 @@ class TransactionContract(StoreSuite):
             (r.seq, r.event, r.step, r.detail, r.actor) for r in await store.history(a.saga_id)
         ]
         assert history == [
-            (1, "one", None, None, "x"),
-            (2, "two", "s", {"n": 2}, "x"),
-            (3, "three", None, None, "z"),
+            (1, "saga_started", None, None, "x"),
+            (2, "step_dispatched", "s", {"n": 2}, "x"),
+            (3, "step_succeeded", None, None, "z"),
         ]
         assert [(r.seq, r.actor) for r in await store.history(c.saga_id)] == [(1, "y")]
         assert await store.history(b.saga_id) == []
         async with store.transaction() as tx:  # and the sequence goes on from there
-            await tx.save_batch([], [(a.saga_id, [HistoryEntry("four")], "x")], [])
+            await tx.save_batch(
+                [], [(a.saga_id, [HistoryEntry(HistoryEvent.SAGA_COMPLETED)], "x")], []
+            )
         assert [r.seq for r in await store.history(a.saga_id)] == [1, 2, 3, 4]
 
     async def test_save_batch_writes_transitions_history_and_outbox_together(
@@ -256,15 +268,24 @@ class TransactionContract(StoreSuite):
         async with store.transaction() as tx:
             added = await tx.save_batch(
                 [(b, first_step_succeeded(b)), (a, first_step_succeeded(a))],
-                [(a.saga_id, [HistoryEntry("one"), HistoryEntry("two", "s", {"n": 2})], "x")],
+                [
+                    (
+                        a.saga_id,
+                        [
+                            HistoryEntry(HistoryEvent.SAGA_STARTED),
+                            HistoryEntry(HistoryEvent.STEP_DISPATCHED, "s", {"n": 2}),
+                        ],
+                        "x",
+                    )
+                ],
                 [message(1), message(2)],
             )
             assert await tx.save_batch([], [], []) == []
         assert await store.get(a.saga_id) == first_step_succeeded(a)
         assert await store.get(b.saga_id) == first_step_succeeded(b)
         assert [(r.seq, r.event, r.detail) for r in await store.history(a.saga_id)] == [
-            (1, "one", None),
-            (2, "two", {"n": 2}),
+            (1, "saga_started", None),
+            (2, "step_dispatched", {"n": 2}),
         ]
         assert [replace(m, id=None) for m in added] == [message(1), message(2)]
         ids = [m.id for m in added if m.id is not None]
@@ -280,7 +301,7 @@ class TransactionContract(StoreSuite):
             async with store.transaction() as tx:
                 await tx.save_batch(
                     [(a, first_step_succeeded(a)), (b, timers_moved(b, NOW + timedelta(hours=1)))],
-                    [(a.saga_id, [HistoryEntry("one")], "x")],
+                    [(a.saga_id, [HistoryEntry(HistoryEvent.SAGA_STARTED)], "x")],
                     [message(1)],
                 )
         assert await store.get(a.saga_id) == a
@@ -416,8 +437,8 @@ class TransactionContract(StoreSuite):
             await tx.append_history(
                 state.saga_id,
                 [
-                    HistoryEntry("saga_started", detail={"version": 1}),
-                    HistoryEntry("step_dispatched", "reserve_credit"),
+                    HistoryEntry(HistoryEvent.SAGA_STARTED, detail={"version": 1}),
+                    HistoryEntry(HistoryEvent.STEP_DISPATCHED, "reserve_credit"),
                 ],
                 "broker",
             )
@@ -427,8 +448,8 @@ class TransactionContract(StoreSuite):
             await tx.append_history(
                 state.saga_id,
                 [
-                    HistoryEntry("step_succeeded", "reserve_credit", {"attempt": 1}),
-                    HistoryEntry("cancel_refused", detail={"why": "past the pivot"}),
+                    HistoryEntry(HistoryEvent.STEP_SUCCEEDED, "reserve_credit", {"attempt": 1}),
+                    HistoryEntry(HistoryEvent.CANCEL_REFUSED, detail={"why": "past the pivot"}),
                 ],
                 "operator:ann",
             )
@@ -448,10 +469,12 @@ class TransactionContract(StoreSuite):
     async def test_history_of_an_unknown_saga_is_refused(self, store: SagaStore) -> None:
         with pytest.raises(SagaNotFound):
             async with store.transaction() as tx:
-                await tx.append_history(uuid4(), [HistoryEntry("saga_started")], "test")
+                await tx.append_history(uuid4(), [HistoryEntry(HistoryEvent.SAGA_STARTED)], "test")
         with pytest.raises(SagaNotFound):
             async with store.transaction() as tx:
-                await tx.save_batch([], [(uuid4(), [HistoryEntry("saga_started")], "test")], [])
+                await tx.save_batch(
+                    [], [(uuid4(), [HistoryEntry(HistoryEvent.SAGA_STARTED)], "test")], []
+                )
 
     # -- outbox ----------------------------------------------------------------------------
 

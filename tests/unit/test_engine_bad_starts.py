@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
 from orchestrator.engine import Engine
+from orchestrator.error_info import ErrorInfo
 from orchestrator.errors import InvalidInput, UnknownSaga
 from orchestrator.messages import OutcomeEvent, StartSaga
 from orchestrator.registry import Registry
@@ -103,7 +104,7 @@ async def test_a_dead_lettered_start_is_announced_as_rejected(
         await engine.start(start({"order_id": "x"}, "k2"))
     await engine.reject_start("nosuch", "k1", start_error(unknown.value), message_id="m1")
     await engine.reject_start("order", "k2", start_error(invalid.value), message_id="m2")
-    bad = {"type": "invalid_start", "message": "field key: Field required"}
+    bad = ErrorInfo(type="invalid_start", message="field key: Field required")
     await engine.reject_start(None, None, bad, message_id="m3")
 
     events = [m for m in publisher.published if m.exchange == "saga.events"]
@@ -121,6 +122,6 @@ async def test_a_dead_lettered_start_is_announced_as_rejected(
     assert [b.error for b in bodies] == [
         {"type": "unknown_saga", "message": "no saga named 'nosuch'; known: order"},
         {"type": "invalid_input", "message": str(invalid.value)},
-        bad,
+        {"type": "invalid_start", "message": "field key: Field required"},
     ]
     assert "customer_id: Field required" in str(invalid.value)

@@ -16,6 +16,7 @@ from adapters import metrics
 from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
 from orchestrator.engine import Engine
+from orchestrator.event_names import HistoryEvent
 from orchestrator.messages import Command, OutboxMessage, Reply, StartSaga
 from orchestrator.ports import HistoryAppends, SagaTransaction, Transitions
 from orchestrator.registry import Registry
@@ -172,9 +173,9 @@ def test_metrics_count_transitions_ignored_replies_and_duplicate_starts() -> Non
         "dup": metrics.value("saga_starts_deduplicated_total", saga="order"),
         "dead": metrics.value("saga_messages_dead_lettered_total", queue="saga.requests"),
     }
-    metrics.observe("reply_ignored", {"reason": "stale attempt"})
-    metrics.observe("saga_completed", {"saga": "order"})
-    metrics.observe("saga_start_duplicate", {"saga": "order"})
+    metrics.observe(HistoryEvent.REPLY_IGNORED, {"reason": "stale attempt"})
+    metrics.observe(HistoryEvent.SAGA_COMPLETED, {"saga": "order"})
+    metrics.observe(HistoryEvent.SAGA_START_DUPLICATE, {"saga": "order"})
     metrics.dead_lettered("saga.requests")
     after = {
         "stale": metrics.value("saga_replies_ignored_total", reason="stale attempt"),
@@ -203,10 +204,10 @@ def test_metrics_count_starts_a_semantic_lock_held_back() -> None:
         }
 
     before = counts()
-    metrics.observe("saga_start_rejected", {"saga": "edit", "resource": "order:1"})
-    metrics.observe("saga_start_queued", {"saga": "edit", "resource": "order:1"})
-    metrics.observe("saga_start_queued", {"saga": "edit", "resource": "order:1"})
-    metrics.observe("lock_wait_expired", {"saga": "edit", "resource": "order:1"})
+    metrics.observe(HistoryEvent.SAGA_START_REJECTED, {"saga": "edit", "resource": "order:1"})
+    metrics.observe(HistoryEvent.SAGA_START_QUEUED, {"saga": "edit", "resource": "order:1"})
+    metrics.observe(HistoryEvent.SAGA_START_QUEUED, {"saga": "edit", "resource": "order:1"})
+    metrics.observe(HistoryEvent.LOCK_WAIT_EXPIRED, {"saga": "edit", "resource": "order:1"})
     after = counts()
     assert {k: after[k] - before[k] for k in before} == {
         "rejected": 1,

@@ -4,6 +4,7 @@ from the engine's observed events (adapters/metrics.py)."""
 from __future__ import annotations
 
 from adapters import metrics
+from orchestrator.event_names import HistoryEvent
 
 SAGA = "unit_metered"
 
@@ -21,11 +22,13 @@ def test_step_latency_goes_to_a_histogram_under_the_map_steps_name() -> None:
     one_second = metrics.value(
         "saga_step_seconds_bucket", saga=SAGA, step="pack", kind="action", le="1.0"
     )
-    metrics.observe("step_succeeded", {"saga": SAGA, "step": "pack[0]", "seconds": 0.5})
-    metrics.observe("step_succeeded", {"saga": SAGA, "step": "pack[11]", "seconds": 2.0})
-    metrics.observe("step_compensated", {"saga": SAGA, "step": "pack[0]", "seconds": 0.25})
+    metrics.observe(HistoryEvent.STEP_SUCCEEDED, {"saga": SAGA, "step": "pack[0]", "seconds": 0.5})
+    metrics.observe(HistoryEvent.STEP_SUCCEEDED, {"saga": SAGA, "step": "pack[11]", "seconds": 2.0})
+    metrics.observe(
+        HistoryEvent.STEP_COMPENSATED, {"saga": SAGA, "step": "pack[0]", "seconds": 0.25}
+    )
     # Sent by a version that did not record when: counted as a transition, not timed.
-    metrics.observe("step_succeeded", {"saga": SAGA, "step": "pack[1]"})
+    metrics.observe(HistoryEvent.STEP_SUCCEEDED, {"saga": SAGA, "step": "pack[1]"})
 
     after = {kind: histogram("pack", kind) for kind in ("action", "compensation")}
     assert after["action"][0] - before["action"][0] == 2
@@ -64,7 +67,7 @@ def test_retries_compensations_starts_and_outcomes_are_counted_by_saga() -> None
         "saga_compensated",
         "saga_failed",
     ):
-        metrics.observe(event, {"saga": SAGA, "step": "pack"})
+        metrics.observe(HistoryEvent(event), {"saga": SAGA, "step": "pack"})
     after = read()
     assert {k: after[k] - before[k] for k in before} == {
         "retry": 2,

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from orchestrator.error_info import ErrorInfo
 from orchestrator.retry import Retry
 
 
@@ -153,16 +154,18 @@ def test_waits_of_an_unlimited_policy_stay_capped() -> None:
 
 def test_a_non_retryable_error_type_is_never_retried_whatever_the_reply_says() -> None:
     r = Retry(max_attempts=None, non_retryable=frozenset({"card_declined"}))
-    assert not r.retries({"type": "card_declined", "message": "no", "retryable": True})
-    assert not r.retries({"type": "card_declined"})
-    assert r.retries({"type": "gateway_busy", "message": "later", "retryable": True})
+    assert not r.retries(ErrorInfo(type="card_declined", message="no", retryable=True))
+    assert not r.retries(ErrorInfo(type="card_declined", message="no"))
+    assert r.retries(ErrorInfo(type="gateway_busy", message="later", retryable=True))
 
 
 def test_the_replys_own_retryable_flag_is_honoured() -> None:
     r = Retry()
-    assert not r.retries({"type": "gateway_busy", "retryable": False})
-    assert r.retries({"type": "gateway_busy"})  # retryable unless told otherwise
-    assert r.retries({"type": "timeout", "timeout": "start_to_close", "retryable": True})
+    assert not r.retries(ErrorInfo(type="gateway_busy", message="", retryable=False))
+    assert r.retries(ErrorInfo(type="gateway_busy", message=""))  # retryable unless told otherwise
+    assert r.retries(
+        ErrorInfo(type="timeout", message="", timeout="start_to_close", retryable=True)
+    )
 
 
 def test_non_retryable_is_dumped_sorted_for_the_fingerprint() -> None:
