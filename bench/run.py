@@ -1,5 +1,9 @@
 """`python -m bench.run`: the bench saga through real `saga run` + the bench participant, and the
-same workload on the hand-written floor, side by side. See bench/README.md."""
+same workload on the hand-written floor, side by side. See bench/README.md.
+
+Over 400 lines for a reason: it is the script of one run, phase after phase (databases,
+processes, saturation, fixed rate, floor, peers, report); the phases' parts live in the other
+bench modules."""
 
 from __future__ import annotations
 

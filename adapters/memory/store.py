@@ -3,6 +3,9 @@
 One lock held for a whole transaction serialises them all, which is stricter than Postgres
 (row locks, SKIP LOCKED) but allowed by the contract. A transaction works on a copy of the
 data and swaps it in on commit, so an exception leaves nothing behind.
+
+Over 400 lines for a reason: it is one fake of one port (store, transaction and queries), kept
+in one file so the whole of what the contract suites check of it reads in one place.
 """
 
 from __future__ import annotations
