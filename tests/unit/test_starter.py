@@ -1,8 +1,10 @@
 """The starter's checks at the call (no database: each case fails before the connection is
-used, which is what "nothing was written" means), and its table names."""
+used, which is what "nothing was written" means), its table names, and its documented DDL."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -13,6 +15,7 @@ from orchestrator.errors import InvalidInput, UnknownSaga
 from sagas.order import order_v1
 from sagas.order import saga as order_v2
 
+ROOT = Path(__file__).resolve().parents[2]
 # Never used: every start below is refused before the connection is touched.
 NO_CONNECTION = cast(Any, object())
 ORDER = {
@@ -85,3 +88,10 @@ def test_table_names_must_be_plain_identifiers() -> None:
             OutboxTable(name)
     with pytest.raises(ValueError, match="schema name"):
         OutboxTable(schema="My Schema")
+
+
+def test_the_documented_ddl_is_the_one_install_runs() -> None:
+    page = (ROOT / "docs" / "starter.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", page, flags=re.S)
+    documented = next(b for b in blocks if b.startswith("CREATE TABLE"))
+    assert documented.strip() == ";\n\n".join(starter.OUTBOX.ddl()) + ";"
