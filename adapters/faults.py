@@ -3,14 +3,17 @@
 exactly like `kill -9`.
 
 Nothing here is wired without SAGA_FAULT: `fault_hook` then returns None, and the engine,
-the runtime and the participant worker run unwrapped. With it, the process wraps:
+the runtime, the participant worker and the starter relay run unwrapped. With it, the process wraps:
 
 - its publisher (`FaultyPublisher`): `after_commit_before_publish` before each publish of
   committed outbox rows, `after_publish_before_outbox_delete` once they are confirmed;
 - the orchestrator's message handlers (`crash_after`): `after_commit_before_ack`, once the
   message's transaction has committed and before the consumer acks it;
 - a participant (`FaultyParticipant`): `after_handler_before_reply`, once its handler
-  returned (a guarded handler's transaction has committed) and before the reply is sent.
+  returned (a guarded handler's transaction has committed) and before the reply is sent;
+- the starter relay's publisher (`FaultyRelayPublisher`, adapters/starter/):
+  `starter_after_commit_before_publish` once it has claimed rows a service committed,
+  `starter_after_publish_before_delete` once the broker confirmed them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ POINTS = frozenset(
         "after_publish_before_outbox_delete",
         "after_commit_before_ack",
         "after_handler_before_reply",
+        "starter_after_commit_before_publish",
+        "starter_after_publish_before_delete",
     }
 )
 
@@ -72,14 +77,24 @@ class FaultyPublisher:
     """The publisher port with the two outbox fault points around each publish: after
     commit (the rows are stored) and after the broker confirmed (before they are deleted)."""
 
+    before = "after_commit_before_publish"
+    after = "after_publish_before_outbox_delete"
+
     def __init__(self, inner: _Publisher, hit: Hook) -> None:
         self.inner = inner
         self.hit = hit
 
     async def publish(self, messages: Sequence[OutboxMessage]) -> None:
-        self.hit("after_commit_before_publish")
+        self.hit(self.before)
         await self.inner.publish(messages)
-        self.hit("after_publish_before_outbox_delete")
+        self.hit(self.after)
+
+
+class FaultyRelayPublisher(FaultyPublisher):
+    """The same around the starter relay's publishes, with points of their own."""
+
+    before = "starter_after_commit_before_publish"
+    after = "starter_after_publish_before_delete"
 
 
 M = TypeVar("M")

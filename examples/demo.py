@@ -1,6 +1,10 @@
 """`saga demo`: the orchestrator and the example shop as real processes, a batch of real orders
 through RabbitMQ and PostgreSQL — most complete, some are declined or cannot be served and are
-compensated, some are cancelled mid-flight — then a summary and a check of the shop's data."""
+compensated, some are cancelled mid-flight — then a summary and a check of the shop's data.
+
+The orders are placed, and cancelled, through the shop's order service
+(examples/shop/orders.py): each order row and its saga's start (or cancel) are written in one
+transaction, and the starter's relay, running in this process, publishes them."""
 
 from __future__ import annotations
 
@@ -16,20 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters import starter
 from adapters.postgres.database import ensure_database, make_engine
 from adapters.postgres.migrate import upgrade
 from adapters.postgres.store import PostgresStore
-from adapters.rabbitmq.client import send_requests
 from adapters.rabbitmq.connection import connect
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
 from adapters.text_table import render_table
 from examples.processes import Processes
 from examples.shop import schema
+from examples.shop.orders import cancel_order, place_order
 from examples.shop.verify import check_effects
 from orchestrator.event_names import HistoryEvent
-from orchestrator.messages import CancelSaga, StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaState
 
@@ -174,22 +179,26 @@ async def run_demo(settings: Settings, orders: int = 40) -> bool:
         )
         plan = plan_orders(orders, run_id)
         print(
-            f"placing {len(plan)} orders (orchestrator + 4 participant services running) ...",
+            f"placing {len(plan)} orders through the shop's order service (each order row and "
+            "its saga's start in one transaction) ...",
             flush=True,
         )
         started = time.monotonic()
-        await send_requests(
-            settings, [("start", StartSaga(saga="order", key=o.key, input=o.input)) for o in plan]
-        )
-        store = PostgresStore(engine_db)
-        to_cancel = [o for o in plan if o.cancel]
-        await _cancel_mid_flight(settings, store, to_cancel)
-        states = await _wait_finished(store, plan, timeout=90.0)
-        elapsed = time.monotonic() - started
-        ok = _print_summary(plan, states, elapsed)
-        ok &= await _show_late_cancel(
-            settings, store, next(o for o in plan if o.expect == "completed")
-        )
+        async with starter.relaying(
+            shop, amqp_url=settings.amqp_url, prefix=settings.amqp_prefix, table=schema.OUTBOX
+        ):
+            for o in plan:
+                async with shop.begin() as conn:
+                    await place_order(conn, o.input)
+            store = PostgresStore(engine_db)
+            to_cancel = [o for o in plan if o.cancel]
+            await _cancel_mid_flight(shop, store, to_cancel)
+            states = await _wait_finished(store, plan, timeout=90.0)
+            elapsed = time.monotonic() - started
+            ok = _print_summary(plan, states, elapsed)
+            ok &= await _show_late_cancel(
+                shop, store, next(o for o in plan if o.expect == "completed")
+            )
         problems = await check_effects(
             shop, {o.key: states[o.key] for o in plan if o.key in states}
         )
@@ -211,9 +220,10 @@ async def run_demo(settings: Settings, orders: int = 40) -> bool:
 
 
 async def _cancel_mid_flight(
-    settings: Settings, store: PostgresStore, orders: list[PlannedOrder]
+    shop: AsyncEngine, store: PostgresStore, orders: list[PlannedOrder]
 ) -> None:
-    """Cancel each slow order once its stock reservation is under way (the step stalls there)."""
+    """Cancel each slow order once its stock reservation is under way (the step stalls
+    there), through the order service."""
     pending = {o.key: o for o in orders}
     deadline = time.monotonic() + 30
     while pending and time.monotonic() < deadline:
@@ -221,10 +231,10 @@ async def _cancel_mid_flight(
             found = await store.find(SagaQuery(key=key, limit=1))
             step = found[0].step("reserve_stock") if found else None
             if step is not None and step.status == "running":
-                await send_requests(
-                    settings,
-                    [("cancel", CancelSaga(key=key, reason="customer changed their mind"))],
-                )
+                async with shop.begin() as conn:
+                    await cancel_order(
+                        conn, str(pending[key].input["order_id"]), "customer changed their mind"
+                    )
                 del pending[key]
         await asyncio.sleep(0.1)
 
@@ -287,9 +297,10 @@ def _print_summary(plan: list[PlannedOrder], states: dict[str, SagaState], elaps
     return all_ok
 
 
-async def _show_late_cancel(settings: Settings, store: PostgresStore, order: PlannedOrder) -> bool:
+async def _show_late_cancel(shop: AsyncEngine, store: PostgresStore, order: PlannedOrder) -> bool:
     """A cancel for a completed order (past its pivot) is refused, and says why."""
-    await send_requests(settings, [("cancel", CancelSaga(key=order.key, reason="too late"))])
+    async with shop.begin() as conn:
+        await cancel_order(conn, str(order.input["order_id"]), "too late")
     saga = (await store.find(SagaQuery(key=order.key, limit=1)))[0]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

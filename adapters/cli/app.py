@@ -17,6 +17,7 @@ from adapters.cli import (
     openapi,
     operators,
     processes,
+    relay,
     retention,
     start,
     status,
@@ -33,6 +34,7 @@ app.command()(processes.migrate)
 app.command()(processes.run)
 app.command()(openapi.openapi)
 app.command()(processes.worker)
+app.command()(relay.relay)
 app.command()(demo.demo)
 app.command()(start.start)
 app.command()(status.status)

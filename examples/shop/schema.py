@@ -1,4 +1,5 @@
-"""The example shop's own tables, in schema `shop`: what the participants change.
+"""The example shop's own tables, in schema `shop`: the orders the order service takes
+(examples/shop/orders.py) with its starter outbox, and what the participants change.
 
 No table is unique per saga: the barrier (`shop.saga_barrier`, next to these tables), not a
 domain constraint, is what keeps a redelivered command from acting twice -- and if it ever
@@ -15,16 +16,32 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from adapters import starter
 from adapters.participant.barrier import Barrier
 
 SCHEMA = "shop"
 # The example has no migrations: its data is demo data, so a `shop` schema of another layout
-# (left by an older version of the example) is dropped and rebuilt. Change it with the tables.
+# (left by an older version of the example) is dropped and rebuilt. Change it when a table
+# changes; a new table needs no change (`create` adds it), and a layout the previous release
+# shares keeps that release's shop from rebuilding the schema under tests/upgrade.
 LAYOUT = "example shop, layout 2 (participant barrier)"
 
 metadata = sa.MetaData(schema=SCHEMA)
 
 _Timestamp = sa.DateTime(timezone=True)
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("amount", sa.Numeric(12, 2), nullable=False),
+    sa.Column("items", JSONB, nullable=False),
+    sa.Column("placed_at", _Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column("cancel_requested_at", _Timestamp),
+)
+# Where the order service writes its sagas' starts and cancels, next to its orders.
+OUTBOX = starter.OutboxTable(schema=SCHEMA)
 
 customers = sa.Table(
     "customers",
@@ -97,8 +114,8 @@ def barrier(engine: AsyncEngine) -> Barrier:
 
 
 async def create(engine: AsyncEngine) -> None:
-    """Create the shop's tables and its barrier unless they exist (idempotent; safe when the
-    demo and the shop process both call it)."""
+    """Create the shop's tables, its starter outbox and its barrier unless they exist
+    (idempotent; safe when the demo and the shop process both call it)."""
     async with engine.begin() as conn:
         # Serialized: create_all checks, then creates, and two processes could both check.
         await conn.execute(
@@ -116,6 +133,7 @@ async def create(engine: AsyncEngine) -> None:
             await conn.execute(sa.schema.CreateSchema(SCHEMA))
             await conn.execute(sa.text(f"COMMENT ON SCHEMA {SCHEMA} IS '{LAYOUT}'"))
         await conn.run_sync(metadata.create_all)
+        await starter.install(conn, OUTBOX)
     await barrier(engine).install()
 
 
