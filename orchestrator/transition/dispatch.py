@@ -3,7 +3,7 @@ start (or, to undo it, the cancel) of the child saga."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from orchestrator import time_limits
@@ -62,6 +62,7 @@ def dispatch(
     if spec.child is not None:
         request_child(t, step, spec.child, kind, cid)
         return
+    payload, item = carried(t, step)
     t.commands.append(
         Command(
             command_id=cid,
@@ -71,17 +72,28 @@ def dispatch(
             kind=kind,
             attempt=attempt,
             idempotency_key=idempotency_key(t.original.saga_id, step.name, kind),
-            payload=dict(t.original.input),
+            payload=payload,
             expires_at=window.expires_at,
             timeout=window.timeout,
             heartbeat_timeout=limits.heartbeat,
             report_start=limits.report_start,
             progress=step.progress if kind == "action" else None,
-            item=step.payload,
+            item=item,
+            action_result=step.result if kind == "compensation" else None,
             version=t.original.version,
             command=name,
         )
     )
+
+
+def carried(t: Transition, step: StepState) -> tuple[dict[str, Any], Any]:
+    """A command's `payload` and `item`: what the step's `payload=` built (for a map item,
+    its map step's), else the saga's input; a map item's item."""
+    if step.of is None:
+        built, item = step.payload, None
+    else:
+        built, item = t.steps[t.position(step)].payload, step.payload
+    return (dict(t.original.input) if built is None else built), item
 
 
 def request_child(
