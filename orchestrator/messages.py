@@ -113,8 +113,9 @@ class Command(_Wire):
     # A map step's item (the step is then named `<map step>[<n>]`): the piece of work this
     # command is for. Null for other steps.
     item: Any = None
-    # In a compensation: the result the action it undoes replied with. Absent when there is
-    # none: the action never ran, timed out, failed, or replied without a result.
+    # In a compensation of a step that declares its result's model (`result=`): the result
+    # the action it undoes replied with. Absent otherwise, and when there is none: the action
+    # never ran, timed out, failed, or replied without a result.
     action_result: Any = Field(None, exclude_if=lambda v: v is None)
     # The definition version the saga runs on: a worker hosting several versions of a local
     # step runs the one the saga started with. Optional on the wire (older senders).

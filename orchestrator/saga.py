@@ -268,7 +268,9 @@ class Saga:
         computed once when the step begins (after its guard) and sent unchanged by every
         attempt and by the compensation. If it raises, the step fails without being sent.
         `result`: a model the reply's result must validate; a result that does not fails the
-        step for good (`invalid_result`)."""
+        step for good (`invalid_result`). With it, the step's compensation command carries
+        the action's result as `action_result` (participants must then run an SDK that
+        ignores command fields it does not know)."""
         undo = self._undo(name, command, compensation, pivot, cross_service_compensation)
         self._add(
             StepDefinition(

@@ -91,8 +91,9 @@ class StepContext:
     # commands carry what the payload function built instead.
     saga_input: BaseModel | None
     payload: dict[str, Any]
-    # In a compensation: the result its action replied. None when the action has none to
-    # give: it never ran, timed out, failed, or returned nothing.
+    # In a compensation of a step with `result=`: the result its action replied. None
+    # otherwise, and when the action has none to give: it never ran, timed out, failed, or
+    # returned nothing.
     action_result: Any = None
 
     @property
@@ -154,7 +155,8 @@ class StepDefinition:
     child_input: ChildInput | None = field(default=None, compare=False)
     # What the step's commands carry as `payload`; None: the saga's input.
     payload: Payload | None = field(default=None, compare=False)
-    # The model a success reply's result must validate (a map's: each item's result).
+    # The model a success reply's result must validate (a map's: each item's result); with
+    # it, the step's compensation is given the result (`action_result`).
     result: type[BaseModel] | None = None
 
     @property

@@ -9,8 +9,8 @@ keep their own.)
 
 Each reservation answers with its id and the charge with its own, and a release undoes the
 reservation its command's `action_result` names (the result of the reservation it undoes):
-no lookup by saga id, except for a command without one (from an orchestrator that does not
-send it).
+no lookup by saga id, except for a command without one (the order saga v1 and v2 declare no
+result model, so their compensations carry none; nor does an undo of a timed-out action).
 
 Behaviour comes from the data, like a real shop: a customer without enough credit or with a
 declined card, a SKU out of stock. Knobs for demos and tests ride on the order id:
@@ -75,9 +75,8 @@ def _amount(cmd: Command) -> Decimal:
 
 
 def _made(cmd: Command) -> int | None:
-    """The reservation a release undoes, as its action answered (`action_result`); None from
-    an orchestrator that does not send the result, or for an action of a shop that did not
-    answer with the id."""
+    """The reservation a release undoes, as its action answered (`action_result`); None when
+    the command carries no result, or one without the id (a shop that did not answer it)."""
     result = cmd.action_result
     made = result.get("reservation_id") if isinstance(result, dict) else None
     return None if made is None else int(made)

@@ -11,6 +11,7 @@ from orchestrator.event_names import HistoryEvent
 from orchestrator.events import child_key, command_id, idempotency_key
 from orchestrator.messages import CancelSaga, Command, ParentRef, StartSaga
 from orchestrator.state import StepState, StepStatus
+from orchestrator.steps import StepDefinition
 from orchestrator.time_limits import Limits
 from orchestrator.transition.scratch import Transition
 
@@ -79,11 +80,23 @@ def dispatch(
             report_start=limits.report_start,
             progress=step.progress if kind == "action" else None,
             item=item,
-            action_result=step.result if kind == "compensation" else None,
+            action_result=action_result(step, spec, kind),
             version=t.original.version,
             command=name,
         )
     )
+
+
+def action_result(
+    step: StepState, spec: StepDefinition, kind: Literal["action", "compensation"]
+) -> Any:
+    """What a compensation is told its action answered: for a step that declares `result=`
+    (its result is part of what it and its participant agree on), the result its action
+    replied, if any. Other steps' commands never carry the field, so participants on an SDK
+    that refuses unknown fields keep taking them."""
+    if kind != "compensation" or spec.result is None:
+        return None
+    return step.result
 
 
 def carried(t: Transition, step: StepState) -> tuple[dict[str, Any], Any]:

@@ -35,13 +35,18 @@ class Held(BaseModel):
     locker_id: int
 
 
-# One step the saga undoes when it fails: held for 0.5 s at most, tried once.
+# One step the saga undoes when it fails, its result declared (so its undo is given the
+# result when there is one): held for 0.5 s at most, tried once.
 timed = Saga("locker_timed", version=1, input=Locker, timeout=0.5)
 timed.remote(
-    "hold", command="lockers.hold", compensation="lockers.free", retry=Retry(max_attempts=1)
+    "hold",
+    command="lockers.hold",
+    compensation="lockers.free",
+    retry=Retry(max_attempts=1),
+    result=Held,
 )
 
-# The same step with a declared result.
+# The same step, tried up to three times.
 typed = Saga("locker_typed", version=1, input=Locker)
 typed.remote(
     "hold",

@@ -8,7 +8,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, RootModel
 
 from orchestrator.definition import GuardContext, Saga
 from orchestrator.machine import ReplyReceived
@@ -115,7 +115,7 @@ def test_typed_access_to_an_earlier_result() -> None:
 
 
 def test_a_compensation_carries_its_actions_result() -> None:
-    run = Run(reserve_and_charge())
+    run = Run(reserve_and_charge(result=Reserved))
     run.succeed({"reservation_id": 3, "lines": 1})
     run.fail("declined", retryable=False)  # charge
     undo = run.last
@@ -126,7 +126,7 @@ def test_a_compensation_carries_its_actions_result() -> None:
 
 
 def test_the_undo_of_a_timed_out_action_carries_no_result_and_leaves_the_field_out() -> None:
-    run = Run(reserve_and_charge())
+    run = Run(reserve_and_charge(result=Reserved))
     run.when_due()  # reserve never answered: it may have acted, so it is undone
     undo = run.last
     assert (undo.kind, undo.step) == ("compensation", "reserve")
@@ -135,10 +135,28 @@ def test_the_undo_of_a_timed_out_action_carries_no_result_and_leaves_the_field_o
 
 
 def test_the_undo_of_an_action_that_replied_no_result_leaves_the_field_out() -> None:
-    run = Run(reserve_and_charge())
+    s = shop()
+    s.remote("reserve", command="stock.reserve", compensation="stock.release", result=Nothing)
+    s.remote("charge", command="payments.charge", pivot=True, retry=ONCE)
+    run = Run(s)
     run.feed(ReplyReceived(_reply(run, result=None)))
     run.fail("declined", retryable=False)
+    assert run.last.kind == "compensation"
     assert "action_result" not in json.loads(run.last.model_dump_json())
+
+
+def test_without_a_declared_result_a_compensation_carries_none() -> None:
+    # Participants on an SDK that refuses unknown command fields keep taking every command
+    # of a step that does not declare result=.
+    run = Run(reserve_and_charge())
+    run.succeed({"reservation_id": 3, "lines": 1})
+    run.fail("declined", retryable=False)
+    assert run.last.kind == "compensation" and run.last.action_result is None
+    assert "action_result" not in json.loads(run.last.model_dump_json())
+
+
+class Nothing(RootModel[None]):
+    """A result that is null."""
 
 
 def _reply(run: Run, **fields: Any) -> Reply:
