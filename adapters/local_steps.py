@@ -46,6 +46,8 @@ def _bind(
                 retryable=True,
             )
         saga = registry.get(cmd.saga, version)
+        # With payload= the command carries what it built, not the saga's input.
+        built = saga.step(cmd.step).payload is not None
         ctx = StepContext(
             saga_id=str(cmd.saga_id),
             saga=cmd.saga,
@@ -53,8 +55,9 @@ def _bind(
             kind=cmd.kind,
             attempt=cmd.attempt,
             idempotency_key=cmd.idempotency_key,
-            input=saga.input.model_validate(cmd.payload),
+            saga_input=None if built else saga.input.model_validate(cmd.payload),
             payload=cmd.payload,
+            action_result=cmd.action_result,
         )
         result = await fn(ctx)
         return result.model_dump(mode="json") if hasattr(result, "model_dump") else result

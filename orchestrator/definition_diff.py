@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 # Saga-level parts of the document, besides the steps; a change in any needs a new version.
-_SAGA_PARTS = ("input_schema", "deadline", "compensation_deadline", "locks")
+_SAGA_PARTS = ("input_schema", "deadline", "compensation_deadline", "locks", "output")
 _MAX_VALUE = 80
 
 

@@ -19,6 +19,7 @@ from orchestrator.steps import (
     UNSET,
     ChildInput,
     Items,
+    Output,
     StepDefinition,
     Unset,
     Until,
@@ -38,6 +39,7 @@ def check_saga(
     *,
     deadline: float | None,
     compensation_deadline: float | None,
+    output: Output | None,
 ) -> None:
     """The options of `Saga(...)` itself."""
     if not NAME_RE.match(name):
@@ -57,6 +59,11 @@ def check_saga(
         check_timeout(name, "deadline", deadline)
     if compensation_deadline is not None:
         check_timeout(name, "compensation_deadline", compensation_deadline)
+    if output is not None and not callable(output):
+        raise DefinitionError(
+            f"saga {name!r}: output= must be a function of the saga's GuardContext returning "
+            f"its output (a dict), got {output!r}"
+        )
 
 
 def check_step(
@@ -85,6 +92,18 @@ def check_step(
     if step.on_guard_false not in ("skip", "fail"):
         raise DefinitionError(
             f"{where}: on_guard_false must be 'skip' or 'fail', got {step.on_guard_false!r}"
+        )
+    if step.payload is not None and not callable(step.payload):
+        raise DefinitionError(
+            f"{where}: payload= must be a function of the saga's GuardContext returning the "
+            f"command's payload (a dict), got {step.payload!r}"
+        )
+    if step.result is not None and not (
+        isinstance(step.result, type) and issubclass(step.result, BaseModel)
+    ):
+        raise DefinitionError(
+            f"{where}: result= must be a pydantic BaseModel subclass that validates the "
+            f"step's result, got {step.result!r}"
         )
     pivot = next((s for s in steps if s.pivot), None)
     if step.pivot and in_parallel:

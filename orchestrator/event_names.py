@@ -46,6 +46,9 @@ class HistoryEvent(StrEnum):
     COMPENSATION_DEADLINE_EXCEEDED = "compensation_deadline_exceeded"
     # Transition.finish: every step succeeded (or was skipped).
     SAGA_COMPLETED = "saga_completed"
+    # Transition.finish: the definition's output= raised as the saga completed; the saga
+    # completes all the same, without an output.
+    OUTPUT_FAILED = "output_failed"
     # Transition.finish: every step that needed undoing was undone after a failure.
     SAGA_COMPENSATED = "saga_compensated"
     # Transition.finish: every step that needed undoing was undone after a cancel.

@@ -92,6 +92,8 @@ class Command(_Wire):
     kind: Literal["action", "compensation"]
     attempt: int = Field(ge=1)
     idempotency_key: str
+    # The saga's input, or what the step's `payload=` function built from it and earlier
+    # results; the same in every attempt and in the compensation.
     payload: dict[str, Any]
     # Do not start the command after this moment (the step's schedule-to-start window, or
     # its whole timeout): the orchestrator has stopped waiting for this attempt by then.
@@ -111,6 +113,10 @@ class Command(_Wire):
     # A map step's item (the step is then named `<map step>[<n>]`): the piece of work this
     # command is for. Null for other steps.
     item: Any = None
+    # In a compensation of a step that declares its result's model (`result=`): the result
+    # the action it undoes replied with. Absent otherwise, and when there is none: the action
+    # never ran, timed out, failed, or replied without a result.
+    action_result: Any = Field(None, exclude_if=lambda v: v is None)
     # The definition version the saga runs on: a worker hosting several versions of a local
     # step runs the one the saga started with. Optional on the wire (older senders).
     version: int | None = Field(None, ge=1)

@@ -41,9 +41,12 @@ from orchestrator.steps import (
     Items,
     LocalHandler,
     OnGuardFalse,
+    Output,
+    Payload,
     StepDefinition,
     Unset,
     Until,
+    qualname,
 )
 
 DEFAULT_TIMEOUT = 30.0
@@ -79,6 +82,7 @@ class Saga:
         locks: Sequence[str] = (),
         on_locked: OnLocked = "reject",
         lock_wait: float | None = None,
+        output: Output | None = None,
     ) -> None:
         """`deadline`: seconds from the start by which the saga must have finished its steps;
         past it the saga is compensated (or parked, once the pivot was dispatched).
@@ -87,7 +91,10 @@ class Saga:
         `locks`: semantic locks, the resources the saga holds from start to finish, as
         templates over the input (`"order:{order_id}"`); `on_locked` says what a start finds
         when one is held: "reject", "queue", or "wait" at most `lock_wait` seconds
-        (orchestrator/locks.py)."""
+        (orchestrator/locks.py).
+        `output(ctx)`: what the completed saga gives (a dict made from its input and step
+        results): stored, shown, and the `completed` event's `result`. Without it that result
+        is the dict of every step's result."""
         check_saga(
             name,
             version,
@@ -95,6 +102,7 @@ class Saga:
             timeout,
             deadline=deadline,
             compensation_deadline=compensation_deadline,
+            output=output,
         )
         self.deadline = deadline
         self.compensation_deadline = compensation_deadline
@@ -107,6 +115,7 @@ class Saga:
         self.locks = locks_.check(f"saga {name!r} v{version}", input, locks, on_locked, lock_wait)
         self.on_locked = on_locked
         self.lock_wait = lock_wait
+        self.output = output
         self._steps: list[StepDefinition] = []
         self._positions: dict[str, int] = {}
         self._groups = 0
@@ -177,13 +186,18 @@ class Saga:
         compensation_schedule_to_close: float | None = None,
         guard: Guard | None = None,
         on_guard_false: OnGuardFalse = "skip",
+        payload: Payload | None = None,
+        result: type[BaseModel] | None = None,
     ) -> Saga:
         """Dynamic fan-out: split work into one `command` per item of `items(ctx)` (a JSON
         list computed from the saga's input and earlier results), at most `concurrency` in
         flight. Each item is a step of its own (`name[0]`, `name[1]`, ...: retried, timed
         and compensated alone) and its command carries the item in `item`. The step's
         result is the list of the items' results, in item order. If an item fails for good,
-        the items that succeeded are compensated, then the earlier steps."""
+        the items that succeeded are compensated, then the earlier steps.
+
+        `payload(ctx)`, computed once when the step begins, is every item's `payload`
+        (default: the saga's input); `result`, a model each item's result must validate."""
         in_parallel = self._open_group is not None
         check_map(self._where(name), items, concurrency, max_items, in_parallel)
         undo = self._undo(name, command, compensation, False, cross_service_compensation)
@@ -209,6 +223,8 @@ class Saga:
                 items=items,
                 concurrency=concurrency,
                 max_items=max_items,
+                payload=payload,
+                result=result,
             )
         )
         return self
@@ -232,6 +248,8 @@ class Saga:
         compensation_schedule_to_close: float | None = None,
         guard: Guard | None = None,
         on_guard_false: OnGuardFalse = "skip",
+        payload: Payload | None = None,
+        result: type[BaseModel] | None = None,
     ) -> Saga:
         """Add a step whose command is routed to a participant service by its name.
 
@@ -243,7 +261,16 @@ class Saga:
 
         `guard`: a precondition on the saga's state, checked just before dispatch; when it
         is false the step is skipped (`on_guard_false="skip"`) or fails without being sent
-        (`"fail"`: the saga compensates, or is parked past the pivot)."""
+        (`"fail"`: the saga compensates, or is parked past the pivot).
+
+        `payload(ctx)`: what the step's commands carry as `payload` instead of the saga's
+        input, built from the input and the results of the steps that succeeded before it;
+        computed once when the step begins (after its guard) and sent unchanged by every
+        attempt and by the compensation. If it raises, the step fails without being sent.
+        `result`: a model the reply's result must validate; a result that does not fails the
+        step for good (`invalid_result`). With it, the step's compensation command carries
+        the action's result as `action_result` (participants must then run an SDK that
+        ignores command fields it does not know)."""
         undo = self._undo(name, command, compensation, pivot, cross_service_compensation)
         self._add(
             StepDefinition(
@@ -264,6 +291,8 @@ class Saga:
                 ),
                 guard=guard,
                 on_guard_false=on_guard_false,
+                payload=payload,
+                result=result,
             )
         )
         return self
@@ -317,11 +346,15 @@ class Saga:
         compensation_schedule_to_close: float | None = None,
         guard: Guard | None = None,
         on_guard_false: OnGuardFalse = "skip",
+        payload: Payload | None = None,
+        result: type[BaseModel] | None = None,
     ) -> Callable[[F], F]:
         """Decorate an async function as a step run by `saga worker`.
 
         It travels through RabbitMQ like a remote step, under the command name
-        `local.<saga>.<step>` (and `local.<saga>.<step>.compensate`).
+        `local.<saga>.<step>` (and `local.<saga>.<step>.compensate`). `payload` and
+        `result` work as for `remote`; with `payload`, the function reads `ctx.payload`
+        (the saga's input is not in its command).
         """
 
         def decorate(fn: F) -> F:
@@ -351,6 +384,8 @@ class Saga:
                     on_guard_false=on_guard_false,
                     handler=fn,
                     compensation_handler=compensate if callable(compensate) else None,
+                    payload=payload,
+                    result=result,
                 )
             )
             return fn
@@ -475,6 +510,8 @@ class Saga:
                 "on_locked": self.on_locked,
                 "lock_wait": self.lock_wait,
             }
+        if self.output is not None:
+            doc["output"] = qualname(self.output)
         return doc
 
     @property

@@ -87,6 +87,8 @@ def check_step_move(old: StepStatus, new: StepStatus) -> None:
 
 
 TIMEOUT_ERROR = "timeout"
+# A success reply whose result failed the step's `result=` model: the action took effect.
+INVALID_RESULT_ERROR = "invalid_result"
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class StepState:
     # A map step's item: its number, and the item its commands carry. Item steps are added
     # when the map step begins, after the definition's steps, named `<map step>[<item>]`.
     item: int | None = None
+    # An item step's item; a child step's input; for a step (or map step) with `payload=`
+    # what its commands carry as `payload`. None otherwise: they carry the saga's input.
     payload: Any = None
     # The end of the step's schedule-to-close budget (its action's, or once it is being
     # undone its compensation's): no attempt runs and no retry is scheduled past it.
@@ -143,6 +147,12 @@ class StepState:
         if self.error is None:
             return False
         return self.error.get("type") == TIMEOUT_ERROR or self.error.get("retryable") is True
+
+    @property
+    def acted(self) -> bool:
+        """The action replied success but its result failed the step's `result=` model: the
+        step failed, yet its effect is there, so it is undone like a success."""
+        return self.error is not None and self.error.get("type") == INVALID_RESULT_ERROR
 
     def moved(self, status: StepStatus, **changes: Any) -> StepState:
         check_step_move(self.status, status)
@@ -177,6 +187,9 @@ class SagaState:
     # The W3C trace context its start message carried (`traceparent`, maybe `tracestate`):
     # every message the saga sends carries it on (orchestrator/trace.py). Set once, at start.
     trace: dict[str, str] | None = None
+    # What the definition's `output=` made of the completed saga. None without `output=`,
+    # before completion, or when the function raised (history: output_failed).
+    output: dict[str, Any] | None = None
 
     @property
     def next_due_at(self) -> datetime | None:

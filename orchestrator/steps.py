@@ -10,7 +10,7 @@ import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -37,6 +37,7 @@ class Unset(enum.Enum):
 
 UNSET: Final = Unset.UNSET
 OnGuardFalse = Literal["skip", "fail"]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,14 @@ class GuardContext:
     saga_id: str
     key: str
     input: dict[str, Any]
+    # The results of the steps that succeeded before this moment (and of those an operator
+    # skipped with one): never of a step still running, such as a parallel sibling.
     results: dict[str, Any]
+
+    def result(self, step: str, model: type[M]) -> M:
+        """The result of earlier step `step`, validated by `model` (KeyError when the step
+        has none: it has not succeeded, or was skipped)."""
+        return model.model_validate(self.results[step])
 
 
 Guard = Callable[[GuardContext], bool]
@@ -61,11 +69,17 @@ Until = Callable[[GuardContext], datetime]
 Items = Callable[[GuardContext], list[Any]]
 # What a child step starts the child with (a JSON object its input model validates).
 ChildInput = Callable[[GuardContext], dict[str, Any]]
+# What a step's commands carry as their `payload` instead of the saga's input (a JSON
+# object), computed once when the step begins.
+Payload = Callable[[GuardContext], dict[str, Any]]
+# What a completed saga makes of its input and results: its output (a JSON object).
+Output = Callable[[GuardContext], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a local step function receives: the saga's validated input and command identity."""
+    """What a local step function receives: the command's identity and payload, the saga's
+    validated input, and in a compensation the result of the action it undoes."""
 
     saga_id: str
     saga: str
@@ -73,8 +87,25 @@ class StepContext:
     kind: str
     attempt: int
     idempotency_key: str
-    input: BaseModel
+    # The saga's input, validated by its model; None for a step with `payload=`, whose
+    # commands carry what the payload function built instead.
+    saga_input: BaseModel | None
     payload: dict[str, Any]
+    # In a compensation of a step with `result=`: the result its action replied. None
+    # otherwise, and when the action has none to give: it never ran, timed out, failed, or
+    # returned nothing.
+    action_result: Any = None
+
+    @property
+    def input(self) -> BaseModel:
+        """The saga's validated input. A step with `payload=` has only its payload: put what
+        it needs of the input there (`ctx.payload`)."""
+        if self.saga_input is None:
+            raise AttributeError(
+                f"step {self.step!r} has payload=, so its command carries that payload, not "
+                "the saga's input: read ctx.payload, and build there what it needs of the input"
+            )
+        return self.saga_input
 
 
 LocalHandler = Callable[[StepContext], Awaitable[Any]]
@@ -122,6 +153,11 @@ class StepDefinition:
     # A child step: starts saga `child` and succeeds or fails with its outcome.
     child: str | None = None
     child_input: ChildInput | None = field(default=None, compare=False)
+    # What the step's commands carry as `payload`; None: the saga's input.
+    payload: Payload | None = field(default=None, compare=False)
+    # The model a success reply's result must validate (a map's: each item's result); with
+    # it, the step's compensation is given the result (`action_result`).
+    result: type[BaseModel] | None = None
 
     @property
     def sleep(self) -> bool:
@@ -149,24 +185,28 @@ class StepDefinition:
             if getattr(self, label) is not None:
                 doc[label] = getattr(self, label)
         if self.guard is not None:
-            doc["guard"] = _qualname(self.guard)
+            doc["guard"] = qualname(self.guard)
             doc["on_guard_false"] = self.on_guard_false
         if self.sleep_seconds is not None:
             doc["sleep_seconds"] = self.sleep_seconds
         if self.sleep_until is not None:
-            doc["sleep_until"] = _qualname(self.sleep_until)
+            doc["sleep_until"] = qualname(self.sleep_until)
         if self.group is not None:
             doc["parallel"] = self.group
         if self.child is not None:
             doc["child"] = self.child
             if self.child_input is not None:
-                doc["child_input"] = _qualname(self.child_input)
+                doc["child_input"] = qualname(self.child_input)
         if self.items is not None:
             doc["map"] = {
-                "items": _qualname(self.items),
+                "items": qualname(self.items),
                 "concurrency": self.concurrency,
                 "max_items": self.max_items,
             }
+        if self.payload is not None:
+            doc["payload"] = qualname(self.payload)
+        if self.result is not None:
+            doc["result"] = qualname(self.result)
         return doc
 
 
@@ -178,5 +218,6 @@ def _policy(retry: Retry) -> dict[str, Any]:
     return retry.model_dump(mode="json", exclude={"non_retryable"})
 
 
-def _qualname(fn: Callable[..., Any]) -> str:
+def qualname(fn: Callable[..., Any] | type) -> str:
+    """How the fingerprint names a function or a model: its module and qualified name."""
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"

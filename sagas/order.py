@@ -3,15 +3,21 @@
 reserve credit and stock (in parallel) -> charge payment (the pivot) -> notify the customer.
 A failure before or at the pivot undoes the reservations in reverse; after the pivot the
 notification is retried until it goes through (or the saga is parked for an operator).
+
+Data flows through it (v3): each reservation answers with its id, which its release gets
+back (`action_result`); the notification is built from the charge's result (`payload=`);
+the order's output names the charge (`output=`).
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import Retry, Saga
+from orchestrator.definition import GuardContext
 
 
 class OrderItem(BaseModel):
@@ -30,6 +36,72 @@ class OrderPlaced(BaseModel):
     items: list[OrderItem] = Field(min_length=1, max_length=100)
 
 
+class Reserved(BaseModel):
+    """What a reservation (credit or stock) answers: the id its release is given back."""
+
+    reservation_id: int
+
+
+class Charged(BaseModel):
+    """What the payment answers: the charge, and the amount charged."""
+
+    charge_id: int
+    charged: Decimal
+
+
+def confirmation(ctx: GuardContext) -> dict[str, Any]:
+    """The notification's payload: the order, and the charge that paid for it."""
+    charge = ctx.result("charge_payment", Charged)
+    return {
+        "order_id": ctx.input["order_id"],
+        "customer_id": ctx.input["customer_id"],
+        "charge_id": charge.charge_id,
+        "charged": str(charge.charged),
+    }
+
+
+def receipt(ctx: GuardContext) -> dict[str, Any]:
+    """The order's output: which charge paid for it."""
+    charge = ctx.result("charge_payment", Charged)
+    return {
+        "order_id": ctx.input["order_id"],
+        "charge_id": charge.charge_id,
+        "charged": str(charge.charged),
+    }
+
+
+# v3: the reservations' and the charge's results are checked and passed on.
+saga = Saga("order", version=3, input=OrderPlaced, timeout=30, output=receipt)
+with saga.parallel():
+    saga.remote(
+        "reserve_credit",
+        command="customers.reserve_credit",
+        compensation="customers.release_credit",
+        result=Reserved,
+    )
+    saga.remote(
+        "reserve_stock",
+        command="inventory.reserve",
+        compensation="inventory.release",
+        result=Reserved,
+    )
+saga.remote(
+    "charge_payment",
+    command="payments.charge",
+    pivot=True,
+    retry=Retry(max_attempts=3),
+    result=Charged,
+)
+saga.remote(
+    "notify_customer",
+    command="notifications.order_confirmed",
+    retry=Retry(max_attempts=20, initial_interval=1.0, max_interval=30.0),
+    payload=confirmation,
+)
+
+
+# v2 and v1 stay loaded while instances started on them may still be unfinished somewhere
+# (`saga definitions` shows them); a process without them refuses to start.
 def _pay_and_notify(saga: Saga) -> None:
     saga.remote(
         "charge_payment",
@@ -46,19 +118,18 @@ def _pay_and_notify(saga: Saga) -> None:
     )
 
 
-# v2: credit and stock are independent, so they are reserved in parallel.
-saga = Saga("order", version=2, input=OrderPlaced, timeout=30)
-with saga.parallel():
-    saga.remote(
+# v2 reserved credit and stock in parallel, passing nothing on.
+order_v2 = Saga("order", version=2, input=OrderPlaced, timeout=30)
+with order_v2.parallel():
+    order_v2.remote(
         "reserve_credit",
         command="customers.reserve_credit",
         compensation="customers.release_credit",
     )
-    saga.remote("reserve_stock", command="inventory.reserve", compensation="inventory.release")
-_pay_and_notify(saga)
+    order_v2.remote("reserve_stock", command="inventory.reserve", compensation="inventory.release")
+_pay_and_notify(order_v2)
 
-# v1 reserved one after the other. It stays loaded while instances started on it may still be
-# unfinished somewhere (`saga definitions` shows them); a process without it refuses to start.
+# v1 reserved one after the other.
 order_v1 = Saga("order", version=1, input=OrderPlaced, timeout=30)
 order_v1.remote(
     "reserve_credit",

@@ -171,6 +171,7 @@ def state_from_api(saga: Mapping[str, Any]) -> SagaState:
         resume_status=None if saga["resume_status"] is None else SagaStatus(saga["resume_status"]),
         parent=None if saga["parent"] is None else ParentRef.model_validate(saga["parent"]),
         status_since=_time(saga["status_since"]),
+        output=saga.get("output"),  # absent from an API older than output=
     )
 
 

@@ -1,7 +1,7 @@
-"""`saga status` and what it prints: the saga, one row per step with its action's outcome and
-how its compensation went, and with `--wide` every value and the history in full; the history
-table `saga history` shares with it; and the saga as `--json` prints it, which `saga list`
-shares.
+"""`saga status` and what it prints: the saga and its output, one row per step with its
+action's outcome and how its compensation went, the payloads steps built, and with `--wide`
+every value and the history in full; the history table `saga history` shares with it; and
+the saga as `--json` prints it, which `saga list` shares.
 
 A compensation's reply result is not kept (the step keeps its action's result), so what
 there is to show is its status, its attempts, its failures (from the history: the step's
@@ -84,24 +84,30 @@ def state_json(state: SagaState) -> dict[str, Any]:
         "key": state.key,
         "status": state.status.value,
         "input": state.input,
+        "output": state.output,
         "error": state.error,
         "cancel_reason": state.cancel_reason,
         "parent": None if state.parent is None else state.parent.model_dump(mode="json"),
         "created_at": state.created_at.isoformat(),
         "updated_at": state.updated_at.isoformat(),
-        "steps": [
-            {
-                "name": s.name,
-                "status": s.status.value,
-                "attempt": s.attempt,
-                "compensation_attempt": s.compensation_attempt,
-                "result": s.result,
-                "error": s.error,
-                **({} if s.item is None else {"item": s.payload}),
-            }
-            for s in state.steps
-        ],
+        "steps": [_step_json(s) for s in state.steps],
     }
+
+
+def _step_json(step: StepState) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": step.name,
+        "status": step.status.value,
+        "attempt": step.attempt,
+        "compensation_attempt": step.compensation_attempt,
+        "result": step.result,
+        "error": step.error,
+    }
+    if step.item is not None:
+        out["item"] = step.payload
+    elif step.payload is not None:
+        out["payload"] = step.payload
+    return out
 
 
 def render(state: SagaState, history: Sequence[HistoryRecord], *, wide: bool) -> str:
@@ -127,6 +133,15 @@ def render(state: SagaState, history: Sequence[HistoryRecord], *, wide: bool) ->
     lines.append(
         render_table(["step", "status", "attempts", "result / error", "compensation"], rows)
     )
+    built = [[s.name, _json(s.payload, wide)] for s in state.steps if _built(s)]
+    if built:
+        lines += [
+            "",
+            "payloads (sent instead of the saga's input):",
+            render_table(["step", "payload"], built),
+        ]
+    if state.output is not None:
+        lines += ["", f"output: {_json(state.output, wide)}"]
     if wide:
         lines += ["", "history:", history_table(history, wide=True)]
     return "\n".join(lines)
@@ -188,6 +203,11 @@ def history_table(records: Sequence[HistoryRecord], *, wide: bool) -> str:
     return render_table(["seq", "at", "event", "step", "actor", "detail"], rows)
 
 
+def _built(step: StepState) -> bool:
+    """The step's commands carry a payload of their own (payload=, or a child's input)."""
+    return step.payload is not None and step.item is None
+
+
 def _about(record: HistoryRecord, step: str) -> bool:
     """The record concerns the step: its own, or the saga's park on the step's compensation."""
     if _parked(record):
@@ -212,14 +232,17 @@ def _failure(record: HistoryRecord, step: StepState) -> Any:
 
 def _text(value: Any, wide: bool) -> str:
     """A value for a cell: an error by its message (whole, as JSON, when wide)."""
+    if not wide and isinstance(value, dict) and value.get("message"):
+        value = value["message"]
+    return _json(value, wide)
+
+
+def _json(value: Any, wide: bool) -> str:
+    """A value as JSON (a string as it is), cut short unless wide."""
     if value is None:
         return ""
-    if wide:
-        return value if isinstance(value, str) else json.dumps(value)
-    if isinstance(value, dict) and value.get("message"):
-        value = value["message"]
     text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= NARROW else text[: NARROW - 1] + "…"
+    return text if wide or len(text) <= NARROW else text[: NARROW - 1] + "…"
 
 
 def _detail(detail: dict[str, Any] | None, wide: bool) -> str:

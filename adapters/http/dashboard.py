@@ -141,10 +141,12 @@ _SAGA_BODY = Template("""<p><a href="$root/">&larr; All sagas</a></p>
   </table>
 </section>
 <section aria-labelledby="data-title">
-  <h2 id="data-title">Input and results</h2>
+  <h2 id="data-title">Input, payloads, results and output</h2>
   <div class="columns">
     <div><h3>Input</h3><pre id="input" class="json"></pre></div>
+    <div><h3>Step payloads</h3><pre id="payloads" class="json"></pre></div>
     <div><h3>Step results</h3><pre id="results" class="json"></pre></div>
+    <div><h3>Output</h3><pre id="output" class="json"></pre></div>
   </div>
 </section>
 <section aria-labelledby="history-title">

@@ -40,7 +40,11 @@ class StepView(BaseModel):
     result: Any = None
     error: dict[str, Any] | None
     item: int | None = Field(description="A map step's item number; null for other steps.")
-    payload: Any = Field(None, description="The item a map item step runs on.")
+    payload: Any = Field(
+        None,
+        description="A map item's item; a child step's input; what a step's payload= built "
+        "(its commands carry it). Null when its commands carry the saga's input.",
+    )
     dispatched_at: datetime | None = Field(description="When its last command was sent.")
     started_at: datetime | None = Field(description="When its participant was first heard of.")
     due_at: datetime | None = Field(description="Its timeout, or when its next attempt is due.")
@@ -53,6 +57,11 @@ class SagaDetail(SagaSummary):
     deadline_at: datetime | None
     resume_status: SagaStatus | None = Field(
         description="Where a paused (or parked) saga carries on: running or compensating."
+    )
+    output: dict[str, Any] | None = Field(
+        None,
+        description="What the definition's output= made of the completed saga; null without "
+        "output=, before it completes, or when output= failed (history: output_failed).",
     )
     steps: list[StepView]
 
@@ -218,6 +227,7 @@ def detail(state: SagaState, redact: Redactor) -> SagaDetail:
         parent=state.parent,
         deadline_at=state.deadline_at,
         resume_status=state.resume_status,
+        output=redact(state.output),
         steps=[_step(s, redact) for s in state.steps],
     )
 

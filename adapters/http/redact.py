@@ -1,6 +1,6 @@
 """Secrets kept out of API responses: the value of any JSON object key named like a secret
 (SAGA_REDACT_FIELDS, compared without regard to case) is shown as "***", at any depth of a
-saga's input, its steps' results, payloads and errors, and its history's details. The
+saga's input, output, its steps' results, payloads and errors, and its history's details. The
 database keeps the real values: participants need them."""
 
 from __future__ import annotations

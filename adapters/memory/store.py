@@ -147,6 +147,7 @@ class MemoryTransaction:
                 resume_status=after.resume_status,
                 parent=after.parent,
                 status_since=after.status_since,
+                output=after.output,
             )
         )
 
@@ -371,6 +372,7 @@ def _stored(state: SagaState) -> SagaState:
         state,
         input=_json(state.input),
         error=_json(state.error),
+        output=_json(state.output),
         created_at=_utc(state.created_at),
         updated_at=_utc(state.updated_at),
         deadline_at=_utc_or_none(state.deadline_at),

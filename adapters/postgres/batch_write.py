@@ -38,7 +38,8 @@ from adapters.postgres.tables import outbox, saga_instances, saga_steps
 from orchestrator.messages import OutboxMessage
 from orchestrator.ports import HistoryAppends, Transitions
 
-# The step columns a transition may change (name, idx, item and payload never do).
+# The step columns a transition may change (name, idx and item never do; payload is set
+# when a step with payload= or a child step begins).
 CHANGING_STEP_COLUMNS = (
     "status",
     "attempt",
@@ -52,6 +53,7 @@ CHANGING_STEP_COLUMNS = (
     "progress",
     "retry_base",
     "close_at",
+    "payload",
 )
 OUTBOX_COLUMNS = ("exchange", "routing_key", "body", "message_id", "reply_to", "headers")
 _HISTORY_ARRAYS = (

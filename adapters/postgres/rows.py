@@ -42,6 +42,7 @@ PROGRESS_COLUMNS = (
     "parent_id",
     "parent",
     "status_since",
+    "output",
 )
 
 
@@ -60,6 +61,7 @@ def progress_values(state: SagaState) -> dict[str, Any]:
         "parent_id": None if state.parent is None else state.parent.saga_id,
         "parent": None if state.parent is None else state.parent.model_dump(mode="json"),
         "status_since": state.status_since,
+        "output": state.output,
     }
 
 
@@ -151,6 +153,7 @@ def _state(row: Any, steps: tuple[StepState, ...]) -> SagaState:
         parent=None if row.parent is None else ParentRef.model_validate(row.parent),
         status_since=row.status_since,
         trace=row.trace,
+        output=row.output,
     )
 
 

@@ -64,6 +64,8 @@ saga_instances = sa.Table(
     sa.Column("status_since", _Timestamp),
     # The W3C trace context of its start message (traceparent, tracestate): set at start.
     sa.Column("trace", _Json),
+    # What the definition's output= made of the completed saga (null without one).
+    sa.Column("output", _Json),
     sa.UniqueConstraint("name", "key"),
     _one_of("status", [s.value for s in SagaStatus]),
     sa.CheckConstraint(
@@ -117,6 +119,7 @@ saga_steps = sa.Table(
     sa.Column("retry_base", sa.Integer, nullable=False, server_default="0"),
     # A map step's item rows: the item's number, and the item its command carries.
     sa.Column("item", sa.Integer),
+    # An item row's item; a child step's input; what a step's payload= built.
     sa.Column("payload", _Json),
     # The end of the step's schedule-to-close budget (orchestrator/time_limits.py).
     sa.Column("close_at", _Timestamp),

@@ -7,6 +7,11 @@ an action that arrives after its compensation are the barrier's business, not th
 (The four services share one database and one barrier table here; real services would each
 keep their own.)
 
+Each reservation answers with its id and the charge with its own, and a release undoes the
+reservation its command's `action_result` names (the result of the reservation it undoes):
+no lookup by saga id, except for a command without one (the order saga v1 and v2 declare no
+result model, so their compensations carry none; nor does an undo of a timed-out action).
+
 Behaviour comes from the data, like a real shop: a customer without enough credit or with a
 declined card, a SKU out of stock. Knobs for demos and tests ride on the order id:
 `slow-…` orders stall in inventory.reserve (time to cancel them mid-flight), `flaky-…`
@@ -69,6 +74,22 @@ def _amount(cmd: Command) -> Decimal:
     return Decimal(str(cmd.payload["amount"]))
 
 
+def _made(cmd: Command) -> int | None:
+    """The reservation a release undoes, as its action answered (`action_result`); None when
+    the command carries no result, or one without the id (a shop that did not answer it)."""
+    result = cmd.action_result
+    made = result.get("reservation_id") if isinstance(result, dict) else None
+    return None if made is None else int(made)
+
+
+def _held(table: sa.Table, cmd: Command) -> list[sa.ColumnElement[bool]]:
+    """What a release releases: the reservation its action made, or without one named,
+    every reservation the saga holds."""
+    held = [table.c.saga_id == cmd.saga_id, table.c.released_at.is_(None)]
+    made = _made(cmd)
+    return held if made is None else [*held, table.c.id == made]
+
+
 def customers_service(barrier: Barrier) -> Participant:
     customers_svc = Participant("customers")
 
@@ -86,13 +107,13 @@ def customers_service(barrier: Barrier) -> Participant:
             raise StepFailed(
                 "insufficient_credit", f"customer cannot cover {amount}", retryable=False
             )
-        await conn.execute(
-            sa.insert(credit_reservations).values(
-                saga_id=cmd.saga_id, customer_id=customer, amount=amount
-            )
+        reservation = await conn.scalar(
+            sa.insert(credit_reservations)
+            .values(saga_id=cmd.saga_id, customer_id=customer, amount=amount)
+            .returning(credit_reservations.c.id)
         )
         await record_effect(conn, cmd)
-        return {"reserved": str(amount), "credit_left": str(left)}
+        return {"reservation_id": reservation, "reserved": str(amount), "credit_left": str(left)}
 
     @customers_svc.handler("customers.release_credit")
     @barrier.guard
@@ -100,10 +121,7 @@ def customers_service(barrier: Barrier) -> Participant:
         released = (
             await conn.execute(
                 sa.update(credit_reservations)
-                .where(
-                    credit_reservations.c.saga_id == cmd.saga_id,
-                    credit_reservations.c.released_at.is_(None),
-                )
+                .where(*_held(credit_reservations, cmd))
                 .values(released_at=sa.func.now())
                 .returning(credit_reservations.c.customer_id, credit_reservations.c.amount)
             )
@@ -138,9 +156,13 @@ def inventory_service(barrier: Barrier, knobs: Knobs) -> Participant:
             if taken is None:
                 # The barrier's savepoint puts back what earlier lines took.
                 raise StepFailed("out_of_stock", f"not enough {item['sku']}", retryable=False)
-        await conn.execute(sa.insert(stock_reservations).values(saga_id=cmd.saga_id, lines=items))
+        reservation = await conn.scalar(
+            sa.insert(stock_reservations)
+            .values(saga_id=cmd.saga_id, lines=items)
+            .returning(stock_reservations.c.id)
+        )
         await record_effect(conn, cmd)
-        return {"reserved": len(items)}
+        return {"reservation_id": reservation, "reserved": len(items)}
 
     @inventory_svc.handler("inventory.reserve")
     async def reserve(cmd: Command) -> dict[str, Any] | None:
@@ -157,10 +179,7 @@ def inventory_service(barrier: Barrier, knobs: Knobs) -> Participant:
         released = (
             await conn.execute(
                 sa.update(stock_reservations)
-                .where(
-                    stock_reservations.c.saga_id == cmd.saga_id,
-                    stock_reservations.c.released_at.is_(None),
-                )
+                .where(*_held(stock_reservations, cmd))
                 .values(released_at=sa.func.now())
                 .returning(stock_reservations.c.lines)
             )
@@ -191,13 +210,15 @@ def payments_service(barrier: Barrier) -> Participant:
         )
         if not card_ok:
             raise StepFailed("card_declined", "the card was declined", retryable=False)
-        await conn.execute(
-            sa.insert(payments).values(
+        charge = await conn.scalar(
+            sa.insert(payments)
+            .values(
                 saga_id=cmd.saga_id, customer_id=cmd.payload["customer_id"], amount=_amount(cmd)
             )
+            .returning(payments.c.id)
         )
         await record_effect(conn, cmd)
-        return {"charged": str(_amount(cmd))}
+        return {"charge_id": charge, "charged": str(_amount(cmd))}
 
     return payments_svc
 
@@ -208,6 +229,7 @@ def notifications_service(barrier: Barrier) -> Participant:
     @notifications_svc.handler("notifications.order_confirmed")
     @barrier.guard
     async def notify(cmd: Command, conn: AsyncConnection) -> dict[str, Any]:
+        # The payload: the order's input (order v1, v2), or the order and its charge (v3).
         order_id = str(cmd.payload["order_id"])
         if order_id.startswith("flaky-") and cmd.attempt == 1:
             raise StepFailed("smtp_unavailable", "mail server did not answer", retryable=True)
@@ -225,6 +247,7 @@ def _nothing_to_undo(cmd: Command) -> StepFailed:
     # means the data was changed behind the shop's back: park the saga for an operator.
     return StepFailed(
         "nothing_to_undo",
-        f"{cmd.command}: no reservation of saga {cmd.saga_id} is held, yet its action succeeded",
+        f"{cmd.command}: reservation {_made(cmd) or '(any)'} of saga {cmd.saga_id} is not "
+        "held, yet its action succeeded",
         retryable=False,
     )

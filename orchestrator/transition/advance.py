@@ -1,7 +1,7 @@
 """Moving the saga on: `advance` dispatches what its status calls for (the next stage while
 running, the latest stage's compensations while compensating) or finishes it; beginning a
-step checks its guard and starts its command, sleep, child saga or map. A step that fails
-for good turns the saga to compensation, or parks it past the pivot."""
+step checks its guard, builds its payload and starts its command, sleep, child saga or map.
+A step that fails for good turns the saga to compensation, or parks it past the pivot."""
 
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def advance_running(t: Transition) -> None:
 
 
 def begin_step(t: Transition, step: StepState) -> bool:
-    """Start a pending step: check its guard, then dispatch it or start its sleep.
-    False when the guard skipped it (the caller moves on to the next step)."""
+    """Start a pending step: check its guard, build its payload, then dispatch it or start
+    its sleep. False when the guard skipped it (the caller moves on to the next step)."""
     spec = t.spec(step)
     if spec.guard is not None:
         try:
@@ -90,6 +90,11 @@ def begin_step(t: Transition, step: StepState) -> bool:
             )
             fail_unsent(t, step, error)
             return True
+    if spec.payload is not None:
+        built = build_payload(t, step, spec)
+        if built is None:
+            return True
+        step = built
     if spec.sleep:
         begin_sleep(t, step, spec)
     elif spec.child_input is not None:
@@ -99,6 +104,34 @@ def begin_step(t: Transition, step: StepState) -> bool:
     else:
         dispatch(t, step, "action")
     return True
+
+
+def build_payload(t: Transition, step: StepState, spec: StepDefinition) -> StepState | None:
+    """Compute the step's `payload=` from the saga as it stands and keep it with the step:
+    every attempt and the compensation send it. None when the function failed: a bug in the
+    definition, not a passing fault, so the step fails for good without being sent."""
+    assert spec.payload is not None
+    try:
+        payload = spec.payload(t.context())
+        if not isinstance(payload, dict):
+            raise TypeError(f"it returned {type(payload).__name__}, not a dict")
+        # It travels in commands and is stored in a row: JSON only (no NaN, which
+        # PostgreSQL's jsonb refuses).
+        payload = json.loads(json.dumps(payload, allow_nan=False))
+    except Exception as exc:
+        fail_unsent(
+            t,
+            step,
+            ErrorInfo(
+                type="payload_failed",
+                message=f"payload= of step {step.name!r} failed: {type(exc).__name__}: {exc}",
+                retryable=False,
+            ),
+        )
+        return None
+    step = replace(step, payload=payload)
+    t.steps[step.index] = step
+    return step
 
 
 def begin_child(t: Transition, step: StepState, spec: StepDefinition) -> None:
@@ -210,13 +243,13 @@ def needs_compensation(t: Transition, step: StepState) -> bool:
     if t.spec(step).compensation is None or t.is_map(step):
         return False
     return step.status == StepStatus.SUCCEEDED or (
-        step.status == StepStatus.FAILED and step.outcome_uncertain
+        step.status == StepStatus.FAILED and (step.outcome_uncertain or step.acted)
     )
 
 
 def fail_unsent(t: Transition, step: StepState, error: ErrorInfo) -> None:
-    """Fail a step that was never sent (its guard or `until=` said no): nothing to wait
-    for, so the saga compensates or parks at once."""
+    """Fail a step that was never sent (its guard, `until=`, `items=`, `payload=` or a child's
+    `input=` said no): nothing to wait for, so the saga compensates or parks at once."""
     if step.status == StepStatus.FAILED:  # an operator's retry, and it said no again
         failed = replace(step, error=error.to_dict())
     else:

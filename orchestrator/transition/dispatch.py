@@ -3,7 +3,7 @@ start (or, to undo it, the cancel) of the child saga."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from orchestrator import time_limits
@@ -11,6 +11,7 @@ from orchestrator.event_names import HistoryEvent
 from orchestrator.events import child_key, command_id, idempotency_key
 from orchestrator.messages import CancelSaga, Command, ParentRef, StartSaga
 from orchestrator.state import StepState, StepStatus
+from orchestrator.steps import StepDefinition
 from orchestrator.time_limits import Limits
 from orchestrator.transition.scratch import Transition
 
@@ -62,6 +63,7 @@ def dispatch(
     if spec.child is not None:
         request_child(t, step, spec.child, kind, cid)
         return
+    payload, item = carried(t, step)
     t.commands.append(
         Command(
             command_id=cid,
@@ -71,17 +73,40 @@ def dispatch(
             kind=kind,
             attempt=attempt,
             idempotency_key=idempotency_key(t.original.saga_id, step.name, kind),
-            payload=dict(t.original.input),
+            payload=payload,
             expires_at=window.expires_at,
             timeout=window.timeout,
             heartbeat_timeout=limits.heartbeat,
             report_start=limits.report_start,
             progress=step.progress if kind == "action" else None,
-            item=step.payload,
+            item=item,
+            action_result=action_result(step, spec, kind),
             version=t.original.version,
             command=name,
         )
     )
+
+
+def action_result(
+    step: StepState, spec: StepDefinition, kind: Literal["action", "compensation"]
+) -> Any:
+    """What a compensation is told its action answered: for a step that declares `result=`
+    (its result is part of what it and its participant agree on), the result its action
+    replied, if any. Other steps' commands never carry the field, so participants on an SDK
+    that refuses unknown fields keep taking them."""
+    if kind != "compensation" or spec.result is None:
+        return None
+    return step.result
+
+
+def carried(t: Transition, step: StepState) -> tuple[dict[str, Any], Any]:
+    """A command's `payload` and `item`: what the step's `payload=` built (for a map item,
+    its map step's), else the saga's input; a map item's item."""
+    if step.of is None:
+        built, item = step.payload, None
+    else:
+        built, item = t.steps[t.position(step)].payload, step.payload
+    return (dict(t.original.input) if built is None else built), item
 
 
 def request_child(

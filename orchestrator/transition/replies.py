@@ -1,18 +1,21 @@
-"""A participant's reply to a command: a success moves the saga on, a failure is retried
-or fails the step, a heartbeat keeps the attempt alive; a reply to no attempt in flight is
-ignored (and recorded, unless it is a heartbeat)."""
+"""A participant's reply to a command: a success moves the saga on (unless its result fails
+the step's `result=` model), a failure is retried or fails the step, a heartbeat keeps the
+attempt alive; a reply to no attempt in flight is ignored (and recorded, unless it is a
+heartbeat)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any, Literal
 
+from pydantic import BaseModel, ValidationError
+
 from orchestrator import time_limits
 from orchestrator.error_info import ErrorInfo
 from orchestrator.event_names import HistoryEvent
 from orchestrator.events import ReplyReceived
 from orchestrator.messages import Reply
-from orchestrator.state import StepState, StepStatus
+from orchestrator.state import INVALID_RESULT_ERROR, StepState, StepStatus
 from orchestrator.time_limits import Limits
 from orchestrator.transition.advance import advance
 from orchestrator.transition.retries import action_failed, compensation_failed
@@ -32,7 +35,12 @@ def on_reply(t: Transition, event: ReplyReceived) -> None:
         heard(t, step, reply)
         return
     if step.status == StepStatus.RUNNING:
-        if reply.outcome == "success":
+        if reply.outcome != "success":
+            action_failed(t, step, _error(reply))
+        elif (refused := invalid_result(t.spec(step).result, reply)) is not None:
+            # The action took effect: the step keeps the result (its compensation gets it).
+            action_failed(t, replace(step, result=reply.result), refused)
+        else:
             t.steps[step.index] = step.moved(
                 StepStatus.SUCCEEDED, result=reply.result, error=None, due_at=None
             )
@@ -40,8 +48,6 @@ def on_reply(t: Transition, event: ReplyReceived) -> None:
                 HistoryEvent.STEP_SUCCEEDED, step.name, {"attempt": step.attempt, **took(t, step)}
             )
             advance(t)
-        else:
-            action_failed(t, step, _error(reply))
     elif reply.outcome == "success":
         t.steps[step.index] = step.moved(StepStatus.COMPENSATED, due_at=None)
         t.record(
@@ -52,6 +58,31 @@ def on_reply(t: Transition, event: ReplyReceived) -> None:
         advance(t)
     else:
         compensation_failed(t, step, _error(reply))
+
+
+# How much of a validation error a step's error keeps (it is stored, shown and logged).
+MAX_INVALID_RESULT_MESSAGE = 1000
+
+
+def invalid_result(model: type[BaseModel] | None, reply: Reply) -> ErrorInfo | None:
+    """Why a success reply's result fails the step's `result=` model, or None when it
+    passes. Not retryable: the participant answered; asking again gets the same answer.
+    The message names the fields and what is wrong with them, never their values (which
+    may be secrets)."""
+    if model is None:
+        return None
+    try:
+        model.model_validate(reply.result)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or '(result)'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        message = f"the result does not match {model.__name__}: {problems}"
+        if len(message) > MAX_INVALID_RESULT_MESSAGE:
+            message = message[: MAX_INVALID_RESULT_MESSAGE - 1] + "…"
+        return ErrorInfo(type=INVALID_RESULT_ERROR, message=message, retryable=False)
+    return None
 
 
 def heard(t: Transition, step: StepState, reply: Reply) -> None:

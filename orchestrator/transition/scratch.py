@@ -5,6 +5,7 @@ other modules of this package."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -54,6 +55,7 @@ class Transition:
         self.compensation_deadline_at = state.compensation_deadline_at
         self.resume_status = state.resume_status
         self.parent = state.parent
+        self.output = state.output
         self.requests: list[SagaRequest] = []
         self.replies: list[Reply] = []
         self.refused: str | None = None
@@ -107,6 +109,7 @@ class Transition:
             compensation_deadline_at=self.compensation_deadline_at,
             resume_status=self.resume_status,
             parent=self.parent,
+            output=self.output,
             updated_at=self.now if changed else self.original.updated_at,
             status_since=(
                 self.now if self.status != self.original.status else self.original.status_since
@@ -143,6 +146,8 @@ class Transition:
         self.resume_status = self.phase if status == SagaStatus.FAILED else None
         self.set_status(status)
         self.error = error
+        if status == SagaStatus.COMPLETED and self.definition.output is not None:
+            self.output = self.make_output()
         event, outcome = FINISHES[status]
         self.record(event, detail=None if error is None else error.to_dict())
         self.emit(outcome, error=error)
@@ -171,7 +176,7 @@ class Transition:
                 saga_id=self.parent.saga_id,
                 step=self.parent.step,
                 outcome=outcome,
-                result=self.results() if completed and self.parent.kind == "action" else None,
+                result=self.saga_result() if completed and self.parent.kind == "action" else None,
                 error=error,
             )
         )
@@ -191,13 +196,38 @@ class Transition:
                 saga=self.original.name,
                 key=self.original.key,
                 status=outcome,
-                result=self.results() if outcome == Outcome.COMPLETED else None,
+                result=self.saga_result() if outcome == Outcome.COMPLETED else None,
                 error=None if error is None else error.to_dict(),
             )
         )
 
     def results(self) -> dict[str, Any]:
         return step_results(self.steps)
+
+    def make_output(self) -> dict[str, Any] | None:
+        """The definition's `output=` of the saga as it completes. Every step succeeded and
+        there is nothing to undo, so a function that fails leaves the saga completed without
+        an output, and history says why."""
+        assert self.definition.output is not None
+        try:
+            output = self.definition.output(self.context())
+            if not isinstance(output, dict):
+                raise TypeError(f"it returned {type(output).__name__}, not a dict")
+            # Stored in a row and sent in events: JSON only (no NaN, which jsonb refuses).
+            return dict(json.loads(json.dumps(output, allow_nan=False)))
+        except Exception as exc:
+            error = ErrorInfo(
+                type="output_failed",
+                message=f"output= failed: {type(exc).__name__}: {exc}",
+                retryable=False,
+            )
+            self.record(HistoryEvent.OUTPUT_FAILED, detail={"error": error.to_dict()})
+            return None
+
+    def saga_result(self) -> Any:
+        """What a completed saga gives its `completed` event and its parent's step: its
+        output with `output=` (null when that failed), else every step's result."""
+        return self.output if self.definition.output is not None else self.results()
 
     def context(self) -> GuardContext:
         return GuardContext(

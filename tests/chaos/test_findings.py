@@ -29,7 +29,7 @@ retryable failure. Fixed: a retryable failure counts as uncertain too; the test 
 from __future__ import annotations
 
 from orchestrator.state import SagaStatus
-from sagas.order import saga as order
+from sagas.order import order_v2 as order
 from tests.unit.builders import Run
 
 ORDER = {

@@ -1,11 +1,12 @@
 """What a chaos run asks of the engine: order sagas of every outcome, offered at a steady rate,
 some of them cancelled mid-flight.
 
-Two sagas run side by side: the order saga v2 (`sagas/order.py`, credit and stock reserved in
-a parallel group) and v1 of the same saga, pinned by the start (`"version": 1`; the same steps
-one after the other). The shop's behaviour rides on the order (examples/shop/services.py):
-customers without credit or with a declined card, a SKU out of stock, `flaky-` notifications
-that fail once, `slow-` stock reservations that stall (the window a cancel must land in).
+Two sagas run side by side: the order saga v3 (`sagas/order.py`, credit and stock reserved in
+a parallel group, reservation ids and the charge passed on) and v1 of the same saga, pinned
+by the start (`"version": 1`; the same steps one after the other, nothing passed on). The
+shop's behaviour rides on the order (examples/shop/services.py): customers without credit or
+with a declined card, a SKU out of stock, `flaky-` notifications that fail once, `slow-`
+stock reservations that stall (the window a cancel must land in).
 
 Cancels: every `slow-` order is cancelled once its stock reservation is seen in flight, and a
 share of the normal orders at a random moment after its start. A cancel that arrives after

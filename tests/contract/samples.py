@@ -28,7 +28,7 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 def started(key: str = "order-1", *, at: datetime = NOW, name: str | None = None) -> SagaState:
     """A saga just started: its first step dispatched, due to time out 30 s after `at`."""
-    state = machine.start(order.saga, saga_id=uuid4(), key=key, input=ORDER, now=at).state
+    state = machine.start(order.order_v2, saga_id=uuid4(), key=key, input=ORDER, now=at).state
     return state if name is None else replace(state, name=name)
 
 
@@ -43,7 +43,7 @@ def first_step_succeeded(state: SagaState, at: datetime = NOW + timedelta(second
         outcome="success",
         result={"reservation": "r-1", "amounts": [1, 2.5], "note": None},
     )
-    decided = machine.decide(order.saga, state, ReplyReceived(reply), at).state
+    decided = machine.decide(order.order_v2, state, ReplyReceived(reply), at).state
     return replace(decided, revision=state.revision + 1)
 
 

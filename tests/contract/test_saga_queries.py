@@ -72,7 +72,7 @@ class QueryContract(StoreSuite):
         async def keys(**query: Any) -> list[str]:
             return [s.key for s in await store.find(SagaQuery(**query))]
 
-        v = order.saga.version
+        v = order.order_v2.version
         assert await keys(version=7) == ["b"]
         assert await keys(version=v) == ["c", "a"]
         assert await keys(version=v + 1) == []

@@ -136,6 +136,26 @@ class TransactionContract(StoreSuite):
         again = await store.get(before.saga_id)
         assert again is not None and again.steps[0].close_at is None
 
+    async def test_a_payload_built_when_a_step_begins_and_the_output_are_kept(
+        self, store: SagaStore
+    ) -> None:
+        before = started()
+        await self.insert(store, before)
+        built = {"reservation": "r-1", "amount": "12.50", "lines": [1, 2.5]}
+        step = replace(before.steps[2], payload=built)
+        done = replace(
+            before,
+            steps=(*before.steps[:2], step, *before.steps[3:]),
+            status=SagaStatus.COMPLETED,
+            output={"charge": "c-1", "amounts": [1, 2.5]},
+            revision=1,
+        )
+        await self.save(store, before, done)
+        saved = await store.get(before.saga_id)
+        assert saved is not None and saved == done
+        assert saved.steps[2].payload == built
+        assert saved.output == {"charge": "c-1", "amounts": [1, 2.5]}
+
     async def test_a_saga_keeps_the_trace_context_it_started_with(self, store: SagaStore) -> None:
         trace = {"traceparent": TRACEPARENT, "tracestate": "vendor=1"}
         before = replace(started(), trace=trace)

@@ -57,7 +57,23 @@ exclusive.remote("use", command="vault.use", compensation=None)
 patient = Saga("patient", version=1, input=Owned, locks=("user:{user}",), on_locked="queue")
 patient.remote("use", command="vault.use", compensation=None)
 
-SAGAS = (order.saga, order.order_v1, vault, exclusive, patient)
+# For data flow: a payload built from an earlier result, and an output (with a secret in it).
+receipt = Saga(
+    "receipt",
+    version=1,
+    input=Anything,
+    output=lambda ctx: {"charge": ctx.results["pay"]["charge"], "token": "t-1"},
+)
+receipt.remote("pay", command="vault.pay", compensation=None)
+receipt.remote(
+    "mail",
+    command="vault.mail",
+    compensation=None,
+    payload=lambda ctx: {"charge": ctx.results["pay"]["charge"]},
+)
+
+# The order saga as the tests play it: v2 (parallel reservations, results of any shape).
+SAGAS = (order.order_v2, order.order_v1, vault, exclusive, patient, receipt)
 
 
 def order_input(order_id: str = "o-1", **extra: Any) -> dict[str, Any]:

@@ -25,7 +25,15 @@ SUMMARY = {
     "error",
     "current_steps",
 }
-DETAIL = SUMMARY | {"input", "cancel_reason", "parent", "deadline_at", "resume_status", "steps"}
+DETAIL = SUMMARY | {
+    "input",
+    "cancel_reason",
+    "parent",
+    "deadline_at",
+    "resume_status",
+    "output",
+    "steps",
+}
 STEP = {
     "name",
     "index",
@@ -50,7 +58,7 @@ async def test_a_saga_with_its_steps(api: Api) -> None:
     saga = answer.json()
     assert set(saga) == DETAIL
     assert (saga["saga_id"], saga["saga"], saga["key"]) == (str(saga_id), "order", "o-1")
-    assert (saga["status"], saga["version"]) == ("running", order.saga.version)
+    assert (saga["status"], saga["version"]) == ("running", order.order_v2.version)
     assert saga["input"] == order_input("o-1")
     assert saga["current_steps"] == ["reserve_stock"]
     assert all(set(s) == STEP for s in saga["steps"])
@@ -115,7 +123,7 @@ async def test_list_filters(api: Api) -> None:
     assert await keys(api, saga="order", status="running", limit=2) == ["f-v1", "f-charging"]
     assert await keys(api, saga="invoice") == []
     assert await keys(api, version=1) == ["f-v1"]
-    assert await keys(api, version=order.saga.version, status="running") == [
+    assert await keys(api, version=order.order_v2.version, status="running") == [
         "f-charging",
         "f-running",
     ]
@@ -250,6 +258,21 @@ async def test_secrets_are_redacted_everywhere_but_kept_in_the_database(api: Api
     # The database keeps the real values: participants need them.
     stored = await api.store.get(saga_id)
     assert stored is not None and stored.input["payment"]["cvv"] == "123"
+
+
+async def test_a_saga_shows_the_payloads_its_steps_built_and_its_output(api: Api) -> None:
+    saga_id = await api.start("rec-1", {"order": 1}, saga="receipt")
+    running = (await api.client.get(f"/api/sagas/{saga_id}")).json()
+    assert running["output"] is None
+    assert [s["payload"] for s in running["steps"]] == [None, None]
+    await api.reply(saga_id, "pay", result={"charge": "c-1"})
+    await api.reply(saga_id, "mail", result={"sent": True})
+    shown = (await api.client.get(f"/api/sagas/{saga_id}")).json()
+    assert shown["status"] == "completed"
+    assert [s["payload"] for s in shown["steps"]] == [None, {"charge": "c-1"}]
+    assert shown["output"] == {"charge": "c-1", "token": "***"}  # redacted like the rest
+    stored = await api.store.get(saga_id)
+    assert stored is not None and stored.output == {"charge": "c-1", "token": "t-1"}
 
 
 async def test_redacted_fields_are_configurable(make_api: Any) -> None:

@@ -285,7 +285,7 @@ async def test_start_over_the_api_says_what_the_start_came_to(served: Served) ->
     )
     assert [code for code, _, _ in runs] == [0, 2, 2]
     assert f"key 'st-1' has saga {saga['saga_id']} (running) already, with this input" in runs[0][2]
-    assert "no saga named 'nosuch'; known: exclusive, order, patient, vault" in runs[1][2]
+    assert "no saga named 'nosuch'; known: exclusive, order, patient, receipt, vault" in runs[1][2]
     assert "input for saga 'order' is invalid: customer_id: Field required" in runs[2][2]
     # The key again, with other input: started nothing, and says so (and the history has it).
     code, out, err = await served.saga("start", "order", "--key", "st-1", "--input", other)

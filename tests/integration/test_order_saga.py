@@ -50,7 +50,7 @@ async def test_happy_path_completes_and_publishes_the_outcome(system: System) ->
     await system.start_order("k-happy", order_input("happy-1"))
     state = await system.wait_status("k-happy", "completed")
     assert [s.status for s in state.steps] == ["succeeded"] * 4
-    assert state.steps[2].result == {"charged": "25.00"}
+    assert state.steps[2].result is not None and state.steps[2].result["charged"] == "25.00"
     assert await check_effects(system.shop, {"k-happy": state}) == []
     published = await eventually(lambda: drain(outcomes), message="an outcome event")
     assert published[0]["status"] == "completed" and published[0]["key"] == "k-happy"

@@ -1,12 +1,13 @@
 """`saga status` tells each step's compensation apart from its action: in flight, waiting to
 retry, done after N attempts, with its last failure; and `--wide` cuts nothing short. (Both
-paths, the database and `--url`, are run against each other in tests/http/test_cli_api.py.)"""
+paths, the database and `--url`, are run against each other in tests/http/test_cli_api.py.)
+It also shows the payloads steps built and the saga's output."""
 
 from __future__ import annotations
 
 from adapters.cli.status import render
 from orchestrator.ports import HistoryRecord
-from tests.unit.builders import SAGA_ID, T0, Run, three_steps
+from tests.unit.builders import SAGA_ID, T0, Run, shop, three_steps
 
 
 def records(run: Run) -> list[HistoryRecord]:
@@ -73,3 +74,19 @@ def test_wide_shows_values_whole_and_the_history() -> None:
     assert f'"message": "declined: {long}"' in steps  # the whole error, not its message only
     assert history.count(long) == 2  # step_failed and saga_compensating carry the error
     assert "step_succeeded" in history and "compensation_dispatched" in history
+
+
+def test_the_payloads_steps_built_and_the_output_are_shown() -> None:
+    s = shop(output=lambda ctx: {"charge": ctx.results["charge"]["id"]})
+    s.remote("charge", command="payments.charge", pivot=True)
+    s.remote("notify", command="mail.send", payload=lambda ctx: {"charge": ctx.results["charge"]})
+    run = Run(s)
+    run.succeed({"id": "c-1"})
+    shown = render(run.state, records(run), wide=False)
+    assert "output:" not in shown
+    payloads = shown.split("payloads (sent instead of the saga's input):\n")[1]
+    assert [" ".join(line.split()) for line in payloads.splitlines()[-1:]] == [
+        'notify {"charge": {"id": "c-1"}}'
+    ]
+    run.succeed({"sent": True})
+    assert render(run.state, records(run), wide=False).endswith('\noutput: {"charge": "c-1"}')

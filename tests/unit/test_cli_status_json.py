@@ -1,4 +1,5 @@
-"""`saga status --json` shows whose child a saga is, and the item each map item step ran on."""
+"""`saga status --json` shows whose child a saga is, the item each map item step ran on, the
+payloads steps built and the saga's output."""
 
 from __future__ import annotations
 
@@ -24,3 +25,17 @@ def test_status_json_names_the_parent_and_the_items() -> None:
         "summarise[0]": {"from": 0, "to": 10},
         "summarise[1]": {"from": 10, "to": 20},
     }
+
+
+def test_status_json_shows_a_built_payload_and_the_output() -> None:
+    s = shop(output=lambda ctx: {"done": sorted(ctx.results)})
+    s.remote("charge", command="payments.charge", pivot=True)
+    s.remote("notify", command="mail.send", payload=lambda ctx: {"n": ctx.input["n"]})
+    run = Run(s, input={"n": 4})
+    assert state_json(run.state)["output"] is None
+    run.succeed({"id": 1})
+    run.succeed({"sent": True})
+    shown = state_json(run.state)
+    assert [step.get("payload") for step in shown["steps"]] == [None, {"n": 4}]
+    assert "payload" not in shown["steps"][0]
+    assert shown["output"] == {"done": ["charge", "notify"]}

@@ -3,9 +3,11 @@ loaded now, in words an author recognises as their own edit."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
-from orchestrator.definition import Saga
+from orchestrator.definition import GuardContext, Saga
 from orchestrator.definition_diff import changes
 
 
@@ -68,4 +70,34 @@ def test_saga_level_changes_are_named() -> None:
     assert changes(old.document(), new.document()) == [
         "the input model's schema changed",
         "deadline: unset -> 600",
+    ]
+
+
+def receipt(ctx: GuardContext) -> dict[str, Any]:
+    return {"trip": ctx.input["trip_id"]}
+
+
+def booking(ctx: GuardContext) -> dict[str, Any]:
+    return dict(ctx.results)
+
+
+class Booked(BaseModel):
+    booking_id: int
+
+
+def test_data_flow_options_are_named_by_the_functions_and_models_they_use() -> None:
+    old = trip()
+    old.remote("book_hotel", command="hotels.book", compensation="hotels.cancel")
+    new = Saga("trip", version=1, input=Trip, output=receipt)
+    new.remote(
+        "book_hotel",
+        command="hotels.book",
+        compensation="hotels.cancel",
+        payload=booking,
+        result=Booked,
+    )
+    assert changes(old.document(), new.document()) == [
+        f'output: unset -> "{__name__}.receipt"',
+        f"step 'book_hotel': payload unset -> \"{__name__}.booking\"",
+        f"step 'book_hotel': result unset -> \"{__name__}.Booked\"",
     ]

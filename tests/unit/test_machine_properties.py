@@ -69,7 +69,7 @@ from orchestrator.state import (
     StepStatus,
 )
 from sagas.order import order_v1
-from sagas.order import saga as order_saga
+from sagas.order import order_v2 as order_saga
 from tests.unit.builders import Limits
 from tests.unit.property_model import (
     Model,

@@ -441,11 +441,20 @@
       );
     }
     document.getElementById("input").textContent = D.pretty(s.input);
+    // What a step's commands carry instead of the input (payload=, a child's input). A map
+    // item's `payload` is its item: the work list, not a payload, so it is left out.
+    const payloads = {};
     const results = {};
     for (const step of s.steps) {
+      const item = step.item !== null && step.item !== undefined;
+      if (!item && step.payload !== null && step.payload !== undefined) {
+        payloads[step.name] = step.payload;
+      }
       if (step.result !== null && step.result !== undefined) results[step.name] = step.result;
     }
+    document.getElementById("payloads").textContent = D.pretty(payloads);
     document.getElementById("results").textContent = D.pretty(results);
+    document.getElementById("output").textContent = D.pretty(s.output ?? null);
   }
 
   function renderHistory(items) {
