@@ -12,8 +12,7 @@ import pytest
 from adapters import starter
 from adapters.starter import InvalidRequest, OutboxTable
 from orchestrator.errors import InvalidInput, UnknownSaga
-from sagas.order import order_v1
-from sagas.order import saga as order_v2
+from sagas.order import order_v1, order_v2
 
 ROOT = Path(__file__).resolve().parents[2]
 # Never used: every start below is refused before the connection is touched.
