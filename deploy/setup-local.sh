@@ -33,6 +33,22 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   fi
 fi
 
+# The example participant in Node.js (examples/node-inventory) and its end-to-end test need node
+# and npm; its packages come from the committed package-lock.json.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing nodejs and npm ..."
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "note: the Node.js example participant needs node and npm:" \
+      "sudo apt-get install -y nodejs npm" >&2
+  fi
+fi
+if command -v npm >/dev/null 2>&1; then
+  (cd examples/node-inventory && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then

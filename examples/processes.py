@@ -1,5 +1,6 @@
-"""Start and stop the real processes of a deployment on this machine: `saga run` replicas and the
-example shop's participants. Used by `saga demo` and the end-to-end tests."""
+"""Start and stop the real processes of a deployment on this machine: `saga run` replicas, the
+example shop's participants, any other program (the shop's Node.js inventory service). Used by
+`saga demo` and the end-to-end tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -20,10 +22,21 @@ class Processes:
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     def start(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
+        """A Python process: `args` are the interpreter's."""
+        self.start_program(name, [sys.executable, *args], extra_env)
+
+    def start_program(
+        self,
+        name: str,
+        argv: list[str],
+        extra_env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
         self._logs.append(log)
         self.procs[name] = subprocess.Popen(
-            [sys.executable, *args],
+            argv,
+            cwd=cwd,
             env={**os.environ, **self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -35,8 +48,15 @@ class Processes:
     ) -> None:
         self.start(name, ["-m", "adapters.cli", "run"], extra_env)
 
-    def start_shop(self, name: str = "shop", extra_env: dict[str, str] | None = None) -> None:
-        self.start(name, ["-m", "examples.shop"], extra_env)
+    def start_shop(
+        self,
+        name: str = "shop",
+        extra_env: dict[str, str] | None = None,
+        services: Sequence[str] | None = None,
+    ) -> None:
+        """The example shop's participants: all four, or those named in `services`."""
+        hosted = ["--services", ",".join(services)] if services is not None else []
+        self.start(name, ["-m", "examples.shop", *hosted], extra_env)
 
     def kill(self, name: str) -> None:
         """SIGKILL: no cleanup, no goodbye — what a crash looks like."""

@@ -56,9 +56,20 @@ class StartSaga(_Wire):
     parent: ParentRef | None = None
 
 
+def _one_target_schema(schema: dict[str, Any]) -> None:
+    """`CancelSaga._one_target` in its JSON Schema: a string `key` or a string `saga_id`,
+    not both (a null one counts as absent)."""
+    schema["oneOf"] = [
+        {"required": [field], "properties": {field: {"type": "string"}}}
+        for field in ("key", "saga_id")
+    ]
+
+
 class CancelSaga(_Wire):
     """`sagas` exchange, routing key `cancel`: by the start's key (optionally with the saga
     name) or by saga_id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_one_target_schema)
 
     key: str | None = Field(None, min_length=1, max_length=MAX_KEY_LENGTH)
     saga: str | None = Field(None, min_length=1, max_length=100)

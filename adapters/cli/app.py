@@ -17,6 +17,7 @@ from adapters.cli import (
     openapi,
     operators,
     processes,
+    protocol,
     relay,
     retention,
     start,
@@ -33,6 +34,7 @@ app = typer.Typer(
 app.command()(processes.migrate)
 app.command()(processes.run)
 app.command()(openapi.openapi)
+app.command()(protocol.protocol)
 app.command()(processes.worker)
 app.command()(relay.relay)
 app.command()(demo.demo)

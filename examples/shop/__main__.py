@@ -1,4 +1,6 @@
-"""Run the example shop's participant services: `python -m examples.shop`.
+"""Run the example shop's participant services: `python -m examples.shop`; `--services` hosts
+a subset (`--services customers,payments,notifications` leaves `commands.inventory` to the
+shop's Node.js inventory service, examples/node-inventory).
 
 Environment: SHOP_DATABASE_URL (the shop's own database), SHOP_SLOW_SECONDS, the engine's
 SAGA_AMQP_URL / SAGA_AMQP_PREFIX for the broker, and SAGA_FAULT=after_handler_before_reply[@N]

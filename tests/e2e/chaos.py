@@ -13,7 +13,8 @@ everything between them goes through the relay:
                                                  shuffled
 
 Nothing is lost on the way: an incoming message is acked only once every copy of it was
-confirmed by the broker (a failure requeues it, which only adds duplicates).
+confirmed by the broker (a failure requeues it, which only adds duplicates). Every command and
+reply crossing it is checked against the protocol files (docs/protocol/): `problems`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from adapters.rabbitmq.delivery import Delivery
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import REPLIES_QUEUE, Topology
 from orchestrator.messages import Exchange
+from tests.fixtures.wire_schemas import delivery_problems
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +81,8 @@ class ChaosRelay:
         self.copies = copies
         self.batch_window = batch_window
         self.counts = RelayCounts()
+        # How each command and reply crossing the relay breaks docs/protocol/, if it does.
+        self.problems: list[str] = []
         self._rng = random.Random(seed)
         self._connection: AbstractRobustConnection | None = None
         self._consumers: list[Consumer] = []
@@ -140,6 +144,7 @@ class ChaosRelay:
 
     async def _forward_command(self, publisher: RabbitPublisher, delivery: Delivery) -> None:
         self.counts.commands_in += 1
+        self.problems += delivery_problems(Exchange.COMMANDS, delivery)
         # Copies share the message_id: duplicates, as a redelivery or a republish makes them.
         # No headers: the broker's x-delivery-count of the upstream queue means nothing below.
         await asyncio.gather(
@@ -163,6 +168,7 @@ class ChaosRelay:
 
     async def _buffer_reply(self, delivery: Delivery) -> None:
         self.counts.replies_in += 1
+        self.problems += delivery_problems(Exchange.DEFAULT, delivery)
         pending = _Pending(delivery)
         self._pending.append(pending)
         self._arrived.set()

@@ -300,6 +300,7 @@ async def chaos_was_real(
     """Check that the duplicates, the reordering and the kills happened; the figures."""
     counts = relay.counts
     assert counts.commands_in > 0
+    assert relay.problems[:10] == []  # every command and reply as docs/protocol/ says
     assert counts.commands_out == COPIES * counts.commands_in
     assert counts.replies_out == COPIES * counts.replies_in
     assert counts.mixed_batches > 0
