@@ -1,13 +1,13 @@
 """Small sagas and a driver for the pure state machine, shared by the machine's unit tests.
 
-`Run` holds a fake clock (explicit `now` datetimes), the current state and every decision
-made so far; its methods feed `decide` one event each and return that decision.
+`Run` drives a saga event by event on the public test kit (`orchestrator.testing`): the test
+sets the clock (explicit `now` datetimes) and feeds one event per call, the decision of which
+each method returns.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from pydantic import BaseModel
@@ -19,20 +19,17 @@ from orchestrator.machine import (
     Event,
     MarkCompensated,
     PauseRequested,
-    ReplyReceived,
     ResumeRequested,
     RetryRequested,
     SkipRequested,
     TimersDue,
-    decide,
-    start,
 )
-from orchestrator.messages import Command, Reply, ReplyError
+from orchestrator.messages import Command, Reply
 from orchestrator.retry import Retry
-from orchestrator.state import SagaStatus, StepState, StepStatus
+from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
+from orchestrator.testing import SAGA_ID, START, Answer, SagaTest, fail, heartbeat, succeed
 
-T0 = datetime(2026, 1, 1, 12, tzinfo=UTC)
-SAGA_ID = uuid.UUID("00000000-0000-4000-8000-000000000007")
+T0 = START
 
 # Quick, predictable retry policies: no jitter, so waits are exact.
 ONCE = Retry(max_attempts=1)
@@ -72,7 +69,9 @@ def three_steps(**saga_options: Any) -> Saga:
 
 
 class Run:
-    """Drives one saga of `definition` through `decide`."""
+    """Drives one saga of `definition` event by event, on the public test kit
+    (`orchestrator.testing.SagaTest`) with nothing answered on its own: each method feeds
+    one event at `now` (a datetime the test may set) and returns that decision."""
 
     def __init__(
         self,
@@ -84,28 +83,36 @@ class Run:
     ) -> None:
         self.definition = definition
         self.now = T0
-        first = start(
+        self.kit = SagaTest(
             definition,
-            saga_id=SAGA_ID,
+            input if input is not None else {"n": 1, "flag": True},
             key=key,
-            input=input if input is not None else {"n": 1, "flag": True},
-            now=self.now,
+            saga_id=SAGA_ID,
+            now=T0,
+            auto=False,
             cancel_reason=cancel_reason,
         )
-        self.state = first.state
-        self.decisions = [first]
+
+    @property
+    def state(self) -> SagaState:
+        return self.kit.state
+
+    @state.setter
+    def state(self, state: SagaState) -> None:
+        self.kit.state = state
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return self.kit.decisions
 
     def feed(self, event: Event) -> Decision:
-        decision = decide(self.definition, self.state, event, self.now)
-        self.state = decision.state
-        self.decisions.append(decision)
-        return decision
+        return self.kit.feed(event, at=self.now)
 
     # -- what happened ------------------------------------------------------------------------
 
     @property
     def commands(self) -> list[Command]:
-        return [c for d in self.decisions for c in d.commands]
+        return self.kit.commands
 
     @property
     def sent(self) -> list[tuple[str, str]]:
@@ -114,32 +121,23 @@ class Run:
 
     @property
     def history(self) -> list[tuple[str, str | None]]:
-        return [(h.event, h.step) for d in self.decisions for h in d.history]
+        return [(h.event, h.step) for h in self.kit.history]
 
     def detail(self, event: str, step: str | None = None) -> dict[str, Any]:
         """The detail of the last history entry `event` (of `step`, when given)."""
-        found = [
-            h
-            for d in self.decisions
-            for h in d.history
-            if h.event == event and (step is None or h.step == step)
-        ]
-        assert found, f"no {event} in history: {self.history}"
-        return found[-1].detail or {}
+        return self.kit.entry(event, step).detail or {}
 
     @property
     def outcomes(self) -> list[str]:
-        return [e.status for d in self.decisions for e in d.events]
+        return [e.status for e in self.kit.outcomes]
 
     def status(self) -> SagaStatus:
         """A method, not a property: each event fed changes it, and mypy would keep a
         property's value narrowed by one assert across the calls that feed the next events."""
-        return self.state.status
+        return self.kit.status
 
     def step(self, name: str) -> StepState:
-        found = self.state.step(name)
-        assert found is not None
-        return found
+        return self.kit.step(name)
 
     def due_at(self, name: str) -> datetime:
         """When step `name`'s timer fires; the step must have one."""
@@ -159,10 +157,12 @@ class Run:
 
     # -- what arrives -------------------------------------------------------------------------
 
+    def _reply(self, command: Command, answer: Answer) -> Decision:
+        return self.kit.reply(command, answer, at=self.now)
+
     def succeed(self, result: Any = None, command: Command | None = None) -> Decision:
         cmd = command or self.last
-        result = {"done": cmd.step} if result is None else result
-        return self.feed(ReplyReceived(reply(cmd, "success", result=result)))
+        return self._reply(cmd, succeed({"done": cmd.step} if result is None else result))
 
     def fail(
         self,
@@ -172,12 +172,10 @@ class Run:
         retryable: bool = True,
         command: Command | None = None,
     ) -> Decision:
-        cmd = command or self.last
-        error = ReplyError(type=type, message=message, retryable=retryable)
-        return self.feed(ReplyReceived(reply(cmd, "failure", error=error)))
+        return self._reply(command or self.last, fail(type, message, retryable=retryable))
 
     def heartbeat(self, details: Any = None, command: Command | None = None) -> Decision:
-        return self.feed(ReplyReceived(reply(command or self.last, "heartbeat", result=details)))
+        return self._reply(command or self.last, heartbeat(0, details=details))
 
     def at(self, when: datetime) -> Decision:
         assert when >= self.now

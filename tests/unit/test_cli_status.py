@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from adapters.cli.status import render
 from orchestrator.ports import HistoryRecord
-from tests.unit.builders import SAGA_ID, T0, Run, shop, three_steps
+from orchestrator.testing import SAGA_ID
+from tests.unit.builders import T0, Run, shop, three_steps
 
 
 def records(run: Run) -> list[HistoryRecord]:

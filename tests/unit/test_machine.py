@@ -19,9 +19,10 @@ from orchestrator.machine import (
 )
 from orchestrator.messages import Reply, ReplyError
 from orchestrator.state import SagaState, SagaStatus, StepStatus
+from orchestrator.testing import SAGA_ID
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 from tests.unit import builders
-from tests.unit.builders import SAGA_ID, T0, reply
+from tests.unit.builders import T0, reply
 
 ORDER = {
     "order_id": "o-42",

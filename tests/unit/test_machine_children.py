@@ -11,7 +11,8 @@ from typing import Any
 from orchestrator.machine import ReplyReceived, UndoRequested
 from orchestrator.messages import CancelSaga, ParentRef, Reply, StartSaga
 from orchestrator.state import SagaStatus, StepStatus
-from tests.unit.builders import ONCE, SAGA_ID, Run, shop
+from orchestrator.testing import SAGA_ID
+from tests.unit.builders import ONCE, Run, shop
 
 PARENT = uuid.UUID("00000000-0000-4000-8000-0000000000aa")
 
