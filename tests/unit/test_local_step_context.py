@@ -13,6 +13,7 @@ from adapters.local_steps import local_steps
 from orchestrator.definition import Saga, StepContext
 from orchestrator.messages import Command
 from orchestrator.registry import Registry
+from orchestrator.testing.local_calls import call_local, local_function
 from tests.unit.builders import Input
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -75,3 +76,22 @@ async def test_a_step_with_payload_gets_the_payload_and_no_input() -> None:
     assert ctx.payload == {"from": {"ok": True}} and ctx.saga_input is None
     with pytest.raises(AttributeError, match=r"step 'copy' has payload=.*read ctx\.payload"):
         _ = ctx.input
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        command("open", "action", {"n": 3, "flag": False}),
+        command("open", "compensation", {"n": 3}, action_result={"handle": 7}),
+        command("copy", "action", {"from": {"ok": True}}),
+    ],
+    ids=["input", "compensation", "payload"],
+)
+async def test_the_test_kit_gives_a_local_step_the_context_the_worker_gives(cmd: Command) -> None:
+    by_worker = await run(cmd)
+    seen.clear()
+    fn = local_function(files, cmd)
+    assert fn is not None
+    answer = call_local(files, fn, cmd)
+    assert answer.outcome == "success" and answer.result == {"ok": True}
+    assert seen == [by_worker]
