@@ -9,7 +9,7 @@ from typing import Any
 from adapters.participant.core import Participant, StepFailed
 from orchestrator.messages import Command
 from orchestrator.registry import Registry
-from orchestrator.steps import LocalHandler, StepContext
+from orchestrator.steps import LocalHandler
 
 
 def local_steps(registry: Registry) -> Participant:
@@ -46,19 +46,7 @@ def _bind(
                 retryable=True,
             )
         saga = registry.get(cmd.saga, version)
-        # With payload= the command carries what it built, not the saga's input.
-        built = saga.step(cmd.step).payload is not None
-        ctx = StepContext(
-            saga_id=str(cmd.saga_id),
-            saga=cmd.saga,
-            step=cmd.step,
-            kind=cmd.kind,
-            attempt=cmd.attempt,
-            idempotency_key=cmd.idempotency_key,
-            saga_input=None if built else saga.input.model_validate(cmd.payload),
-            payload=cmd.payload,
-            action_result=cmd.action_result,
-        )
+        ctx = saga.step_context(cmd)
         result = await fn(ctx)
         return result.model_dump(mode="json") if hasattr(result, "model_dump") else result
 

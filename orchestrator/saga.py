@@ -31,6 +31,7 @@ from orchestrator.definition_rules import (
 )
 from orchestrator.errors import DefinitionError
 from orchestrator.locks import OnLocked
+from orchestrator.messages import Command
 from orchestrator.retry import Retry
 from orchestrator.steps import (
     DEFAULT_CONCURRENCY,
@@ -43,6 +44,7 @@ from orchestrator.steps import (
     OnGuardFalse,
     Output,
     Payload,
+    StepContext,
     StepDefinition,
     Unset,
     Until,
@@ -135,6 +137,22 @@ class Saga:
 
     def step(self, name: str) -> StepDefinition:
         return self._steps[self._positions[name]]
+
+    def step_context(self, command: Command) -> StepContext:
+        """What a local step's function gets for `command` of this saga. With `payload=` the
+        command carries what the step built, not the saga's input, so there is no input."""
+        built = self.step(command.step).payload is not None
+        return StepContext(
+            saga_id=str(command.saga_id),
+            saga=command.saga,
+            step=command.step,
+            kind=command.kind,
+            attempt=command.attempt,
+            idempotency_key=command.idempotency_key,
+            saga_input=None if built else self.input.model_validate(command.payload),
+            payload=command.payload,
+            action_result=command.action_result,
+        )
 
     @contextmanager
     def parallel(self) -> Iterator[Saga]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from orchestrator.messages import Command, ReplyError
 from orchestrator.saga import Saga
-from orchestrator.steps import LocalHandler, StepContext
+from orchestrator.steps import LocalHandler
 from orchestrator.testing.answers import Answer
 
 
@@ -30,18 +30,7 @@ def call_local(definition: Saga, fn: LocalHandler, command: Command) -> Answer:
     """Run `fn` for `command` and turn what it did into an answer. An exception with
     `type` and `retryable` attributes (the participant SDK's `StepFailed`) is a failure of
     that type; any other is a retryable failure named after its class."""
-    built = definition.step(command.step).payload is not None
-    ctx = StepContext(
-        saga_id=str(command.saga_id),
-        saga=command.saga,
-        step=command.step,
-        kind=command.kind,
-        attempt=command.attempt,
-        idempotency_key=command.idempotency_key,
-        saga_input=None if built else definition.input.model_validate(command.payload),
-        payload=command.payload,
-        action_result=command.action_result,
-    )
+    ctx = definition.step_context(command)
     try:
         result = _run(fn(ctx))
     except Exception as exc:
