@@ -40,6 +40,8 @@ def ticker_participant() -> Participant:
 
     @participant.handler("ticker.tick")
     async def tick(cmd: Command) -> dict[str, Any]:
+        # Work that lasts longer than a heartbeat interval (a third of heartbeat_timeout),
+        # so the run sends heartbeats whose bodies the schemas must accept.
         await asyncio.sleep(0.5)
         return {"ticked": cmd.payload["n"]}
 

@@ -73,7 +73,7 @@ async def test_a_timeout_the_handler_raises_itself_is_a_crash_not_the_steps_time
     @reports.handler("reports.render")
     async def render(cmd: Command) -> dict[str, Any]:
         async with asyncio.timeout(0.01):  # the handler's own call timing out
-            await asyncio.sleep(1)
+            await asyncio.sleep(1)  # a slow call, cut short by the timeout above
         return {}
 
     reply = await reports.handle(command(timeout=30), datetime.now(UTC))
