@@ -47,6 +47,7 @@ from orchestrator.messages import (
     REPLY_QUEUE,
     CancelSaga,
     Reply,
+    SignalSaga,
     StartSaga,
 )
 from orchestrator.ports import Publisher, Registration
@@ -257,10 +258,28 @@ class Orchestrator:
                 await with_db_retries(lambda: engine.cancel(cancel))
             except SagaNotFound as exc:
                 raise Poison(str(exc)) from exc
+        elif message.routing_key == "signal":
+            await self._on_signal(message)
         else:
             raise Poison(
-                f"unknown routing key {message.routing_key!r}: expected 'start' or 'cancel'"
+                f"unknown routing key {message.routing_key!r}: expected 'start', 'cancel' or "
+                "'signal'"
             )
+
+    async def _on_signal(self, message: Delivery) -> None:
+        """A signal: taken, held, a duplicate, or refused (recorded and announced as
+        `<saga>.signal_refused`); each is acked. A body that is no valid signal is
+        dead-lettered with the reason."""
+        request = parse(SignalSaga, message)
+        target = {"saga_id": request.saga_id, "saga": request.saga, "key": request.key}
+        structlog.contextvars.bind_contextvars(
+            signal=request.signal,
+            signal_id=request.signal_id,
+            **{name: str(value) for name, value in target.items() if value is not None},
+        )
+        engine = self._engine()
+        outcome = await with_db_retries(lambda: engine.signal(request))
+        log.info("signal_delivered", result=outcome.result, reason=outcome.reason)
 
     async def _parse_start(self, message: Delivery) -> StartSaga:
         """The start in `message`, or Poison. A JSON object that is no valid start is

@@ -19,6 +19,7 @@ from orchestrator.steps import (
     UNSET,
     ChildInput,
     Items,
+    OnTimeout,
     Output,
     StepDefinition,
     Unset,
@@ -215,6 +216,19 @@ def check_sleep(
             f"saga {saga!r}, step {step!r}: until= must be a function of the saga's "
             f"GuardContext returning a datetime, got {until!r}"
         )
+
+
+def check_wait(where: str, timeout: float | None, on_timeout: OnTimeout) -> None:
+    """The options of a wait step: a timeout it cannot do without, and what it then does."""
+    if timeout is None:
+        raise DefinitionError(
+            f"{where}: a wait needs timeout= (seconds): a signal that never comes would hold "
+            "the saga for ever. Say how long to wait, and with on_timeout= whether the step "
+            "then fails ('fail': the saga compensates, or parks past the pivot) or is skipped"
+        )
+    check_timeout(where, "timeout", timeout)
+    if on_timeout not in ("fail", "skip"):
+        raise DefinitionError(f"{where}: on_timeout must be 'fail' or 'skip', got {on_timeout!r}")
 
 
 def check_limits(where: str, step: StepDefinition) -> None:

@@ -32,10 +32,11 @@ from orchestrator.machine import (
     SkipRequested,
     TimersDue,
 )
-from orchestrator.messages import CancelSaga, Reply, StartSaga
+from orchestrator.messages import CancelSaga, Reply, SignalSaga, StartSaga
 from orchestrator.ports import Clock, Publisher, SagaStore
 from orchestrator.registry import Registry
 from orchestrator.semantic_locks import SemanticLocks
+from orchestrator.signalling import SignalOutcome, deliver
 from orchestrator.starting import Starter, StartOutcome
 from orchestrator.state import SagaState, SagaStatus
 from orchestrator.unit_of_work import Change, Observer, UnitsOfWork
@@ -192,6 +193,15 @@ class Engine:
                     None,
                 )
         return CancelOutcome(sagas=tuple(results), refused=refused)
+
+    async def signal(self, request: SignalSaga, actor: str = "broker") -> SignalOutcome:
+        """Deliver a signal to the wait step it names, of the saga `request` names: taken
+        by a waiting step, held for one not begun yet, a duplicate of one held or taken
+        (nothing changes), or refused (recorded in the saga's history where there is a saga,
+        and announced as `<saga>.signal_refused`). Signal ids are the sender's idempotency
+        keys: delivering one twice is safe."""
+        async with self._units() as uow:
+            return await deliver(uow, self.registry, request, self.clock(), actor)
 
     async def operate(self, saga_id: UUID, action: OperatorEvent, actor: str) -> SagaState:
         """An operator's action (pause, resume, retry, skip, mark-compensated) on one saga,

@@ -96,6 +96,19 @@ class HistoryEvent(StrEnum):
     SLEEP_STARTED = "sleep_started"
     # on_timers: a sleep step woke.
     SLEEP_FINISHED = "sleep_finished"
+    # begin_wait: a wait step began; `until` is when it times out.
+    WAIT_STARTED = "wait_started"
+    # on_signal or begin_wait: the wait took its signal; the payload is the step's result.
+    # `seconds`: how long the step waited (0 for a signal kept from before it began).
+    WAIT_FINISHED = "wait_finished"
+    # on_timers: a wait's timeout passed without its signal; `on_timeout` says what followed.
+    WAIT_TIMED_OUT = "wait_timed_out"
+    # on_signal: a signal came before its wait step began; it is kept for it.
+    SIGNAL_HELD = "signal_held"
+    # on_signal: a signal the saga cannot take (finished, never waits for it, a payload that
+    # does not match, its wait over); Engine.signal, one naming no saga (observer only).
+    # Announced as `<saga>.signal_refused`.
+    SIGNAL_REFUSED = "signal_refused"
     # begin_map: a map step expanded into its items.
     MAP_STARTED = "map_started"
     # progress_map: every item of a map step succeeded.
@@ -128,3 +141,5 @@ class Outcome(StrEnum):
     CANCEL_REFUSED = "cancel_refused"
     # A start that started no saga (a held lock, an unknown saga, invalid input).
     REJECTED = "rejected"
+    # A signal the saga did not take (unknown saga, finished, not waited for, bad payload).
+    SIGNAL_REFUSED = "signal_refused"

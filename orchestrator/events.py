@@ -44,6 +44,17 @@ class TimersDue:
 
 
 @dataclass(frozen=True)
+class SignalReceived:
+    """A signal from outside for the wait step named `signal`: its payload becomes the
+    step's result. `signal_id` is the sender's idempotency key: the same id again changes
+    nothing."""
+
+    signal: str
+    signal_id: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class PauseRequested:
     """Operator: dispatch nothing new and hold the timers until resumed."""
 
@@ -90,7 +101,7 @@ class UndoRequested:
 
 
 OperatorEvent = PauseRequested | ResumeRequested | RetryRequested | SkipRequested | MarkCompensated
-Event = CancelRequested | ReplyReceived | TimersDue | UndoRequested | OperatorEvent
+Event = CancelRequested | ReplyReceived | TimersDue | UndoRequested | SignalReceived | OperatorEvent
 # A message to the `sagas` exchange: a child saga's start, or its cancel.
 SagaRequest = tuple[Literal["start", "cancel"], StartSaga | CancelSaga]
 

@@ -3,7 +3,7 @@
 No I/O, no clock, no randomness: the shell loads the state, calls `decide`, and persists the
 new state, history and outgoing messages in one transaction. The events and the Decision are
 in events.py, one transition's working in the transition package (its handlers of replies,
-cancels and undos, timers), operators' actions in operators.py.
+cancels and undos, timers, signals), operators' actions in operators.py.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from orchestrator.events import (
     ReplyReceived,
     ResumeRequested,
     RetryRequested,
+    SignalReceived,
     SkipRequested,
     TimersDue,
     UndoRequested,
@@ -40,6 +41,7 @@ from orchestrator.transition.advance import advance
 from orchestrator.transition.cancels import on_cancel, on_undo
 from orchestrator.transition.replies import on_reply
 from orchestrator.transition.scratch import Transition, after
+from orchestrator.transition.signals import on_signal
 from orchestrator.transition.timers import on_timers
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "ReplyReceived",
     "ResumeRequested",
     "RetryRequested",
+    "SignalReceived",
     "SkipRequested",
     "TimersDue",
     "UndoRequested",
@@ -112,6 +115,7 @@ HANDLERS: Mapping[type[Event], Callable[[Transition, Any], None]] = {
     CancelRequested: on_cancel,
     TimersDue: on_timers,
     UndoRequested: on_undo,
+    SignalReceived: on_signal,
     PauseRequested: operate,
     ResumeRequested: operate,
     RetryRequested: operate,

@@ -65,8 +65,8 @@ def _one_target_schema(schema: dict[str, Any]) -> None:
     ]
 
 
-class CancelSaga(_Wire):
-    """`sagas` exchange, routing key `cancel`: by the start's key (optionally with the saga
+class _SagaTarget(_Wire):
+    """A message for sagas already started: by the start's key (optionally with the saga
     name) or by saga_id."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_one_target_schema)
@@ -74,16 +74,33 @@ class CancelSaga(_Wire):
     key: str | None = Field(None, min_length=1, max_length=MAX_KEY_LENGTH)
     saga: str | None = Field(None, min_length=1, max_length=100)
     saga_id: UUID | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> _SagaTarget:
+        if (self.key is None) == (self.saga_id is None):
+            raise ValueError("give exactly one of 'key' or 'saga_id'")
+        return self
+
+
+class CancelSaga(_SagaTarget):
+    """`sagas` exchange, routing key `cancel`: by the start's key (optionally with the saga
+    name) or by saga_id."""
+
     reason: str = Field("cancelled", max_length=1000)
     # Set when a parent saga undoes its child step: a completed child is then compensated
     # too, and the child answers the parent's compensation once it is undone.
     parent: ParentRef | None = None
 
-    @model_validator(mode="after")
-    def _one_target(self) -> CancelSaga:
-        if (self.key is None) == (self.saga_id is None):
-            raise ValueError("give exactly one of 'key' or 'saga_id'")
-        return self
+
+class SignalSaga(_SagaTarget):
+    """`sagas` exchange, routing key `signal`: a signal for a saga's wait step named
+    `signal`, by the start's key (optionally with the saga name) or by saga_id. `signal_id`
+    is the sender's idempotency key: the same signal sent again (a retried webhook) changes
+    nothing. `payload` becomes the wait step's result."""
+
+    signal: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[a-z][a-z0-9_]*$")
+    signal_id: str = Field(min_length=1, max_length=MAX_KEY_LENGTH)
+    payload: dict[str, Any] = Field(default_factory=dict)
 
 
 class Command(_Wire):

@@ -27,6 +27,7 @@ from orchestrator.definition_rules import (
     check_saga,
     check_sleep,
     check_step,
+    check_wait,
     compensation_of,
 )
 from orchestrator.errors import DefinitionError
@@ -42,6 +43,7 @@ from orchestrator.steps import (
     Items,
     LocalHandler,
     OnGuardFalse,
+    OnTimeout,
     Output,
     Payload,
     StepContext,
@@ -346,6 +348,51 @@ class Saga:
             )
         )
         return self
+
+    def wait(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        on_timeout: OnTimeout = "fail",
+        result: type[BaseModel] | None = None,
+        guard: Guard | None = None,
+        on_guard_false: OnGuardFalse = "skip",
+    ) -> Saga:
+        """Add a step that waits for the signal `name` from outside: a webhook, a person's
+        approval, another system's confirmation (docs/signals.md). The signal's payload
+        (validated by `result` when given; a payload that does not match is refused and the
+        wait goes on) becomes the step's result, which later steps read like any result.
+
+        A signal that comes before the step begins is kept, and taken when it begins.
+        `timeout` (seconds, required) is a database timer that holds while the saga is
+        paused; when it passes, `on_timeout="fail"` fails the step (the saga compensates, or
+        past the pivot parks for an operator) and `"skip"` skips it. A cancel ends the wait.
+        It sends nothing and is never compensated."""
+        check_wait(self._where(name), timeout, on_timeout)
+        assert timeout is not None
+        self._add(
+            StepDefinition(
+                name=name,
+                command=None,
+                compensation=None,
+                pivot=False,
+                timeout=self.timeout,
+                retry=self.retry,
+                compensation_timeout=self.timeout,
+                compensation_retry=self.compensation_retry,
+                guard=guard,
+                on_guard_false=on_guard_false,
+                result=result,
+                wait_timeout=timeout,
+                on_timeout=on_timeout,
+            )
+        )
+        return self
+
+    def waits(self) -> tuple[str, ...]:
+        """The signals the saga waits for: its wait steps' names."""
+        return tuple(s.name for s in self._steps if s.wait)
 
     def local(
         self,

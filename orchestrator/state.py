@@ -119,6 +119,7 @@ class StepState:
     item: int | None = None
     # An item step's item; a child step's input; for a step (or map step) with `payload=`
     # what its commands carry as `payload`. None otherwise: they carry the saga's input.
+    # A wait step's: the signal it holds or took, `{"signal_id", "payload", "received_at"}`.
     payload: Any = None
     # The end of the step's schedule-to-close budget (its action's, or once it is being
     # undone its compensation's): no attempt runs and no retry is scheduled past it.

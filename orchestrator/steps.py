@@ -37,6 +37,9 @@ class Unset(enum.Enum):
 
 UNSET: Final = Unset.UNSET
 OnGuardFalse = Literal["skip", "fail"]
+# What a wait step does when its timeout passes without its signal: fail (the saga
+# compensates, or parks past the pivot) or skip (the saga goes on without a result).
+OnTimeout = Literal["fail", "skip"]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -114,7 +117,7 @@ LocalHandler = Callable[[StepContext], Awaitable[Any]]
 @dataclass(frozen=True)
 class StepDefinition:
     name: str
-    # None for a sleep step: it sends nothing, a database timer wakes it.
+    # None for a sleep or wait step: it sends nothing, a signal or a database timer ends it.
     command: str | None
     compensation: str | None
     pivot: bool
@@ -156,12 +159,21 @@ class StepDefinition:
     # What the step's commands carry as `payload`; None: the saga's input.
     payload: Payload | None = field(default=None, compare=False)
     # The model a success reply's result must validate (a map's: each item's result); with
-    # it, the step's compensation is given the result (`action_result`).
+    # it, the step's compensation is given the result (`action_result`). A wait step's: the
+    # model its signal's payload must validate.
     result: type[BaseModel] | None = None
+    # A wait step: it waits for the signal named as the step, at most `wait_timeout` seconds.
+    wait_timeout: float | None = None
+    on_timeout: OnTimeout = "fail"
 
     @property
     def sleep(self) -> bool:
         return self.sleep_seconds is not None or self.sleep_until is not None
+
+    @property
+    def wait(self) -> bool:
+        """A wait step: it takes the signal named as the step, or times out."""
+        return self.wait_timeout is not None
 
     @property
     def map(self) -> bool:
@@ -207,6 +219,8 @@ class StepDefinition:
             doc["payload"] = qualname(self.payload)
         if self.result is not None:
             doc["result"] = qualname(self.result)
+        if self.wait_timeout is not None:
+            doc["wait"] = {"timeout": self.wait_timeout, "on_timeout": self.on_timeout}
         return doc
 
 

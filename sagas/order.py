@@ -1,12 +1,17 @@
 """The order saga: the case the engine exists for.
 
-reserve credit and stock (in parallel) -> charge payment (the pivot) -> notify the customer.
-A failure before or at the pivot undoes the reservations in reverse; after the pivot the
-notification is retried until it goes through (or the saga is parked for an operator).
+reserve credit and stock (in parallel) -> fraud review (orders above REVIEW_ABOVE only) ->
+charge payment (the pivot) -> notify the customer. A failure before or at the pivot undoes
+the reservations in reverse; after the pivot the notification is retried until it goes
+through (or the saga is parked for an operator).
 
 Data flows through it (v3): each reservation answers with its id, which its release gets
 back (`action_result`); the notification is built from the charge's result (`payload=`);
 the order's output names the charge (`output=`).
+
+A person reviews large orders (v4): the saga waits for the signal `fraud_review` from the
+fraud desk, at most a day. An approval lets the charge go ahead; a rejection, or no answer
+in time, undoes the reservations.
 """
 
 from __future__ import annotations
@@ -49,6 +54,32 @@ class Charged(BaseModel):
     charged: Decimal
 
 
+class FraudReview(BaseModel):
+    """The fraud desk's verdict, the payload of the signal `fraud_review`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approved: bool
+    reviewer: str = Field(min_length=1, max_length=64)
+    note: str = Field("", max_length=1000)
+
+
+# Orders above this amount wait for a person's review before the card is charged.
+REVIEW_ABOVE = Decimal("1000")
+REVIEW_TIMEOUT = 24 * 3600.0
+
+
+def needs_review(ctx: GuardContext) -> bool:
+    return Decimal(str(ctx.input["amount"])) > REVIEW_ABOVE
+
+
+def review_approved(ctx: GuardContext) -> bool:
+    """The charge's guard: no review was needed, or the reviewer approved the order."""
+    if "fraud_review" not in ctx.results:
+        return True
+    return ctx.result("fraud_review", FraudReview).approved
+
+
 def confirmation(ctx: GuardContext) -> dict[str, Any]:
     """The notification's payload: the order, and the charge that paid for it."""
     charge = ctx.result("charge_payment", Charged)
@@ -70,38 +101,62 @@ def receipt(ctx: GuardContext) -> dict[str, Any]:
     }
 
 
+def _reserve(saga: Saga) -> None:
+    """Credit and stock, in parallel; each answers the id its release gets back."""
+    with saga.parallel():
+        saga.remote(
+            "reserve_credit",
+            command="customers.reserve_credit",
+            compensation="customers.release_credit",
+            result=Reserved,
+        )
+        saga.remote(
+            "reserve_stock",
+            command="inventory.reserve",
+            compensation="inventory.release",
+            result=Reserved,
+        )
+
+
+def _charge_and_confirm(saga: Saga, *, guard: Any = None) -> None:
+    saga.remote(
+        "charge_payment",
+        command="payments.charge",
+        pivot=True,
+        retry=Retry(max_attempts=3),
+        result=Charged,
+        guard=guard,
+        on_guard_false="fail",
+    )
+    saga.remote(
+        "notify_customer",
+        command="notifications.order_confirmed",
+        retry=Retry(max_attempts=20, initial_interval=1.0, max_interval=30.0),
+        payload=confirmation,
+    )
+
+
+# v4: large orders wait for the fraud desk's review before the charge.
+saga = Saga("order", version=4, input=OrderPlaced, timeout=30, output=receipt)
+_reserve(saga)
+saga.wait(
+    "fraud_review",
+    timeout=REVIEW_TIMEOUT,
+    on_timeout="fail",
+    result=FraudReview,
+    guard=needs_review,
+)
+_charge_and_confirm(saga, guard=review_approved)
+
+# v3, v2 and v1 stay loaded while instances started on them may still be unfinished
+# somewhere (`saga definitions` shows them); a process without them refuses to start.
+
 # v3: the reservations' and the charge's results are checked and passed on.
-saga = Saga("order", version=3, input=OrderPlaced, timeout=30, output=receipt)
-with saga.parallel():
-    saga.remote(
-        "reserve_credit",
-        command="customers.reserve_credit",
-        compensation="customers.release_credit",
-        result=Reserved,
-    )
-    saga.remote(
-        "reserve_stock",
-        command="inventory.reserve",
-        compensation="inventory.release",
-        result=Reserved,
-    )
-saga.remote(
-    "charge_payment",
-    command="payments.charge",
-    pivot=True,
-    retry=Retry(max_attempts=3),
-    result=Charged,
-)
-saga.remote(
-    "notify_customer",
-    command="notifications.order_confirmed",
-    retry=Retry(max_attempts=20, initial_interval=1.0, max_interval=30.0),
-    payload=confirmation,
-)
+order_v3 = Saga("order", version=3, input=OrderPlaced, timeout=30, output=receipt)
+_reserve(order_v3)
+_charge_and_confirm(order_v3)
 
 
-# v2 and v1 stay loaded while instances started on them may still be unfinished somewhere
-# (`saga definitions` shows them); a process without them refuses to start.
 def _pay_and_notify(saga: Saga) -> None:
     saga.remote(
         "charge_payment",

@@ -2,10 +2,10 @@
 queues of adapters/rabbitmq/topology.py, the AMQP properties and headers every message carries,
 and each message's body by reference to its JSON Schema (adapters/protocol/schemas.py).
 
-The operations are the orchestrator's: it receives starts, cancels and replies, and sends
+The operations are the orchestrator's: it receives starts, cancels, signals and replies, and sends
 commands, outcome events and dead letters. A participant does the mirror image (receives on its
 command queue, sends replies), and so does a service that starts sagas (sends starts and
-cancels, receives outcome events).
+cancels, signals, receives outcome events).
 
 AMQP has two kinds of message metadata: properties (`message_id`, `correlation_id`,
 `reply_to`, `content_type`, `delivery_mode`) and the `headers` table (`traceparent`, the
@@ -49,7 +49,7 @@ exchange and routing keys are never prefixed.
 
 The operations are the orchestrator's. A participant service receives on `commandQueue` and
 sends on `replies` (to the command's `reply_to`); a service that starts sagas sends on
-`sagaStarts` and `sagaCancels` and binds a queue of its own to `events`.
+`sagaStarts`, `sagaCancels` and `sagaSignals` and binds a queue of its own to `events`.
 
 The rules a participant follows (idempotency, expiry, heartbeats, compensations): \
 docs/protocol-idempotency.md. The bodies' JSON Schemas are the files next to this one.
@@ -130,6 +130,13 @@ def channels() -> dict[str, Any]:
             "messages": _refs(["cancel"]),
             "bindings": _routed(Exchange.SAGAS),
         },
+        "sagaSignals": {
+            "address": "signal",
+            "description": "Signal a saga's wait step: publish to exchange `sagas` with routing "
+            "key `signal`.",
+            "messages": _refs(["signal"]),
+            "bindings": _routed(Exchange.SAGAS),
+        },
         "requestsQueue": _queue_channel(
             REQUESTS_QUEUE,
             "The orchestrator's queue of starts.",
@@ -138,10 +145,10 @@ def channels() -> dict[str, Any]:
         ),
         "cancelsQueue": _queue_channel(
             CANCELS_QUEUE,
-            "The orchestrator's queue of cancels (apart from the starts, so a cancel never "
-            "waits behind them).",
-            ["cancel"],
-            [(Exchange.SAGAS, "cancel")],
+            "The orchestrator's queue of cancels and signals (apart from the starts, so they "
+            "never wait behind them).",
+            ["cancel", "signal"],
+            [(Exchange.SAGAS, "cancel"), (Exchange.SAGAS, "signal")],
         ),
         "commands": {
             "address": "{service}.{command}",
@@ -218,6 +225,12 @@ def operations() -> dict[str, Any]:
             **_operation("receive", "cancelsQueue", ["cancel"], "Cancel a saga."),
             "bindings": consume,
         },
+        "receiveSignal": {
+            **_operation(
+                "receive", "cancelsQueue", ["signal"], "Deliver a signal to a saga's wait step."
+            ),
+            "bindings": consume,
+        },
         "sendCommand": {
             **_operation("send", "commands", ["command"], "Send a step's action or compensation."),
             "bindings": publish,
@@ -242,7 +255,8 @@ def operations() -> dict[str, Any]:
                 "send",
                 "events",
                 ["outcomeEvent", "rejectedEvent"],
-                "Announce how a saga ended, a refused cancel, or a start that made no saga.",
+                "Announce how a saga ended, a refused cancel or signal, or a start that made "
+                "no saga.",
             ),
             "bindings": {
                 "amqp": {"deliveryMode": 2, "mandatory": False, "bindingVersion": AMQP_BINDING}
@@ -375,6 +389,12 @@ def messages() -> dict[str, Any]:
             "cancel.schema.json",
             "requestHeaders",
         ),
+        "signal": _message(
+            "Signal saga",
+            "A signal for a saga's wait step, by its start's key or its id.",
+            "signal.schema.json",
+            "requestHeaders",
+        ),
         "command": _message(
             "Command",
             "An attempt of a step's action or compensation.",
@@ -398,7 +418,7 @@ def messages() -> dict[str, Any]:
         ),
         "outcomeEvent": _message(
             "Outcome event",
-            "How a saga ended, or a cancel it refused.",
+            "How a saga ended, or a cancel or signal it refused.",
             "outcome-event.schema.json",
             "eventHeaders",
         ),

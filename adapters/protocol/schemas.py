@@ -1,9 +1,9 @@
 """The JSON Schema of every message body of wire protocol v1, generated from the pydantic
 models of orchestrator/messages.py.
 
-A message the engine accepts (start, cancel, reply) is described as the model validates it; one
-it sends (command, outcome event) as the model writes it, so fields left out while unset are
-optional and a field the participant never sees (a command's routing key) is absent. The
+A message the engine accepts (start, cancel, signal, reply) is described as the model validates
+it; one it sends (command, outcome event) as the model writes it, so fields left out while unset
+are optional and a field the participant never sees (a command's routing key) is absent. The
 heartbeat and the `<saga>.rejected` event are variants of the reply and the outcome event: the
 same schema, narrowed to what those messages carry.
 """
@@ -15,7 +15,14 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from orchestrator.event_names import Outcome
-from orchestrator.messages import CancelSaga, Command, OutcomeEvent, Reply, StartSaga
+from orchestrator.messages import (
+    CancelSaga,
+    Command,
+    OutcomeEvent,
+    Reply,
+    SignalSaga,
+    StartSaga,
+)
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 SPEC = "docs/protocol-idempotency.md"
@@ -52,6 +59,19 @@ def cancel() -> dict[str, Any]:
         "Cancel a saga",
         "Exchange `sagas`, routing key `cancel`: by the start's `key` (optionally with the "
         "saga's name) or by `saga_id`, exactly one of the two.",
+    )
+
+
+def signal() -> dict[str, Any]:
+    return _schema(
+        SignalSaga,
+        "validation",
+        "Signal a saga",
+        "Exchange `sagas`, routing key `signal`: the signal `signal` for the saga's wait step "
+        "of that name, by the start's `key` (optionally with the saga's name) or by `saga_id`, "
+        "exactly one of the two. `signal_id` is the sender's idempotency key: sending it again "
+        "changes nothing. `payload` becomes the wait step's result. A signal the saga cannot "
+        "take is announced as `<saga>.signal_refused`.",
     )
 
 
@@ -99,8 +119,9 @@ def outcome_event() -> dict[str, Any]:
         "An outcome event",
         "Exchange `saga.events`, routing key `<saga>.<status>`: how a saga ended (`result` "
         "holds the completed saga's step results, `error` why it did not complete), a cancel "
-        "it refused (`cancel_refused`), or a start that made no saga (`rejected`, see "
-        "rejected-event.schema.json).",
+        "it refused (`cancel_refused`), a signal it refused (`signal_refused`: `error.reason` "
+        "says why, `error.signal` and `error.signal_id` which), or a start that made no saga "
+        "(`rejected`, see rejected-event.schema.json).",
     )
     schema["properties"]["status"] = {
         "enum": [o.value for o in Outcome],
@@ -137,6 +158,7 @@ def rejected_event() -> dict[str, Any]:
 SCHEMAS = {
     "start.schema.json": start,
     "cancel.schema.json": cancel,
+    "signal.schema.json": signal,
     "command.schema.json": command,
     "reply.schema.json": reply,
     "heartbeat.schema.json": heartbeat,

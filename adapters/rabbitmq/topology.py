@@ -142,6 +142,8 @@ class Topology:
         await requests.unbind(sagas, routing_key="cancel")
         cancels = await self.declare_queue(channel, CANCELS_QUEUE)
         await cancels.bind(sagas, routing_key="cancel")
+        # Signals share the cancels' queue: they too must never wait behind starts.
+        await cancels.bind(sagas, routing_key="signal")
         # Replies come through the default exchange, which binds every queue by its name.
         await self.declare_queue(channel, REPLIES_QUEUE)
         log.info("amqp_core_declared", prefix=self.prefix)

@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters import starter
 from examples.shop.schema import OUTBOX, orders
-from sagas.order import order_v1, order_v2
-from sagas.order import saga as order_v3
+from sagas.order import order_v1, order_v2, order_v3
+from sagas.order import saga as order_v4
 
-DEFINITIONS = (order_v3, order_v2, order_v1)
+DEFINITIONS = (order_v4, order_v3, order_v2, order_v1)
 
 
 def saga_key(order_id: str) -> str:

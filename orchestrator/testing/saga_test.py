@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orchestrator.events import (
     CancelRequested,
@@ -27,13 +27,14 @@ from orchestrator.events import (
     ReplyReceived,
     ResumeRequested,
     RetryRequested,
+    SignalReceived,
     SkipRequested,
     TimersDue,
 )
 from orchestrator.machine import decide, start
 from orchestrator.messages import CancelSaga, Command, OutcomeEvent, Reply, StartSaga
 from orchestrator.saga import Saga
-from orchestrator.state import SagaState, SagaStatus, StepState
+from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 from orchestrator.testing.answers import Answer
 from orchestrator.testing.scripts import Delivery, Kind, SagaTestError, Scripts
 
@@ -76,6 +77,7 @@ class SagaTest:
         self._scripts = Scripts(definition, strict=strict, auto=auto)
         self._pending: list[_Pending] = []
         self._seq = 0
+        self._signals = 0
         self.deliveries: list[Delivery] = []
         # Deliveries whose answer is not chosen yet: chosen when the clock next moves, so
         # scripts given after the start (or after a cancel) apply to what it dispatched.
@@ -120,8 +122,9 @@ class SagaTest:
 
     def run(self, *, max_events: int = MAX_EVENTS) -> SagaTest:
         """Deliver the scripted answers and fire the timers, in virtual-time order, until the
-        saga rests: it finished (completed, compensated, cancelled or parked as failed), or
-        is paused with nothing left in flight. Raises SagaTestError after `max_events`."""
+        saga rests: it finished (completed, compensated, cancelled or parked as failed), is
+        paused with nothing left in flight, or waits for a signal (`signal()` sends it,
+        `advance()` lets its timeout pass). Raises SagaTestError after `max_events`."""
         self._until(None, max_events)
         return self
 
@@ -142,6 +145,8 @@ class SagaTest:
                 moments.append(due)
             if not moments or (limit is None and self.state.finished):
                 break
+            if limit is None and min(moments) in self._wait_timeouts():
+                break  # waiting for a signal: t.signal() sends it, t.advance() times it out
             moment = max(min(moments), self._now)
             if limit is not None and moment > limit:
                 break
@@ -262,6 +267,32 @@ class SagaTest:
     def mark_compensated(self, reason: str = "compensated by hand") -> Decision:
         return self.feed(MarkCompensated(reason))
 
+    def signal(
+        self,
+        name: str,
+        payload: dict[str, Any] | BaseModel | None = None,
+        *,
+        signal_id: str | None = None,
+    ) -> Decision:
+        """Send the signal `name` with `payload` (a dict or a model), as the engine delivers
+        one from AMQP, HTTP or the CLI. `signal_id`: its idempotency key (default: a new one
+        per call); send the same one twice to test a duplicate."""
+        body = payload.model_dump(mode="json") if isinstance(payload, BaseModel) else payload
+        self._signals += 1
+        return self.feed(
+            SignalReceived(name, signal_id or f"{name}-{self._signals}", dict(body or {}))
+        )
+
+    def _wait_timeouts(self) -> set[datetime]:
+        return {
+            s.due_at
+            for s in self.state.steps
+            if s.status == StepStatus.RUNNING and s.due_at is not None and self._is_wait(s)
+        }
+
+    def _is_wait(self, step: StepState) -> bool:
+        return step.item is None and self.definition.steps[step.index].wait
+
     # -- what happened ------------------------------------------------------------------------
 
     @property
@@ -272,6 +303,15 @@ class SagaTest:
     @property
     def output(self) -> dict[str, Any] | None:
         return self.state.output
+
+    @property
+    def waiting_for(self) -> list[str]:
+        """The signals the saga waits for now: its running wait steps."""
+        return [
+            s.name
+            for s in self.state.steps
+            if s.status == StepStatus.RUNNING and s.due_at is not None and self._is_wait(s)
+        ]
 
     @property
     def error(self) -> dict[str, Any] | None:

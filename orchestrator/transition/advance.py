@@ -1,6 +1,7 @@
 """Moving the saga on: `advance` dispatches what its status calls for (the next stage while
 running, the latest stage's compensations while compensating) or finishes it; beginning a
-step checks its guard, builds its payload and starts its command, sleep, child saga or map.
+step checks its guard, builds its payload and starts its command, sleep, wait, child saga
+or map.
 A step that fails for good turns the saga to compensation, or parks it past the pivot."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from orchestrator.state import SagaStatus, StepState, StepStatus
 from orchestrator.steps import StepDefinition
 from orchestrator.transition.dispatch import dispatch
 from orchestrator.transition.scratch import Transition
+from orchestrator.transition.waits import begin_wait
 
 
 def advance(t: Transition) -> None:
@@ -71,7 +73,7 @@ def advance_running(t: Transition) -> None:
 
 def begin_step(t: Transition, step: StepState) -> bool:
     """Start a pending step: check its guard, build its payload, then dispatch it or start
-    its sleep. False when the guard skipped it (the caller moves on to the next step)."""
+    its sleep or wait. False when the guard skipped it (the caller moves on to the next step)."""
     spec = t.spec(step)
     if spec.guard is not None:
         try:
@@ -85,7 +87,7 @@ def begin_step(t: Transition, step: StepState) -> bool:
                 return False
             error = ErrorInfo(
                 type="guard_failed",
-                message=why or f"the guard of step {step.name!r} is false",
+                message=why or f"the guard {guard_name(spec)}of step {step.name!r} is false",
                 retryable=False,
             )
             fail_unsent(t, step, error)
@@ -97,6 +99,8 @@ def begin_step(t: Transition, step: StepState) -> bool:
         step = built
     if spec.sleep:
         begin_sleep(t, step, spec)
+    elif spec.wait:
+        begin_wait(t, step, spec)
     elif spec.child_input is not None:
         begin_child(t, step, spec)
     elif spec.map:
@@ -104,6 +108,13 @@ def begin_step(t: Transition, step: StepState) -> bool:
     else:
         dispatch(t, step, "action")
     return True
+
+
+def guard_name(spec: StepDefinition) -> str:
+    """A named guard function's name and a space, so its failure reads as its reason
+    (`the guard review_approved of step 'charge' is false`); nothing for a lambda."""
+    name = getattr(spec.guard, "__name__", "<lambda>")
+    return "" if name.startswith("<") else f"{name} "
 
 
 def build_payload(t: Transition, step: StepState, spec: StepDefinition) -> StepState | None:

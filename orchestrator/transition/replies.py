@@ -66,22 +66,31 @@ MAX_INVALID_RESULT_MESSAGE = 1000
 
 def invalid_result(model: type[BaseModel] | None, reply: Reply) -> ErrorInfo | None:
     """Why a success reply's result fails the step's `result=` model, or None when it
-    passes. Not retryable: the participant answered; asking again gets the same answer.
-    The message names the fields and what is wrong with them, never their values (which
-    may be secrets)."""
+    passes. Not retryable: the participant answered; asking again gets the same answer."""
     if model is None:
         return None
+    problems = mismatch(model, reply.result, "the result")
+    if problems is None:
+        return None
+    return ErrorInfo(type=INVALID_RESULT_ERROR, message=problems, retryable=False)
+
+
+def mismatch(model: type[BaseModel], value: Any, what: str) -> str | None:
+    """Why `value` (`what`: "the result") fails `model`, or None when it passes. The
+    message names the fields and what is wrong with them, never their values (which may be
+    secrets)."""
+    whole = what.removeprefix("the ")
     try:
-        model.model_validate(reply.result)
+        model.model_validate(value)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']) or '(result)'}: {e['msg']}"
+            f"{'.'.join(str(part) for part in e['loc']) or f'({whole})'}: {e['msg']}"
             for e in exc.errors(include_url=False, include_input=False)
         )
-        message = f"the result does not match {model.__name__}: {problems}"
+        message = f"{what} does not match {model.__name__}: {problems}"
         if len(message) > MAX_INVALID_RESULT_MESSAGE:
             message = message[: MAX_INVALID_RESULT_MESSAGE - 1] + "…"
-        return ErrorInfo(type=INVALID_RESULT_ERROR, message=message, retryable=False)
+        return message
     return None
 
 

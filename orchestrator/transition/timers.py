@@ -1,6 +1,6 @@
 """The clock passed a due time: the saga's deadline (compensate, or park past the pivot),
 its compensation deadline (park), and each step's timer: an attempt timed out, a sleep
-ended, a retry wait is over."""
+ended, a wait for a signal timed out, a retry wait is over."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from orchestrator.transition.advance import advance, stop_waiting_steps
 from orchestrator.transition.dispatch import dispatch
 from orchestrator.transition.retries import action_failed, compensation_failed, timeout_error
 from orchestrator.transition.scratch import Transition, due
+from orchestrator.transition.signals import wait_timed_out
 
 
 def on_timers(t: Transition, event: TimersDue) -> None:
@@ -42,6 +43,8 @@ def on_timers(t: Transition, event: TimersDue) -> None:
                 t.steps[index] = step.moved(StepStatus.SUCCEEDED, due_at=None)
                 t.record(HistoryEvent.SLEEP_FINISHED, step.name)
                 advance(t)
+            elif spec.wait:
+                wait_timed_out(t, step)
             elif t.status == SagaStatus.RUNNING:
                 dispatch(t, step, "action")
         elif step.status == StepStatus.COMPENSATING:
@@ -89,7 +92,8 @@ def deadline_passed(t: Transition) -> None:
         for s in t.steps:
             # In flight: its late reply is then ignored. Waiting to retry: the wait ends.
             # Either way the step is parked: a retry sends a new attempt, or it is skipped.
-            if s.status == StepStatus.RUNNING and not t.spec(s).sleep:
+            # A sleep or a wait for a signal goes on after an operator's retry.
+            if s.status == StepStatus.RUNNING and not (t.spec(s).sleep or t.spec(s).wait):
                 t.steps[s.index] = replace(s, command_id=None, due_at=None)
         t.finish(
             SagaStatus.FAILED,

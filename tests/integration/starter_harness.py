@@ -23,11 +23,11 @@ from examples.shop.schema import OUTBOX
 from orchestrator.messages import Exchange
 from orchestrator.ports import SagaQuery
 from sagas.order import order_v1
-from sagas.order import saga as order_v2
+from sagas.order import saga as order_latest
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system
 
-ORDER_SAGAS = [order_v2, order_v1]
+ORDER_SAGAS = [order_latest, order_v1]
 
 
 @dataclass(frozen=True)

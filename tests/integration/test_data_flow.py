@@ -21,7 +21,7 @@ from examples.shop.verify import check_effects
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command, Exchange
 from orchestrator.state import SagaState
-from sagas.order import saga as order_v3
+from sagas.order import order_v3
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, drain, order_input, running_system
 from tests.integration.hosted import host
