@@ -39,7 +39,7 @@ from orchestrator.messages import OutboxMessage
 from orchestrator.ports import HistoryAppends, Transitions
 
 # The step columns a transition may change (name, idx and item never do; payload is set
-# when a step with payload= or a child step begins).
+# when a step with payload= or a child step begins, and holds a wait step's signal).
 CHANGING_STEP_COLUMNS = (
     "status",
     "attempt",

@@ -2,13 +2,13 @@
 of it: dead-lettered with a reason matching a pattern, or — well-formed but naming
 something unknown — acknowledged and handled as docs/protocol-idempotency.md says.
 
-Every probe starts from a valid message of its kind (start, cancel, reply, command) and
+Every probe starts from a valid message of its kind (start, cancel, signal, reply, command) and
 breaks it one way: bytes that are not JSON, invalid UTF-8, a field of the wrong type or
 missing or extra, JSON that is not an object, nesting past the parser's limit, a body over
 SAGA_MAX_MESSAGE_BYTES, a content type other than JSON (pickle above all), a NUL character
 or a number that is not finite (neither can be stored by PostgreSQL) — or keeps it valid and
 forges what it refers to: unknown sagas, versions, keys, saga ids, steps, command ids,
-attempt numbers, command names, a missing `reply_to`.
+attempt numbers, command names, a missing `reply_to`, a signal for a finished saga.
 """
 
 from __future__ import annotations
@@ -76,7 +76,15 @@ class HeldCancel:
     key: str
 
 
-Expect = Dead | UnknownSagaReply | StrayReply | Answered | HeldCancel
+@dataclass(frozen=True)
+class RefusedSignal:
+    """A well-formed signal the saga cannot take (no such saga, a finished one): acked,
+    refused and announced as `<saga>.signal_refused` (docs/signals.md), logged with its id."""
+
+    signal_id: str
+
+
+Expect = Dead | UnknownSagaReply | StrayReply | Answered | HeldCancel | RefusedSignal
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,19 @@ def valid_cancel(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
+def valid_signal(draw: st.DrawFn) -> dict[str, Any]:
+    target = (
+        {"key": f"fz-nobody-{draw(uuids)}"} if draw(st.booleans()) else {"saga_id": draw(uuids)}
+    )
+    return {
+        **target,
+        "signal": "approve",
+        "signal_id": f"sig-{draw(uuids)}",
+        "payload": draw(json_objects),
+    }
+
+
+@st.composite
 def valid_reply(draw: st.DrawFn, saga_id: str | None = None) -> dict[str, Any]:
     outcome = draw(st.sampled_from(["success", "failure", "heartbeat"]))
     reply: dict[str, Any] = {
@@ -184,6 +205,8 @@ REQUIRED: dict[str, dict[str, list[Any]]] = {
     "start": {"saga": NOT_STR, "key": NOT_STR, "input": NOT_OBJECT},
     # Not None for saga_id: that is its default, and a cancel by key stays valid with it.
     "cancel": {"reason": NOT_STR, "saga_id": ["not-a-uuid", "1234", 7, [], {}]},
+    # Not payload: it has a default, so a signal without one is valid.
+    "signal": {"signal": ["Not-A-Name", "", 1, None, [], {}], "signal_id": ["", *NOT_STR]},
     "reply": {
         "command_id": NOT_UUID,
         "saga_id": NOT_UUID,
@@ -203,7 +226,13 @@ REQUIRED: dict[str, dict[str, list[Any]]] = {
     },
 }
 # The free-form field of each kind, where nested or oversized content goes.
-FREE_FORM = {"start": "input", "cancel": "reason", "reply": "result", "command": "payload"}
+FREE_FORM = {
+    "start": "input",
+    "cancel": "reason",
+    "signal": "payload",
+    "reply": "result",
+    "command": "payload",
+}
 
 
 def _not_dict(value: Any) -> bool:
@@ -259,7 +288,7 @@ def broken(
         message = dict(valid)
         if way == "wrong type":
             message[name] = draw(st.sampled_from(REQUIRED[kind][name]))
-            pattern = rf"(field {name}|{name}:|give exactly one)"
+            pattern = rf"(field {name}|{name}:|give exactly one|String should)"
         elif way == "missing field":
             message.pop(name, None)
             if kind == "cancel":
@@ -330,8 +359,8 @@ def _with_free_form(kind: str, valid: dict[str, Any], value: str) -> dict[str, A
 
 @st.composite
 def request_probe(draw: st.DrawFn, ctx: Context) -> Probe:
-    kind = draw(st.sampled_from(["start", "cancel"]))
-    valid = draw(valid_start() if kind == "start" else valid_cancel())
+    kind = draw(st.sampled_from(["start", "cancel", "signal"]))
+    valid = draw({"start": valid_start(), "cancel": valid_cancel(), "signal": valid_signal()}[kind])
     forged = draw(st.sampled_from(["broken", "unknown target", "unknown routing key"]))
     if forged == "broken":
         what, body, content_type, reason = draw(broken(kind, valid, ctx.max_bytes))
@@ -345,6 +374,8 @@ def request_probe(draw: st.DrawFn, ctx: Context) -> Probe:
             _encode(valid),
             Dead(r"unknown routing key"),
         )
+    if kind == "signal":
+        return signal_probe(draw, ctx, valid)
     if kind == "cancel":
         # A key or saga id that names no saga; or both, or neither.
         variant = draw(
@@ -375,6 +406,25 @@ def request_probe(draw: st.DrawFn, ctx: Context) -> Probe:
         }
         pattern = r"input for saga 'fuzz_ticket' is invalid"
     return Probe(f"start: {variant}", "requests", "start", _encode(valid), Dead(pattern))
+
+
+def signal_probe(draw: st.DrawFn, ctx: Context, valid: dict[str, Any]) -> Probe:
+    """A signal for no saga, for a finished one, or with both targets or neither."""
+    variant = draw(
+        st.sampled_from(
+            ["unknown key or id", "finished saga", "both key and id", "neither key nor id"]
+        )
+    )
+    if variant == "both key and id":
+        valid = {**valid, "key": "k", "saga_id": draw(uuids)}
+    elif variant == "neither key nor id":
+        valid = {k: v for k, v in valid.items() if k not in ("key", "saga_id")}
+    elif variant == "finished saga":
+        valid = {**{k: v for k, v in valid.items() if k != "key"}, "saga_id": ctx.saga_id}
+    expect: Expect = Dead(r"give exactly one")
+    if variant in ("unknown key or id", "finished saga"):
+        expect = RefusedSignal(valid["signal_id"])
+    return Probe(f"signal: {variant}", "requests", "signal", _encode(valid), expect)
 
 
 @st.composite

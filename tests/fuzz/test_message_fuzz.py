@@ -1,5 +1,6 @@
-"""Fuzzing every AMQP input (issue 8, deliverable 2): starts, cancels, replies and commands,
-published raw to the real broker against a running orchestrator and participant worker.
+"""Fuzzing every AMQP input (issue 8, deliverable 2): starts, cancels, signals, replies and
+commands, published raw to the real broker against a running orchestrator and participant
+worker.
 
 Each hypothesis example publishes a batch of bad messages (tests/fuzz/probes.py) shuffled
 with one to three good starts, then waits until every one of them has come to its end:
@@ -8,8 +9,8 @@ with one to three good starts, then waits until every one of them has come to it
   wrong (matched against what the probe broke);
 - well-formed ones naming what does not exist handled as the protocol says: a reply to no
   saga acked and logged, a reply to a real saga for a command it never sent recorded as
-  ignored in its history, a command with forged ids or an unknown name answered at its
-  `reply_to`;
+  ignored in its history, a signal for no saga or a finished one refused, a command with
+  forged ids or an unknown name answered at its `reply_to`;
 - every good start's saga completed.
 
 Nothing else may reach the dead queue, no handler may fail with anything but a verdict on
@@ -44,6 +45,7 @@ from tests.fuzz.probes import (
     Dead,
     HeldCancel,
     Probe,
+    RefusedSignal,
     StrayReply,
     UnknownSagaReply,
     batches,
@@ -80,6 +82,7 @@ KINDS = {
     "both key and id",
     "neither key nor id",
     "unknown routing key",
+    "finished saga",
     "unknown saga",
     "unknown version",
     "invalid input",
@@ -145,6 +148,7 @@ class Run:
                 missing.append(f"good start {key}: {found[0].status if found else 'no saga'}")
         ignored = {str(e.get("command_id")) for e in s.logs if e.get("event") == "reply_ignored"}
         held = {str(e.get("key")) for e in s.logs if e.get("event") == "saga_cancel_held"}
+        refused = {str(e.get("signal_id")) for e in s.logs if e.get("event") == "signal_refused"}
         history = await s.store.history(uuid.UUID(self.ctx.saga_id))
         recorded = {
             str((h.detail or {}).get("command_id")) for h in history if h.event == "reply_ignored"
@@ -163,6 +167,8 @@ class Run:
                 missing.append(f"{probe.what} ({message_id}) not recorded as ignored")
             elif isinstance(expect, HeldCancel) and expect.key not in held:
                 missing.append(f"{probe.what} ({message_id}) not held")
+            elif isinstance(expect, RefusedSignal) and expect.signal_id not in refused:
+                missing.append(f"{probe.what} ({message_id}) not refused")
             elif isinstance(expect, Answered) and expect.command_id not in s.answers:
                 missing.append(f"{probe.what} ({message_id}) not answered")
         return missing
