@@ -87,6 +87,9 @@ async def review_of(shop: AsyncEngine, order_id: str) -> FraudReview | None:
 
 
 class FraudDesk:
+    """Its sweeps (review new large orders, send the verdicts not sent) and what it makes of
+    a refusal it hears; `running` runs one."""
+
     def __init__(
         self, shop: AsyncEngine, publisher: RabbitPublisher, *, think: float, interval: float
     ) -> None:
