@@ -1,10 +1,13 @@
 """`saga demo`: the orchestrator and the example shop as real processes, a batch of real orders
 through RabbitMQ and PostgreSQL — most complete, some are declined or cannot be served and are
-compensated, some are cancelled mid-flight — then a summary and a check of the shop's data.
+compensated, some are cancelled mid-flight, large ones wait for the fraud desk's review — then
+a summary and a check of the shop's data.
 
 The orders are placed, and cancelled, through the shop's order service
 (examples/shop/orders.py): each order row and its saga's start (or cancel) are written in one
-transaction, and the starter's relay, running in this process, publishes them."""
+transaction, and the starter's relay, running in this process, publishes them. The shop's
+fraud desk (examples/shop/fraud_desk.py), running in this process too, reviews the orders
+above 1000 and sends each order saga its verdict as a signal."""
 
 from __future__ import annotations
 
@@ -31,12 +34,14 @@ from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
 from adapters.text_table import render_table
 from examples.processes import Processes
-from examples.shop import schema
+from examples.shop import fraud_desk, schema
+from examples.shop.fraud_desk import review_of
 from examples.shop.orders import cancel_order, place_order
-from examples.shop.verify import check_effects
+from examples.shop.verify import check_effects, order_effects
 from orchestrator.event_names import HistoryEvent
-from orchestrator.ports import SagaQuery
+from orchestrator.ports import HistoryRecord, SagaQuery
 from orchestrator.state import SagaState
+from sagas.order import REVIEW_ABOVE
 
 CUSTOMERS = {
     "cust-ok": (Decimal("1000000"), True),
@@ -54,6 +59,11 @@ class PlannedOrder:
     expect: str
     cancel: bool = False
 
+    @property
+    def reviewed(self) -> bool:
+        """Whether the order saga waits for the fraud desk's review of this order."""
+        return Decimal(str(self.input["amount"])) > REVIEW_ABOVE
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -64,6 +74,7 @@ class Scenario:
     order_prefix: str  # the shop's knobs ride on the order id (see examples/shop/services.py)
     expect: str
     cancel: bool = False
+    amount: str | None = None  # above 1000: the order waits for the fraud desk's review
 
 
 SCENARIOS = [
@@ -73,13 +84,31 @@ SCENARIOS = [
     Scenario("out of stock", 0.1, "cust-ok", "SKU-RARE", "", "compensated"),
     Scenario("no credit", 0.1, "cust-poor", "SKU-BOOK", "", "compensated"),
     Scenario("cancelled mid-flight", 0.1, "cust-ok", "SKU-LAMP", "slow-", "cancelled", cancel=True),
+    # The fraud desk approves the first kind and rejects the second (its rule: the order id).
+    Scenario(
+        "large, review approved", 0.05, "cust-ok", "SKU-LAMP", "", "completed", amount="1500.00"
+    ),
+    Scenario(
+        "large, review rejected",
+        0.05,
+        "cust-ok",
+        "SKU-LAMP",
+        "suspect-",
+        "compensated",
+        amount="2400.00",
+    ),
 ]
 
 
-def plan_orders(count: int, run_id: str) -> list[PlannedOrder]:
+def plan_orders(count: int, run_id: str, *, reviewed: bool = False) -> list[PlannedOrder]:
+    """`count` orders of the scenarios' mix. Orders that wait for the fraud desk's review
+    are among them only when `reviewed`: something must review them (the demo runs the
+    shop's fraud desk), or they wait a day."""
     orders: list[PlannedOrder] = []
     normal, *others = SCENARIOS
     for scenario in others:
+        if scenario.amount is not None and not reviewed:
+            continue
         for _ in range(max(1, round(count * scenario.share))):
             orders.append(_order(scenario, run_id, len(orders)))
     while len(orders) < count:
@@ -95,7 +124,7 @@ def _order(scenario: Scenario, run_id: str, i: int) -> PlannedOrder:
         input={
             "order_id": order_id,
             "customer_id": scenario.customer,
-            "amount": f"{10 + i % 90}.50",
+            "amount": scenario.amount or f"{10 + i % 90}.50",
             "items": [{"sku": scenario.sku, "qty": 1 + i % 3}],
         },
         expect=scenario.expect,
@@ -177,15 +206,18 @@ async def run_demo(settings: Settings, orders: int = 40) -> bool:
                 "commands.notifications",
             ],
         )
-        plan = plan_orders(orders, run_id)
+        plan = plan_orders(orders, run_id, reviewed=True)
         print(
             f"placing {len(plan)} orders through the shop's order service (each order row and "
-            "its saga's start in one transaction) ...",
+            f"its saga's start in one transaction); {sum(o.reviewed for o in plan)} are above "
+            f"{REVIEW_ABOVE} and wait for the fraud desk's review ...",
             flush=True,
         )
         started = time.monotonic()
-        async with starter.relaying(
-            shop, amqp_url=settings.amqp_url, prefix=settings.amqp_prefix, table=schema.OUTBOX
+        url, prefix = settings.amqp_url, settings.amqp_prefix
+        async with (
+            starter.relaying(shop, amqp_url=url, prefix=prefix, table=schema.OUTBOX),
+            fraud_desk.running(shop, amqp_url=url, prefix=prefix),
         ):
             for o in plan:
                 async with shop.begin() as conn:
@@ -196,6 +228,7 @@ async def run_demo(settings: Settings, orders: int = 40) -> bool:
             states = await _wait_finished(store, plan, timeout=90.0)
             elapsed = time.monotonic() - started
             ok = _print_summary(plan, states, elapsed)
+            ok &= await _print_reviews(shop, store, [o for o in plan if o.reviewed], states)
             ok &= await _show_late_cancel(
                 shop, store, next(o for o in plan if o.expect == "completed")
             )
@@ -295,6 +328,58 @@ def _print_summary(plan: list[PlannedOrder], states: dict[str, SagaState], elaps
     verdict = "OK" if all_ok else "UNEXPECTED OUTCOMES"
     print(f"\n{finished}/{len(plan)} sagas finished in {elapsed:.1f}s; overall: {verdict}")
     return all_ok
+
+
+async def _print_reviews(
+    shop: AsyncEngine, store: PostgresStore, plan: list[PlannedOrder], states: dict[str, SagaState]
+) -> bool:
+    """Per reviewed order: the fraud desk's verdict, how long the saga waited for it, and what
+    the shop's tables show: approved and charged, or rejected and its reservations released."""
+    rows, all_ok = [], True
+    for o in plan:
+        state = states.get(o.key)
+        order_id = str(o.input["order_id"])
+        verdict = await review_of(shop, order_id)
+        if state is None or verdict is None:
+            rows.append([o.key, str(o.input["amount"]), "no review", "-", "-", "-", "UNEXPECTED"])
+            all_ok = False
+            continue
+        waited = _waited(await store.history(state.saga_id))
+        charged, released = await order_effects(shop, state.saga_id)
+        if verdict.approved:
+            shop_says = f"charged {charged}" if charged is not None else "not charged"
+            ok = state.status == "completed" and charged is not None
+        else:
+            shop_says = "reservations released" if released else "reservations HELD"
+            ok = state.status == "compensated" and released and charged is None
+        all_ok &= ok
+        rows.append(
+            [
+                o.key,
+                str(o.input["amount"]),
+                f"{'approved' if verdict.approved else 'rejected'} by {verdict.reviewer}",
+                waited,
+                state.status.value,
+                shop_says,
+                "ok" if ok else "UNEXPECTED",
+            ]
+        )
+    print("\nfraud review (the saga waits for the desk's signal before charging):")
+    print(
+        render_table(
+            ["order", "amount", "review", "saga waited", "outcome", "shop data", "check"], rows
+        )
+    )
+    return all_ok
+
+
+def _waited(history: list[HistoryRecord]) -> str:
+    """How long the saga's review step waited for the verdict; none when the verdict came
+    before the saga reached it (held for it)."""
+    for h in history:
+        if h.event == HistoryEvent.WAIT_FINISHED and h.detail is not None:
+            return "0 s: came first" if h.detail.get("held") else f"{h.detail['seconds']:.1f} s"
+    return "-"
 
 
 async def _show_late_cancel(shop: AsyncEngine, store: PostgresStore, order: PlannedOrder) -> bool:

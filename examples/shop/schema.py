@@ -1,5 +1,6 @@
 """The example shop's own tables, in schema `shop`: the orders the order service takes
-(examples/shop/orders.py) with its starter outbox, and what the participants change.
+(examples/shop/orders.py) with its starter outbox, what the participants change, and the
+fraud desk's verdicts on large orders (examples/shop/fraud_desk.py).
 
 No table is unique per saga: the barrier (`shop.saga_barrier`, next to these tables), not a
 domain constraint, is what keeps a redelivered command from acting twice -- and if it ever
@@ -105,6 +106,21 @@ effects = sa.Table(
     sa.Column("saga_id", sa.Uuid, nullable=False),
     sa.Column("order_id", sa.Text, nullable=False),
     sa.Column("at", _Timestamp, nullable=False, server_default=sa.func.now()),
+)
+
+# The fraud desk's verdict on each order above the review threshold, and what became of the
+# signal that told the order saga: `sent_at` once the broker confirmed it (null: to be sent,
+# again if need be), `refused` the reason when the saga refused it for good.
+fraud_reviews = sa.Table(
+    "fraud_reviews",
+    metadata,
+    sa.Column("order_id", sa.Text, primary_key=True),
+    sa.Column("approved", sa.Boolean, nullable=False),
+    sa.Column("reviewer", sa.Text, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("reviewed_at", _Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column("sent_at", _Timestamp),
+    sa.Column("refused", sa.Text),
 )
 
 

@@ -16,7 +16,8 @@ Behaviour comes from the data, like a real shop: a customer without enough credi
 declined card, a SKU out of stock. Knobs for demos and tests ride on the order id:
 `slow-…` orders stall in inventory.reserve (time to cancel them mid-flight), `flaky-…`
 orders fail their first notification attempt (a transient error that is retried) and
-`unreachable-…` orders can never be notified (past the pivot: the saga is parked).
+`unreachable-…` orders can never be notified (past the pivot: the saga is parked). (The
+shop's fraud desk, examples/shop/fraud_desk.py, rejects `suspect-…` orders above 1000.)
 """
 
 from __future__ import annotations

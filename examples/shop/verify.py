@@ -4,11 +4,13 @@ where the effects happened (the `effects` ledger has one row per applied effect)
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
+from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from examples.shop.schema import effects
+from examples.shop.schema import credit_reservations, effects, payments, stock_reservations
 from orchestrator.state import SagaState, SagaStatus
 
 ACTIONS = [
@@ -56,3 +58,19 @@ async def check_effects(shop: AsyncEngine, sagas: dict[str, SagaState]) -> list[
         else:
             problems.append(f"{key}: not finished cleanly ({state.status})")
     return problems
+
+
+async def order_effects(shop: AsyncEngine, saga_id: UUID) -> tuple[Decimal | None, bool]:
+    """What an order's saga left in the shop's tables: the amount charged (None: no charge),
+    and whether it made reservations that are all released."""
+    async with shop.connect() as conn:
+        charged = await conn.scalar(
+            sa.select(sa.func.sum(payments.c.amount)).where(payments.c.saga_id == saga_id)
+        )
+        held = []
+        for table in (credit_reservations, stock_reservations):
+            found = await conn.execute(
+                sa.select(table.c.released_at).where(table.c.saga_id == saga_id)
+            )
+            held += [row.released_at is None for row in found]
+    return charged, bool(held) and not any(held)

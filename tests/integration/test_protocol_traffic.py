@@ -1,7 +1,8 @@
 """The committed protocol files describe the real traffic: the order saga on the real broker
-(orders that complete, compensate and are cancelled mid-flight, a refused cancel, starts that
-are rejected and dead-lettered) and a heartbeating step, with every message any part of the
-system published checked against its JSON Schema and the AsyncAPI document's headers."""
+(orders that complete, compensate and are cancelled mid-flight, a refused cancel, a large
+order's fraud review signal and a refused signal, starts that are rejected and dead-lettered)
+and a heartbeating step, with every message any part of the system published checked against
+its JSON Schema and the AsyncAPI document's headers."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 from adapters.participant import Participant
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Saga
-from orchestrator.messages import CancelSaga, Command, Exchange, StartSaga
+from orchestrator.messages import CancelSaga, Command, Exchange, SignalSaga, StartSaga
 from orchestrator.state import StepStatus
 from sagas.order import saga as order
 from tests.fixtures.polling import eventually
@@ -68,6 +69,7 @@ async def test_every_message_exchanged_matches_the_committed_protocol_files(
         await system.start_order("k-ok", order_input("ok-1"))
         await system.start_order("k-declined", order_input("no-1", customer="cust-declined"))
         await system.start_order("k-slow", order_input("slow-1"))
+        await system.start_order("k-big", {**order_input("big-1"), "amount": "1500.00"})
         await system.send("start", StartSaga(saga="ticker", key="k-tick", input={"n": 7}))
         # Starts that make no saga: rejected (announced) and dead-lettered.
         await system.start_order("k-bad-input", {"order_id": "bad-1"})
@@ -81,17 +83,28 @@ async def test_every_message_exchanged_matches_the_committed_protocol_files(
 
         await eventually(stalled, message="the slow order's stock reservation in flight")
         await system.send("cancel", CancelSaga(key="k-slow", reason="changed my mind"))
+        review = {"approved": True, "reviewer": "desk-ana", "note": ""}
+        await system.send(
+            "signal",
+            SignalSaga(key="k-big", signal="fraud_review", signal_id="r-1", payload=review),
+        )
+        await system.wait_status("k-big", "completed")
         await system.wait_status("k-ok", "completed")
         await system.wait_status("k-declined", "compensated")
         await system.wait_status("k-slow", "cancelled")
         await system.wait_status("k-tick", "completed")
         await system.send("cancel", CancelSaga(key="k-ok", reason="too late"))
+        await system.send(
+            "signal",
+            SignalSaga(key="k-ok", signal="fraud_review", signal_id="r-2", payload=review),
+        )
 
         expected = {
             "order.completed",
             "order.compensated",
             "order.cancelled",
             "order.cancel_refused",
+            "order.signal_refused",
             "order.rejected",
             "no_such_saga.rejected",
             "ticker.completed",
