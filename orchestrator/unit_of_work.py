@@ -29,6 +29,7 @@ from orchestrator.outbox import decision_messages
 from orchestrator.ports import Publisher, SagaStore, SagaTransaction
 from orchestrator.state import SagaState
 from orchestrator.trace import log_fields as trace_log_fields
+from orchestrator.trace import saga_trace_id
 
 log = structlog.get_logger(__name__)
 
@@ -246,7 +247,7 @@ class UnitOfWork:
             if history:
                 appends.append((state.saga_id, history, change.actor))
             messages += decision_messages(change.decision, state, name_spans=spans)
-            self.observed += [_observed(entry, state) for entry in history]
+            self.observed += [_observed(entry, state, spans) for entry in history]
             if spans:
                 self.committed.append(Committed(change.before, state, tuple(history)))
         # One call for the whole batch: the Postgres store makes it one statement.
@@ -256,7 +257,11 @@ class UnitOfWork:
         return saved
 
 
-def _observed(entry: HistoryEntry, state: SagaState) -> tuple[HistoryEvent, dict[str, Any]]:
+def _observed(
+    entry: HistoryEntry, state: SagaState, spans: bool
+) -> tuple[HistoryEvent, dict[str, Any]]:
+    # With spans, a saga started without trace context has a trace of its own: name it.
+    traced = {"trace_id": saga_trace_id(state.trace, state.saga_id)} if spans else None
     return (
         entry.event,
         {
@@ -267,7 +272,7 @@ def _observed(entry: HistoryEntry, state: SagaState) -> tuple[HistoryEvent, dict
             # The one log line of a start names its key too.
             **({"key": state.key} if entry.event == HistoryEvent.SAGA_STARTED else {}),
             # Log lines of a timer's transition too name the saga's trace.
-            **trace_log_fields(state.trace),
+            **(traced or trace_log_fields(state.trace)),
         },
     )
 

@@ -10,12 +10,13 @@ import uuid
 from datetime import UTC, datetime
 
 from pydantic import BaseModel
+from structlog.testing import capture_logs
 
 from adapters.memory.publisher import MemoryPublisher
 from adapters.memory.store import MemoryStore
 from orchestrator import Retry, Saga, trace
 from orchestrator.engine import Engine
-from orchestrator.messages import Exchange, StartSaga
+from orchestrator.messages import Exchange, Reply, StartSaga
 from orchestrator.registry import Registry
 from orchestrator.unit_of_work import Committed
 
@@ -94,3 +95,40 @@ async def test_without_spans_messages_carry_the_starters_context_as_it_came() ->
     await engine.start(StartSaga(saga="span_shop", key="plain", input={"ref": "r"}))
     commands = [m for m in publisher.published if m.exchange == Exchange.COMMANDS]
     assert [m.headers for m in commands] == [STARTER, None]
+
+
+async def test_with_spans_a_child_saga_nests_under_the_attempt_that_started_it() -> None:
+    store, publisher = MemoryStore(clock=lambda: NOW), MemoryPublisher()
+    engine = Engine(
+        store, publisher, Registry([shop, courier]), clock=lambda: NOW, spans=lambda _: None
+    )
+    with capture_logs() as logs:
+        await engine.start(StartSaga(saga="span_shop", key="k", input={"ref": "r"}), trace=STARTER)
+        [pack] = publisher.published
+        body = json.loads(pack.body)
+        await engine.reply(
+            Reply(
+                command_id=uuid.UUID(body["command_id"]),
+                saga_id=uuid.UUID(body["saga_id"]),
+                step="pack",
+                outcome="success",
+            )
+        )
+    [start] = [m for m in publisher.published if m.exchange == Exchange.SAGAS]
+    parent = json.loads(start.body)["parent"]["command_id"]
+    assert start.headers == {
+        "traceparent": f"00-{TRACE_ID}-{trace.attempt_span_id(uuid.UUID(parent))}-01",
+        "tracestate": "congo=t61",
+    }
+    assert {line.get("trace_id") for line in logs if "saga_id" in line} == {TRACE_ID}
+
+
+async def test_with_spans_log_lines_name_the_trace_of_a_saga_started_without_one() -> None:
+    store, publisher = MemoryStore(clock=lambda: NOW), MemoryPublisher()
+    engine = Engine(
+        store, publisher, Registry([shop, courier]), clock=lambda: NOW, spans=lambda _: None
+    )
+    with capture_logs() as logs:
+        started = await engine.start(StartSaga(saga="span_shop", key="k", input={"ref": "r"}))
+    assert started.saga_id is not None
+    assert {line.get("trace_id") for line in logs if "saga_id" in line} == {started.saga_id.hex}
