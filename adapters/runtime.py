@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -29,6 +30,7 @@ from adapters.rabbitmq.delivery import MAX_REASON_CHARS, Delivery, json_object, 
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
+from adapters.tracing.wiring import engine_spans
 from orchestrator import trace
 from orchestrator.definition_rules import NAME_RE
 from orchestrator.engine import Engine
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractRobustConnection
 
     from adapters.http.serve import HttpServer
+    from adapters.tracing.saga_spans import SagaSpans
 
 log = structlog.get_logger(__name__)
 
@@ -87,8 +90,13 @@ async def register_definitions(
 class Orchestrator:
     """`saga run`. Stateless: run as many as you like on one database and broker."""
 
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, registry: Registry | None = None, spans: SagaSpans | None = None
+    ) -> None:
+        """`spans`: the engine's spans hook (tests); by default what the `OTEL_*` variables
+        configure at start, if anything."""
         self.settings = settings
+        self.spans = spans
         self.registry = registry or load_modules(settings.modules)
         self.topology = Topology(settings.amqp_prefix)
         # Which command queues have no consumer: logged, counted, told to /readyz and to the
@@ -142,6 +150,7 @@ class Orchestrator:
             clock=utcnow,
             observe=metrics.observe,
             unconsumed=self.command_queues.unconsumed_commands,
+            spans=self._engine_spans(),
         )
         # On stop, once the consumers have stopped and before the database goes: the rows
         # published since the last relay sweep, left behind, would be sent again.
@@ -194,6 +203,16 @@ class Orchestrator:
             self.http = await serve(app, sock)
             self._stops.insert(0, self.http.stop)
         log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
+
+    def _engine_spans(self) -> SagaSpans | None:
+        """The spans hook given, or the one the OTEL_* variables configure (misconfigured:
+        TracingMisconfigured says what to change). Shut down on stop, after the consumers,
+        so what the last transitions ended is exported too."""
+        if self.spans is None:
+            self.spans = engine_spans(os.environ)
+        if (spans := self.spans) is not None:
+            self._stops.append(lambda: asyncio.to_thread(spans.shutdown))
+        return spans
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -39,7 +39,7 @@ from orchestrator.semantic_locks import SemanticLocks
 from orchestrator.signalling import SignalOutcome, deliver
 from orchestrator.starting import Starter, StartOutcome
 from orchestrator.state import SagaState, SagaStatus
-from orchestrator.unit_of_work import Change, Observer, UnitsOfWork
+from orchestrator.unit_of_work import Change, Observer, Spans, UnitsOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -78,16 +78,18 @@ class Engine:
         new_id: Callable[[], UUID] = uuid.uuid4,
         observe: Observer = _ignore,
         unconsumed: Callable[[], Mapping[str, str]] = dict,
+        spans: Spans | None = None,
     ) -> None:
         """`unconsumed`: command -> queue, for the commands whose queue had no consumer at
-        the last look (adapters/rabbitmq/command_queues.py); a timeout of one says so."""
+        the last look (adapters/rabbitmq/command_queues.py); a timeout of one says so.
+        `spans`: told each committed transition, to make spans (unit_of_work.Spans)."""
         self.store = store
         self.publisher = publisher
         self.registry = registry
         self.clock = clock
         self.unconsumed = unconsumed
         self._locks = SemanticLocks(registry, clock=clock, new_id=new_id)
-        self._units = UnitsOfWork(store, publisher, self._locks, observe=observe)
+        self._units = UnitsOfWork(store, publisher, self._locks, observe=observe, spans=spans)
         self._starter = Starter(self._units, registry, self._locks, clock=clock, new_id=new_id)
 
     # -- inbound --------------------------------------------------------------------------

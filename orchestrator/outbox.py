@@ -3,25 +3,49 @@ they leave only if it commits, and published after its commit (orchestrator/unit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from uuid import UUID
+
+from orchestrator import trace
 from orchestrator.error_info import ErrorInfo
 from orchestrator.event_names import Outcome
 from orchestrator.machine import Decision
 from orchestrator.messages import (
     REPLY_QUEUE,
+    CancelSaga,
     Exchange,
     OutboxMessage,
     OutcomeEvent,
     ParentRef,
     Reply,
     ReplyError,
+    StartSaga,
 )
 from orchestrator.state import SagaState
 
 
-def decision_messages(decision: Decision, state: SagaState) -> list[OutboxMessage]:
+def decision_messages(
+    decision: Decision, state: SagaState, *, name_spans: bool = False
+) -> list[OutboxMessage]:
     """What a decision sends: commands, outcome events, a child saga's start or cancel, a
-    child's answer to its parent; every one carries the trace context the saga started with."""
-    headers = state.trace or None
+    child's answer to its parent; every one carries the trace context the saga started with.
+
+    `name_spans` (spans are made, adapters/tracing): each message names one of the saga's
+    spans as its parent instead of the starter's span: a command its attempt's span (so the
+    participant's handler span nests under it), a child's start or undo the span of the
+    parent step's attempt that sent it, anything else the saga's span."""
+    headers: Mapping[str, str] | None = state.trace or None
+
+    def attempt(command_id: UUID) -> Mapping[str, str] | None:
+        if not name_spans:
+            return headers
+        return trace.span_headers(state.trace, state.saga_id, trace.attempt_span_id(command_id))
+
+    def request(body: StartSaga | CancelSaga) -> Mapping[str, str] | None:
+        return headers if body.parent is None else attempt(body.parent.command_id)
+
+    if name_spans:
+        headers = trace.span_headers(state.trace, state.saga_id, trace.saga_span_id(state.saga_id))
     return (
         [
             OutboxMessage(
@@ -30,7 +54,7 @@ def decision_messages(decision: Decision, state: SagaState) -> list[OutboxMessag
                 body=c.model_dump_json().encode(),
                 message_id=str(c.command_id),
                 reply_to=REPLY_QUEUE,
-                headers=headers,
+                headers=attempt(c.command_id),
             )
             for c in decision.commands
         ]
@@ -50,7 +74,7 @@ def decision_messages(decision: Decision, state: SagaState) -> list[OutboxMessag
                 routing_key=routing_key,
                 body=body.model_dump_json().encode(),
                 message_id=f"{state.saga_id}:{state.revision}:{routing_key}:{n}",
-                headers=headers,
+                headers=request(body),
             )
             for n, (routing_key, body) in enumerate(decision.requests)
         ]

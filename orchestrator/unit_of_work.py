@@ -29,6 +29,7 @@ from orchestrator.outbox import decision_messages
 from orchestrator.ports import Publisher, SagaStore, SagaTransaction
 from orchestrator.state import SagaState
 from orchestrator.trace import log_fields as trace_log_fields
+from orchestrator.trace import saga_trace_id
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +43,23 @@ before its caller dead-letters it), and the starts a semantic lock kept from sta
 block."""
 
 Observed = list[tuple[HistoryEvent, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """One saga's transition, committed: the state it was decided on (None: the saga was
+    just started), the state saved, and the history recorded."""
+
+    before: SagaState | None
+    after: SagaState
+    history: tuple[HistoryEntry, ...]
+
+
+Spans = Callable[[Sequence[Committed]], None]
+"""Told the transitions of each unit of work once it has committed, to make the spans of
+what ended in them (adapters/tracing). With it, every message a saga sends names one of the
+saga's spans as its parent (orchestrator/outbox.py). Like the observer, it must not raise and
+must not block. None (the default): no spans, and no work for them per transition."""
 
 
 @dataclass(frozen=True)
@@ -77,11 +95,13 @@ class UnitsOfWork:
         locks: LockRelease,
         *,
         observe: Observer,
+        spans: Spans | None = None,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.locks = locks
         self.observe = observe
+        self.spans = spans
         # Outbox rows published after their commit, deleted in bulk by `forget_published`.
         self._published: list[int] = []
 
@@ -117,6 +137,11 @@ class UnitsOfWork:
         for event, detail in uow.observed:
             log.info(event, **_log_detail(detail))
         self.notify(uow.observed)
+        if self.spans is not None and uow.committed:
+            try:
+                self.spans(uow.committed)
+            except Exception:  # committed: spans are not worth a redelivery
+                log.exception("spans_failed")
         await self._publish(uow.outbox)
 
     async def _publish(self, outbox: Sequence[OutboxMessage]) -> None:
@@ -149,6 +174,8 @@ class UnitOfWork:
         # Logged as warnings and told to the observer after commit, before `observed`:
         # what has no saga row to record it in.
         self.warned: Observed = []
+        # Told to the spans hook after commit (only when there is one).
+        self.committed: list[Committed] = []
 
     async def __aenter__(self) -> UnitOfWork:
         self._transaction = self._units.store.transaction()
@@ -206,6 +233,7 @@ class UnitOfWork:
         appends: list[tuple[UUID, Sequence[HistoryEntry], str]] = []
         messages: list[OutboxMessage] = []
         freed_all: list[str] = []
+        spans = self._units.spans is not None
         for n, (change, state) in enumerate(zip(changes, saved, strict=True)):
             if n in unchanged:
                 continue
@@ -218,8 +246,10 @@ class UnitOfWork:
                 )
             if history:
                 appends.append((state.saga_id, history, change.actor))
-            messages += decision_messages(change.decision, state)
-            self.observed += [_observed(entry, state) for entry in history]
+            messages += decision_messages(change.decision, state, name_spans=spans)
+            self.observed += [_observed(entry, state, spans) for entry in history]
+            if spans:
+                self.committed.append(Committed(change.before, state, tuple(history)))
         # One call for the whole batch: the Postgres store makes it one statement.
         self.outbox += await self.tx.save_batch(moved, appends, messages)
         if freed_all:
@@ -227,7 +257,11 @@ class UnitOfWork:
         return saved
 
 
-def _observed(entry: HistoryEntry, state: SagaState) -> tuple[HistoryEvent, dict[str, Any]]:
+def _observed(
+    entry: HistoryEntry, state: SagaState, spans: bool
+) -> tuple[HistoryEvent, dict[str, Any]]:
+    # With spans, a saga started without trace context has a trace of its own: name it.
+    traced = {"trace_id": saga_trace_id(state.trace, state.saga_id)} if spans else None
     return (
         entry.event,
         {
@@ -238,7 +272,7 @@ def _observed(entry: HistoryEntry, state: SagaState) -> tuple[HistoryEvent, dict
             # The one log line of a start names its key too.
             **({"key": state.key} if entry.event == HistoryEvent.SAGA_STARTED else {}),
             # Log lines of a timer's transition too name the saga's trace.
-            **trace_log_fields(state.trace),
+            **(traced or trace_log_fields(state.trace)),
         },
     )
 

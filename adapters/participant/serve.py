@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -17,6 +19,12 @@ from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
+from adapters.tracing.setup import enabled, require_sdk, tracer_provider
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from adapters.participant.handler_spans import HandlerSpans
 
 log = structlog.get_logger(__name__)
 
@@ -25,6 +33,7 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
     """Consume the participants' queues until SIGINT/SIGTERM. `settings.fault` (SAGA_FAULT)
     arms a crash point for tests (`adapters.faults`)."""
     hit = fault_hook(settings.fault)  # before connecting: a bad spec fails at once
+    provider, spans = _handler_spans(participants)  # so do misconfigured OTEL_* variables
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -44,6 +53,7 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
                 detach_after=settings.detach_after,
                 max_detached=settings.max_detached,
                 max_message_bytes=settings.max_message_bytes,
+                spans=spans,
             )
             await worker.start()
             workers.append(worker)
@@ -54,3 +64,30 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
             with contextlib.suppress(Exception):
                 await worker.stop()
         await connection.close()
+        if provider is not None:  # exports what is still batched
+            await asyncio.to_thread(provider.shutdown)
+
+
+def _handler_spans(
+    participants: Sequence[Participant],
+) -> tuple[TracerProvider | None, HandlerSpans | None]:
+    """A span around each handler when the `OTEL_*` variables turn spans on, made by the
+    process's global tracer provider if the service set one up, else by one made from the
+    variables, which becomes the global one: the handlers' own spans nest under ours."""
+    if not enabled(os.environ):
+        return None, None
+    require_sdk(os.environ)
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from adapters.participant.handler_spans import SCOPE, HandlerSpans
+
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):  # the service set OpenTelemetry up itself
+        return None, HandlerSpans(current.get_tracer(SCOPE))
+    services = sorted(p.service for p in participants)
+    provider = tracer_provider(
+        os.environ, services[0] if len(services) == 1 else "saga-participants"
+    )
+    trace.set_tracer_provider(provider)
+    return provider, HandlerSpans(provider.get_tracer(SCOPE))

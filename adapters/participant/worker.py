@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from aio_pika.abc import AbstractChannel
@@ -21,6 +21,9 @@ from adapters.rabbitmq.topology import Topology
 from orchestrator import trace
 from orchestrator.errors import Poison
 from orchestrator.messages import Command, Reply
+
+if TYPE_CHECKING:
+    from adapters.participant.handler_spans import HandlerSpans
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +85,9 @@ class ParticipantWorker:
         detach_after: float = DETACH_AFTER,
         max_detached: int = MAX_DETACHED,
         max_message_bytes: int = MAX_BODY_BYTES,
+        spans: HandlerSpans | None = None,
     ) -> None:
+        """`spans`: a span around each handler (adapters/participant/handler_spans.py)."""
         self.participant = participant
         self.channel = channel
         self.topology = topology
@@ -91,6 +96,7 @@ class ParticipantWorker:
         self.detach_after = detach_after
         self.max_detached = max_detached
         self.max_message_bytes = max_message_bytes
+        self.spans = spans
         self.publisher = RabbitPublisher(channel, topology)
         self.detached = 0
         self._consumers: list[Consumer] = []
@@ -176,7 +182,15 @@ class ParticipantWorker:
                     # A command whose routing key has no handler gets a failure reply from the
                     # core rather than the dead queue: the saga then compensates instead of
                     # waiting for its timeout.
-                    reply = await self.participant.handle(command, now)
+                    if self.spans is None:
+                        reply = await self.participant.handle(command, now)
+                    else:
+                        reply = await self.spans.run(
+                            self.participant.service,
+                            command,
+                            context,
+                            lambda: self.participant.handle(command, now),
+                        )
                 # The effect is committed, the reply not yet sent: a crash here must be
                 # answered from the barrier when the command comes back (or, once taken, by
                 # the retry the orchestrator sends), never applied a second time.

@@ -283,7 +283,8 @@ TRACE = {
     trace.TRACEPARENT: _string(
         "Header: W3C trace context of the saga (https://www.w3.org/TR/trace-context/). Sent "
         "with a start, it is carried on by every message of the saga; an invalid one is "
-        "ignored.",
+        "ignored. With spans on, each message's parent is one of the saga's spans (a "
+        "command's: its attempt's) and a saga started without one has a trace of its own.",
         pattern="^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$",
     ),
     trace.TRACESTATE: _string("Header: W3C trace state, with `traceparent`.", maxLength=512),

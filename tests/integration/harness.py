@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import aio_pika
@@ -34,6 +34,9 @@ from orchestrator.registry import Registry
 from orchestrator.state import SagaState
 from tests.fixtures.polling import eventually
 from tests.fixtures.settings import fast_settings
+
+if TYPE_CHECKING:
+    from adapters.tracing.saga_spans import SagaSpans
 
 
 def order_input(
@@ -140,15 +143,17 @@ async def running_system(
     topology: Topology,
     amqp_url: str,
     sagas: Iterable[Saga],
+    spans: SagaSpans | None = None,
     **settings_overrides: Any,
 ) -> AsyncIterator[System]:
-    """`settings_overrides`: Settings fields of the orchestrator beyond `fast_settings`'."""
+    """`settings_overrides`: Settings fields of the orchestrator beyond `fast_settings`';
+    `spans`: the orchestrator's spans hook (adapters/tracing)."""
     overrides = {"prefetch": 20, **settings_overrides}
     settings = fast_settings(database_url, amqp_url, topology.prefix, **overrides)
     shop = make_engine(database_url, pool_size=5)
     await schema.create(shop)
     await schema.seed(shop, CUSTOMERS, STOCK)
-    orchestrator = Orchestrator(settings, registry=Registry(sagas))
+    orchestrator = Orchestrator(settings, registry=Registry(sagas), spans=spans)
     await orchestrator.start()
     connection = await connect(amqp_url)
     channel = await open_channel(connection)
