@@ -6,7 +6,7 @@ to a saga is in transition/signals.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from orchestrator.saga import Saga
@@ -100,4 +100,4 @@ def _parse(value: object) -> datetime | None:
 
 
 def _moment(value: datetime | None) -> str:
-    return "?" if value is None else value.isoformat(timespec="seconds")
+    return "?" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -27,7 +27,7 @@ def test_a_wait_step_from_pending_through_waiting_to_taken() -> None:
     waiting = view(t)
     assert waiting == WaitView("review", "waiting", HOUR, "fail", since=START, until=until)
     assert waiting.describe() == (
-        "waiting for signal review since 2026-01-01T12:00:00+00:00, until 2026-01-01T13:00:00+00:00"
+        "waiting for signal review since 2026-01-01 12:00:00 UTC, until 2026-01-01 13:00:00 UTC"
     )
     assert waiting_for(waits(t.definition, t.state)) == ["review"]
     t.advance(60)
@@ -45,8 +45,8 @@ def test_a_signal_held_before_the_wait_begins() -> None:
     held = view(t)
     assert held is not None and (held.stage, held.signal_id) == ("held", "early")
     assert held.describe() == (
-        "signal review held (id early, received 2026-01-01T12:00:00+00:00): taken when the "
-        "step begins"
+        "signal review held (id early, received 2026-01-01 12:00:00 UTC): taken when the step "
+        "begins"
     )
 
 
