@@ -75,7 +75,8 @@ class StepView(BaseModel):
     payload: Any = Field(
         None,
         description="A map item's item; a child step's input; what a step's payload= built "
-        "(its commands carry it). Null when its commands carry the saga's input.",
+        "(its commands carry it); a wait step's signal, held or taken ({signal_id, payload, "
+        "received_at}). Null when its commands carry the saga's input.",
     )
     dispatched_at: datetime | None = Field(description="When its last command was sent.")
     started_at: datetime | None = Field(description="When its participant was first heard of.")
