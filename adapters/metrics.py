@@ -111,6 +111,31 @@ FINISHED = Counter(
     ["saga", "status"],
     registry=REGISTRY,
 )
+SIGNALS_RECEIVED = Counter(
+    "saga_signals_received",
+    "Signals a saga took, by saga, signal and result: taken (its wait step was waiting; the "
+    "payload is the step's result) or held (it came before the wait began, which takes it "
+    "then). A duplicate signal id counts nowhere; refusals: saga_signals_refused_total.",
+    ["saga", "signal", "result"],
+    registry=REGISTRY,
+)
+SIGNALS_REFUSED = Counter(
+    "saga_signals_refused",
+    "Signals refused, by saga ('' when no single saga was found), signal and reason: "
+    "unknown_saga, ambiguous_key, not_waited_for, finished, invalid_payload, wait_over, "
+    "compensating. Each is announced as <saga>.signal_refused.",
+    ["saga", "signal", "reason"],
+    registry=REGISTRY,
+)
+WAIT_SECONDS = Histogram(
+    "saga_wait_seconds",
+    "How long a wait step waited for its signal, by saga, signal and outcome: signalled "
+    "(0 for a signal held before the wait began) or timed_out.",
+    ["saga", "signal", "outcome"],
+    # From a webhook that answers at once to a person who answers within a week.
+    buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400),
+    registry=REGISTRY,
+)
 STARTS_HELD = Gauge(
     "saga_starts_held",
     "Start messages this process holds unacked, waiting until fewer than SAGA_MAX_ACTIVE "
@@ -151,6 +176,11 @@ _FINISHED = {
     HistoryEvent.SAGA_CANCELLED: "cancelled",
     HistoryEvent.SAGA_FAILED: "failed",
 }
+# A wait's end: its signal came, or its timeout passed; by outcome label.
+_WAITED = {
+    HistoryEvent.WAIT_FINISHED: "signalled",
+    HistoryEvent.WAIT_TIMED_OUT: "timed_out",
+}
 _ITEM = re.compile(r"\[\d+\]$")
 
 
@@ -181,6 +211,30 @@ def observe(event: HistoryEvent, detail: Mapping[str, Any]) -> None:
         STARTED.labels(saga=saga).inc()
     elif event in _FINISHED:
         FINISHED.labels(saga=saga, status=_FINISHED[event]).inc()
+    elif event in _WAITED or event in (HistoryEvent.SIGNAL_HELD, HistoryEvent.SIGNAL_REFUSED):
+        _signal(event, detail)
+
+
+def _signal(event: HistoryEvent, detail: Mapping[str, Any]) -> None:
+    """A signal held, taken or refused, and a wait's end. A wait step is named after its
+    signal; a refusal names the signal (and no saga when none was found)."""
+    saga = str(detail.get("saga") or "")
+    signal = str(detail.get("signal") or detail.get("step") or "")
+    if event == HistoryEvent.SIGNAL_REFUSED:
+        reason = str(detail.get("reason", ""))
+        SIGNALS_REFUSED.labels(saga=saga, signal=signal, reason=reason).inc()
+        return
+    if event == HistoryEvent.SIGNAL_HELD:
+        SIGNALS_RECEIVED.labels(saga=saga, signal=signal, result="held").inc()
+        return
+    if event == HistoryEvent.WAIT_FINISHED and not detail.get("held"):
+        # A held signal was counted when it came: taking it now is no second receipt.
+        SIGNALS_RECEIVED.labels(saga=saga, signal=signal, result="taken").inc()
+    seconds = detail.get("seconds")
+    if isinstance(seconds, int | float):
+        WAIT_SECONDS.labels(saga=saga, signal=signal, outcome=_WAITED[event]).observe(
+            max(0.0, float(seconds))
+        )
 
 
 def step_label(step: object) -> str:

@@ -74,6 +74,16 @@ class HistoryRecord:
 
 
 @dataclass(frozen=True)
+class WaitingFor:
+    """Sagas waiting now for the signal `signal`: their step of that name runs with no
+    command in flight, and their (name, version) is one of `definitions`, those where the
+    step is a wait (`Registry.waiting_for`: a running sleep looks the same in the tables)."""
+
+    signal: str
+    definitions: frozenset[tuple[str, int]]
+
+
+@dataclass(frozen=True)
 class SagaQuery:
     """Which sagas `SagaStore.find` lists, newest activity first (updated_at, then id, both
     descending). Every filter given must hold."""
@@ -85,6 +95,8 @@ class SagaQuery:
     version: int | None = None
     # Sagas with a step of this name running or compensating now, or failed and parked.
     step: str | None = None
+    # Sagas waiting now for a signal.
+    waiting_for: WaitingFor | None = None
     # Created in [created_after, created_before).
     created_after: datetime | None = None
     created_before: datetime | None = None

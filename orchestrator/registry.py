@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.errors import DefinitionError, InvalidInput, UnknownSaga
-from orchestrator.ports import DefinitionRecord
+from orchestrator.ports import DefinitionRecord, WaitingFor
 from orchestrator.saga import Saga
 
 
@@ -59,6 +59,17 @@ class Registry:
                 )
             ) from exc
         return definition, validated.model_dump(mode="json")
+
+    def waiting_for(self, signal: str) -> WaitingFor:
+        """The query filter for sagas waiting now for `signal`: the loaded definitions with
+        a wait step of that name."""
+        return WaitingFor(
+            signal, frozenset((s.name, s.version) for s in self.all() if signal in s.waits())
+        )
+
+    def definition(self, name: str, version: int) -> Saga | None:
+        """The definition of (name, version), or None when this process does not load it."""
+        return self._by_version.get((name, version))
 
     def loads(self, name: str, version: int) -> bool:
         return (name, version) in self._by_version

@@ -24,6 +24,7 @@ from orchestrator.machine import OperatorEvent, SkipRequested
 from orchestrator.messages import ParentRef
 from orchestrator.ports import HistoryRecord
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
+from orchestrator.waiting import WaitView
 
 EXIT_REFUSED = 1
 EXIT_BAD_INPUT = 2
@@ -56,12 +57,20 @@ class ApiClient:
         return self._send("POST", path, json=body, params=params)
 
     def _send(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            answer = self._http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            _fail(EXIT_UNREACHABLE, f"cannot reach the API at {self._url}: {exc}")
+        answer = self.request(method, path, **kwargs)
         if answer.is_success:
             return answer.json()
+        self.fail(answer)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The API's answer, whatever its status; exit 4 when it cannot be reached."""
+        try:
+            return self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            _fail(EXIT_UNREACHABLE, f"cannot reach the API at {self._url}: {exc}")
+
+    def fail(self, answer: httpx.Response) -> NoReturn:
+        """Exit with the code and message an error answer calls for."""
         detail = _detail(answer)
         status = answer.status_code
         if status == 409:
@@ -76,12 +85,18 @@ class ApiClient:
 
     def saga(self, ident: str) -> SagaState:
         """The saga with this id, or the newest one with this start key."""
+        return state_from_api(self.saga_detail(ident))
+
+    def saga_detail(self, ident: str) -> dict[str, Any]:
+        """The API's SagaDetail of the saga with this id, or of the newest one with this
+        start key."""
         try:
             saga_id = uuid.UUID(ident)
         except ValueError:
-            found = self.get(f"/api/sagas/by-key/{ident}")["items"]
-            return state_from_api(found[0])
-        return state_from_api(self.get(f"/api/sagas/{saga_id}"))
+            found: list[dict[str, Any]] = self.get(f"/api/sagas/by-key/{ident}")["items"]
+            return found[0]
+        detail: dict[str, Any] = self.get(f"/api/sagas/{saga_id}")
+        return detail
 
     def sagas(self, params: Mapping[str, Any], limit: int) -> Iterator[dict[str, Any]]:
         """Up to `limit` summaries, page after page."""
@@ -173,6 +188,24 @@ def state_from_api(saga: Mapping[str, Any]) -> SagaState:
         status_since=_time(saga["status_since"]),
         output=saga.get("output"),  # absent from an API older than output=
     )
+
+
+def waits_from_api(saga: Mapping[str, Any]) -> dict[str, WaitView]:
+    """The wait steps of a SagaDetail of the API (none from an API older than waits)."""
+    return {
+        s["name"]: WaitView(
+            signal=w["signal"],
+            stage=w["stage"],
+            timeout=w["timeout"],
+            on_timeout=w["on_timeout"],
+            since=_time(w["waiting_since"]),
+            until=_time(w["until"]),
+            signal_id=w["signal_id"],
+            received_at=_time(w["received_at"]),
+        )
+        for s in saga["steps"]
+        if (w := s.get("wait")) is not None
+    }
 
 
 def _cursor(cursor: str | None) -> dict[str, str]:

@@ -20,6 +20,7 @@ from adapters.cli import (
     protocol,
     relay,
     retention,
+    signal,
     start,
     status,
 )
@@ -42,6 +43,7 @@ app.command()(start.start)
 app.command()(status.status)
 app.command("list")(listing.list_)
 app.command()(cancel.cancel)
+app.command()(signal.signal)
 app.command()(operators.retry)
 app.command()(operators.skip)
 app.command("mark-compensated")(operators.mark_compensated)

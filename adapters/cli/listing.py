@@ -1,5 +1,6 @@
 """`saga list`: sagas matching filters, newest activity first, from the database or over the
-HTTP API (--url); a table, or with --json each saga whole as `saga status --json` prints it."""
+HTTP API (--url); a table, or with --json each saga whole as `saga status --json` prints it.
+A step waiting for a signal is marked as such in the table's step column."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import Annotated
 import typer
 
 from adapters.cli import support as cs
-from adapters.cli.api import ApiClient
-from adapters.cli.status import state_json
+from adapters.cli.api import ApiClient, state_from_api, waits_from_api
+from adapters.cli.status import state_json, waits_of
 from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
 from adapters.text_table import render_table
 from orchestrator.state import SagaState, SagaStatus
+from orchestrator.waiting import waiting_for as waits_now
 
 
 def list_(
@@ -39,6 +41,13 @@ def list_(
         int | None,
         typer.Option(min=0, help="In their current status for at least this many minutes."),
     ] = None,
+    waiting_for: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SIGNAL",
+            help="Only sagas waiting now for this signal (their wait step of that name).",
+        ),
+    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -57,12 +66,14 @@ def list_(
             "created_after": None if after is None else after.isoformat(),
             "created_before": None if before is None else before.isoformat(),
             "in_status_for_minutes": in_status_for,
+            "waiting_for": waiting_for,
         }
         with ApiClient(url, token) as api:
             found = list(api.sagas(params, limit))
             if as_json:  # the whole saga, as from the database: one request each
-                states = [api.saga(s["saga_id"]) for s in found]
-                typer.echo(json.dumps([state_json(s) for s in states], indent=2))
+                details = [api.saga_detail(s["saga_id"]) for s in found]
+                shown = [state_json(state_from_api(d), waits_from_api(d)) for d in details]
+                typer.echo(json.dumps(shown, indent=2))
                 return
         rows = [
             _row(
@@ -71,11 +82,21 @@ def list_(
                 s["key"],
                 s["status"],
                 current=s["current_steps"],
+                waiting=s.get("waiting_for", []),
                 updated_at=datetime.fromisoformat(s["updated_at"]),
             )
             for s in found
         ]
     else:
+        config = cs.settings()
+        registry = cs.loaded_definitions(config)
+        waiting = None if waiting_for is None else registry.waiting_for(waiting_for)
+        if waiting is not None and not waiting.definitions:
+            typer.secho(
+                f"warning: no saga of SAGA_MODULES waits for signal {waiting_for!r}",
+                fg="yellow",
+                err=True,
+            )
         query = SagaQuery(
             status=status_,
             saga=saga,
@@ -86,10 +107,13 @@ def list_(
             created_after=after,
             created_before=before,
             in_status_for=None if in_status_for is None else timedelta(minutes=in_status_for),
+            waiting_for=waiting,
         )
-        states = cs.run(cs.with_store(cs.settings(), lambda st: st.find(query)))
+        states = cs.run(cs.with_store(config, lambda st: st.find(query)))
+        views = [waits_of(registry, s) for s in states]
         if as_json:
-            typer.echo(json.dumps([state_json(s) for s in states], indent=2))
+            shown = [state_json(s, v) for s, v in zip(states, views, strict=True)]
+            typer.echo(json.dumps(shown, indent=2))
             return
         rows = [
             _row(
@@ -98,17 +122,26 @@ def list_(
                 s.key,
                 s.status,
                 current=_current_steps(s),
+                waiting=waits_now(v),
                 updated_at=s.updated_at,
             )
-            for s in states
+            for s, v in zip(states, views, strict=True)
         ]
     typer.echo(render_table(["id", "saga", "key", "status", "step", "updated"], rows))
 
 
 def _row(
-    saga_id: str, name: str, key: str, status: str, *, current: list[str], updated_at: datetime
+    saga_id: str,
+    name: str,
+    key: str,
+    status: str,
+    *,
+    current: list[str],
+    waiting: list[str],
+    updated_at: datetime,
 ) -> list[str]:
-    return [saga_id, name, key, status, ",".join(current) or "-", updated_at.strftime("%H:%M:%S")]
+    steps = [f"{s} (waits for signal)" if s in waiting else s for s in current]
+    return [saga_id, name, key, status, ",".join(steps) or "-", updated_at.strftime("%H:%M:%S")]
 
 
 def _current_steps(state: SagaState) -> list[str]:

@@ -1,7 +1,8 @@
 """`saga status` and what it prints: the saga and its output, one row per step with its
-action's outcome and how its compensation went, the payloads steps built, and with `--wide`
-every value and the history in full; the history table `saga history` shares with it; and
-the saga as `--json` prints it, which `saga list` shares.
+action's outcome (for a wait step, where its wait stands) and how its compensation went, the
+payloads steps built, and with `--wide` every value and the history in full; the history
+table `saga history` shares with it; and the saga as `--json` prints it, which `saga list`
+shares.
 
 A compensation's reply result is not kept (the step keeps its action's result), so what
 there is to show is its status, its attempts, its failures (from the history: the step's
@@ -12,18 +13,23 @@ operator marked it done by hand.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Annotated, Any
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from adapters.cli import support as cs
-from adapters.cli.api import ApiClient
+from adapters.cli.api import ApiClient, state_from_api, waits_from_api
 from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
 from adapters.text_table import render_table
 from orchestrator.event_names import HistoryEvent
 from orchestrator.ports import HistoryRecord
 from orchestrator.state import SagaState, StepState, StepStatus
+from orchestrator.waiting import WaitView, waiting_for, waits
+
+if TYPE_CHECKING:
+    from orchestrator.registry import Registry
 
 WideOpt = Annotated[
     bool, typer.Option("--wide", help="Print every value in full instead of cutting it short.")
@@ -57,7 +63,8 @@ def status(
     history: list[HistoryRecord] = []
     if url:
         with ApiClient(url, token) as api:
-            state = api.saga(saga)
+            detail = api.saga_detail(saga)
+            state, views = state_from_api(detail), waits_from_api(detail)
             if not as_json:
                 history = api.history(state.saga_id)
     else:
@@ -68,15 +75,23 @@ def status(
                 history.extend(await store.history(found.saga_id))
             return found
 
-        state = cs.run(cs.with_store(cs.settings(), read))
+        config = cs.settings()
+        state = cs.run(cs.with_store(config, read))
+        views = waits_of(cs.loaded_definitions(config), state)
     if as_json:
-        typer.echo(json.dumps(state_json(state), indent=2))
+        typer.echo(json.dumps(state_json(state, views), indent=2))
         return
-    typer.echo(render(state, history, wide=wide))
+    typer.echo(render(state, history, wide=wide, waits=views))
 
 
-def state_json(state: SagaState) -> dict[str, Any]:
-    """The saga as `--json` prints it."""
+def waits_of(registry: Registry, state: SagaState) -> dict[str, WaitView]:
+    """The saga's wait steps, as far as `registry` knows its definition."""
+    return waits(registry.definition(state.name, state.version), state)
+
+
+def state_json(state: SagaState, views: Mapping[str, WaitView] | None = None) -> dict[str, Any]:
+    """The saga as `--json` prints it; `views`: its wait steps, by name."""
+    views = views or {}
     return {
         "saga_id": str(state.saga_id),
         "saga": state.name,
@@ -90,11 +105,12 @@ def state_json(state: SagaState) -> dict[str, Any]:
         "parent": None if state.parent is None else state.parent.model_dump(mode="json"),
         "created_at": state.created_at.isoformat(),
         "updated_at": state.updated_at.isoformat(),
-        "steps": [_step_json(s) for s in state.steps],
+        "waiting_for": waiting_for(dict(views)),
+        "steps": [_step_json(s, views.get(s.name)) for s in state.steps],
     }
 
 
-def _step_json(step: StepState) -> dict[str, Any]:
+def _step_json(step: StepState, wait: WaitView | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": step.name,
         "status": step.status.value,
@@ -105,12 +121,40 @@ def _step_json(step: StepState) -> dict[str, Any]:
     }
     if step.item is not None:
         out["item"] = step.payload
+    elif wait is not None:
+        out["wait"] = wait_json(wait)
     elif step.payload is not None:
         out["payload"] = step.payload
     return out
 
 
-def render(state: SagaState, history: Sequence[HistoryRecord], *, wide: bool) -> str:
+def wait_json(view: WaitView) -> dict[str, Any]:
+    """A wait step's wait as `--json` prints it (the signal it holds or took, as `wait`)."""
+    return {
+        "signal": view.signal,
+        "stage": view.stage,
+        "timeout": view.timeout,
+        "on_timeout": view.on_timeout,
+        "waiting_since": _iso(view.since),
+        "until": _iso(view.until),
+        "signal_id": view.signal_id,
+        "received_at": _iso(view.received_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def render(
+    state: SagaState,
+    history: Sequence[HistoryRecord],
+    *,
+    wide: bool,
+    waits: Mapping[str, WaitView] | None = None,
+) -> str:
+    """What `saga status` prints; `waits`: the saga's wait steps, by name."""
+    waits = waits or {}
     lines = [
         f"{state.name} v{state.version}  {state.saga_id}  key={state.key}  status={state.status}"
     ]
@@ -121,19 +165,29 @@ def render(state: SagaState, history: Sequence[HistoryRecord], *, wide: bool) ->
     rows = []
     for step in state.steps:
         mine = [r for r in history if _about(r, step.name)]
+        wait = waits.get(step.name)
+        # A wait not over yet says where it stands, in full; once over, its result shows.
+        outcome = (
+            wait.describe()
+            if wait is not None and wait.stage in ("pending", "held", "waiting")
+            else _text(action_outcome(step, mine), wide)
+        )
         rows.append(
             [
                 step.name,
                 step.status,
                 str(step.attempt),
-                _text(action_outcome(step, mine), wide),
+                outcome,
                 compensation(step, mine, wide=wide),
             ]
         )
     lines.append(
         render_table(["step", "status", "attempts", "result / error", "compensation"], rows)
     )
-    built = [[s.name, _json(s.payload, wide)] for s in state.steps if _built(s)]
+    # A wait step's payload is the signal it holds or took, shown in its row instead.
+    built = [
+        [s.name, _json(s.payload, wide)] for s in state.steps if _built(s) and s.name not in waits
+    ]
     if built:
         lines += [
             "",

@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import structlog
 import typer
@@ -27,6 +27,9 @@ from orchestrator.errors import (
     SagaNotFound,
 )
 from orchestrator.state import SagaState
+
+if TYPE_CHECKING:
+    from orchestrator.registry import Registry
 
 T = TypeVar("T")
 # PostgreSQL's refusal of a connection to a database that does not exist (no SQLSTATE comes
@@ -188,6 +191,19 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
             # behind, a relay would send it a second time.
             with contextlib.suppress(Exception):
                 await engine.forget_published()
+
+
+def loaded_definitions(config: Settings) -> Registry:
+    """The definitions of SAGA_MODULES, which tell a saga's wait steps apart from its other
+    steps in what `saga status` and `saga list` show. Saga modules that fail to load leave
+    them out, with a warning: reading sagas must not depend on them."""
+    from orchestrator.registry import Registry, load_modules
+
+    try:
+        return load_modules(config.modules)
+    except DefinitionError as exc:
+        typer.secho(f"warning: wait steps are not shown: {exc}", fg="yellow", err=True)
+        return Registry()
 
 
 async def find_in(store: Any, ident: str) -> SagaState:

@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.http import dashboard, observability, problems
-from adapters.http.api import reads, writes
+from adapters.http.api import reads, signals, writes
 from adapters.http.api.context import ApiContext
 from adapters.http.auth import Tokens
 from adapters.http.body_limit import BodyLimit
@@ -22,12 +22,13 @@ from adapters.http.redact import Redactor
 from adapters.postgres.store import PostgresStore
 from adapters.settings import Settings
 from orchestrator.engine import Engine
+from orchestrator.registry import Registry
 
 log = structlog.get_logger(__name__)
 
-DESCRIPTION = """Operate sagas: list and inspect them, start them, cancel them, and every
-operator action (retry, pause, resume, skip a step, mark a compensation done), each recorded
-in the saga's history with who and why.
+DESCRIPTION = """Operate sagas: list and inspect them, start them, cancel them, send them
+signals, and every operator action (retry, pause, resume, skip a step, mark a compensation
+done), each recorded in the saga's history with who and why.
 
 Authenticate with `Authorization: Bearer <token>` (SAGA_API_TOKENS): GET needs the `read`
 role, POST `operate`. Errors are `application/problem+json` whose `detail` says what to do.
@@ -41,11 +42,13 @@ def create_app(
     *,
     probes: observability.Probes | None = None,
     unconsumed_queues: observability.Unconsumed | None = None,
+    registry: Registry | None = None,
 ) -> FastAPI:
     """The app for `settings`; `engine` None makes a read-only app (writes answer 503).
     `unconsumed_queues`: the command queues without a consumer at the last check, which
-    `/readyz` lists (`saga run` passes its check's). Raises ValueError for malformed
-    SAGA_API_TOKENS."""
+    `/readyz` lists (`saga run` passes its check's). `registry`: the definitions that tell
+    a saga's wait steps apart (default: the engine's; none for a read-only app). Raises
+    ValueError for malformed SAGA_API_TOKENS."""
     # /docs and /redoc with Swagger UI's and ReDoc's files served from here, not a CDN: the
     # pages work on a host with no way out to the internet.
     app = FastAPIOffline(
@@ -56,7 +59,9 @@ def create_app(
         openapi_tags=[{"name": "sagas", "description": "Sagas and operator actions."}],
     )
     app.state.tokens = Tokens(settings.api_tokens)
-    app.state.saga_api = ApiContext(store, engine, Redactor(settings.redact_fields))
+    if registry is None:
+        registry = engine.registry if engine is not None else Registry()
+    app.state.saga_api = ApiContext(store, engine, Redactor(settings.redact_fields), registry)
     # For the dashboard and the observability endpoints.
     app.state.settings = settings
     app.state.store = store
@@ -68,6 +73,7 @@ def create_app(
     _describe_problems(app)
     app.include_router(reads.router)
     app.include_router(writes.router)
+    app.include_router(signals.router)
     app.include_router(observability.router)
     app.include_router(dashboard.router)
     # Added innermost first: a request passes CORS, then the body cap, then the log line and
@@ -103,7 +109,8 @@ def _describe_problems(app: FastAPI) -> None:
         if app.openapi_schema is None:
             document = generate()
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            schemas["Problem"] = problems.Problem.model_json_schema()
+            for model in problems.MODELS:
+                schemas[model.__name__] = model.model_json_schema()
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override

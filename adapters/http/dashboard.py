@@ -90,6 +90,8 @@ _LIST_BODY = Template("""<h1>Sagas</h1>
     <label>Key <input name="key" autocomplete="off"></label>
     <label>Step <input name="step" autocomplete="off"
       title="sagas where this step is running, compensating or parked failed"></label>
+    <label>Waiting for signal <input name="waiting_for" autocomplete="off"
+      title="sagas waiting now for this signal (their wait step of that name)"></label>
     <label>In status for more than
       <input name="in_status_for_minutes" type="number" min="0" step="1" inputmode="numeric"
         class="narrow"> min</label>
@@ -135,7 +137,8 @@ _SAGA_BODY = Template("""<p><a href="$root/">&larr; All sagas</a></p>
     <thead><tr>
       <th scope="col">#</th><th scope="col">Step</th><th scope="col">Status</th>
       <th scope="col">Attempt</th><th scope="col">Compensation attempt</th>
-      <th scope="col">Dispatched</th><th scope="col">Due</th><th scope="col">Error</th>
+      <th scope="col">Dispatched</th><th scope="col">Due</th><th scope="col">Signal</th>
+      <th scope="col">Error</th>
     </tr></thead>
     <tbody></tbody>
   </table>
@@ -168,7 +171,15 @@ _SAGA_BODY = Template("""<p><a href="$root/">&larr; All sagas</a></p>
       <label>Result (JSON, optional)
         <textarea id="skip-result" rows="3" spellcheck="false"></textarea></label>
     </div>
-    <label>Reason (required) <textarea id="confirm-reason" rows="2" required></textarea></label>
+    <div id="signal-fields" hidden>
+      <label>Signal <select id="signal-name"></select></label>
+      <label>Payload (a JSON object)
+        <textarea id="signal-payload" rows="6" spellcheck="false"></textarea></label>
+      <label>Signal id (send again with the same id: taken once)
+        <input id="signal-id" autocomplete="off" spellcheck="false"></label>
+    </div>
+    <label id="reason-field">Reason (required)
+      <textarea id="confirm-reason" rows="2" required></textarea></label>
     <label>Who (optional) <input id="confirm-who" autocomplete="off"></label>
     <p id="confirm-error" class="alert" role="alert" hidden></p>
     <div class="dialog-buttons">

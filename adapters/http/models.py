@@ -4,16 +4,18 @@ OpenAPI document at /openapi.json describes every field."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUseDefault
 
 from adapters.http.redact import Redactor
-from orchestrator.messages import MAX_KEY_LENGTH, ParentRef
+from orchestrator.messages import MAX_KEY_LENGTH, MAX_NAME_LENGTH, ParentRef
 from orchestrator.ports import HistoryRecord
+from orchestrator.saga import Saga
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
+from orchestrator.waiting import WaitStage, WaitView, waiting_for, waits
 
 _ACTIVE = (StepStatus.RUNNING, StepStatus.COMPENSATING)
 
@@ -29,6 +31,36 @@ class SagaSummary(BaseModel):
     updated_at: datetime
     error: dict[str, Any] | None = Field(description="Why it failed or is compensating.")
     current_steps: list[str] = Field(description="Steps running or compensating now.")
+    waiting_for: list[str] = Field(
+        default_factory=list,
+        description="Signals the saga waits for now: its wait steps that are waiting (each "
+        "also in current_steps). Known for the saga versions this process loads.",
+    )
+
+
+StepKind = Literal["remote", "local", "map", "item", "child", "sleep", "wait"]
+
+
+class WaitInfo(BaseModel):
+    """A wait step: the signal it waits for and where the wait stands."""
+
+    signal: str = Field(description="The signal's name (the step's).")
+    stage: WaitStage = Field(
+        description="pending (not begun), held (not begun; a signal came early and is kept "
+        "for it), waiting (for its signal now), taken (its signal is its result), ended "
+        "(skipped, timed out, failed or undone without one)."
+    )
+    timeout: float = Field(description="The longest wait, in seconds.")
+    on_timeout: Literal["fail", "skip"]
+    waiting_since: datetime | None = Field(description="While waiting: since when.")
+    until: datetime | None = Field(description="While waiting: when the wait times out.")
+    signal_id: str | None = Field(description="The id of the signal held or taken.")
+    received_at: datetime | None = Field(description="When that signal came.")
+    payload_schema: dict[str, Any] | None = Field(
+        None,
+        description="JSON Schema of the payload the wait takes (its result= model); null "
+        "when it takes any JSON object.",
+    )
 
 
 class StepView(BaseModel):
@@ -43,11 +75,18 @@ class StepView(BaseModel):
     payload: Any = Field(
         None,
         description="A map item's item; a child step's input; what a step's payload= built "
-        "(its commands carry it). Null when its commands carry the saga's input.",
+        "(its commands carry it); a wait step's signal, held or taken ({signal_id, payload, "
+        "received_at}). Null when its commands carry the saga's input.",
     )
     dispatched_at: datetime | None = Field(description="When its last command was sent.")
     started_at: datetime | None = Field(description="When its participant was first heard of.")
     due_at: datetime | None = Field(description="Its timeout, or when its next attempt is due.")
+    kind: StepKind | None = Field(
+        None,
+        description="remote, local, map, item (a map step's item), child, sleep or wait; "
+        "null when this process does not load the saga's version.",
+    )
+    wait: WaitInfo | None = Field(None, description="A wait step's signal and wait.")
 
 
 class SagaDetail(SagaSummary):
@@ -142,6 +181,12 @@ class SagaFilters(BaseModel):
     in_status_for_minutes: int | None = Field(
         None, ge=0, le=10_000_000, description="In the current status for at least N minutes."
     )
+    waiting_for: str | None = Field(
+        None,
+        max_length=MAX_NAME_LENGTH,
+        description="Sagas waiting now for this signal (their wait step of that name is "
+        "waiting), of the saga versions this process loads.",
+    )
     limit: int = Field(50, ge=1, le=500)
     cursor: str | None = Field(
         None, max_length=200, description="`next_cursor` of the previous page."
@@ -212,23 +257,57 @@ class SkipRequest(ActionRequest):
     result: Any = Field(None, description="The step's result; later steps may use it.")
 
 
+class SignalRequest(_Request):
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The signal's payload: the wait step's result, validated against its "
+        "result= model.",
+    )
+    signal_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_KEY_LENGTH,
+        description="Idempotency key: the same id again changes nothing (a retried webhook). "
+        "Default: a new UUID, answered back.",
+    )
+    who: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Who sends it; recorded in history (default: the token's name).",
+    )
+
+
+class SignalResult(BaseModel):
+    result: Literal["taken", "held", "duplicate"] = Field(
+        description="taken: the waiting step has it as its result; held: its wait has not "
+        "begun, and takes it when it does; duplicate: this signal_id was held or taken "
+        "already, nothing changed."
+    )
+    saga_id: UUID
+    status: SagaStatus = Field(description="The saga's status after the signal.")
+    signal_id: str
+
+
 # -- from the engine's values -------------------------------------------------------------
 
 
-def summary(state: SagaState, redact: Redactor) -> SagaSummary:
-    return SagaSummary(**_summary_fields(state, redact))
+def summary(state: SagaState, redact: Redactor, definition: Saga | None) -> SagaSummary:
+    return SagaSummary(**_summary_fields(state, redact, definition))
 
 
-def detail(state: SagaState, redact: Redactor) -> SagaDetail:
+def detail(state: SagaState, redact: Redactor, definition: Saga | None) -> SagaDetail:
+    """The saga in full; `definition` (None when not loaded here) tells its steps' kinds."""
+    views = waits(definition, state)
     return SagaDetail(
-        **_summary_fields(state, redact),
+        **_summary_fields(state, redact, definition),
         input=redact(state.input),
         cancel_reason=state.cancel_reason,
         parent=state.parent,
         deadline_at=state.deadline_at,
         resume_status=state.resume_status,
         output=redact(state.output),
-        steps=[_step(s, redact) for s in state.steps],
+        steps=[_step(s, redact, definition, views.get(s.name)) for s in state.steps],
     )
 
 
@@ -243,7 +322,7 @@ def history_item(record: HistoryRecord, redact: Redactor) -> HistoryItem:
     )
 
 
-def _summary_fields(state: SagaState, redact: Redactor) -> dict[str, Any]:
+def _summary_fields(state: SagaState, redact: Redactor, definition: Saga | None) -> dict[str, Any]:
     return {
         "saga_id": state.saga_id,
         "saga": state.name,
@@ -255,10 +334,13 @@ def _summary_fields(state: SagaState, redact: Redactor) -> dict[str, Any]:
         "updated_at": state.updated_at,
         "error": redact(state.error),
         "current_steps": [s.name for s in state.steps if s.status in _ACTIVE],
+        "waiting_for": waiting_for(waits(definition, state)),
     }
 
 
-def _step(step: StepState, redact: Redactor) -> StepView:
+def _step(
+    step: StepState, redact: Redactor, definition: Saga | None, wait: WaitView | None
+) -> StepView:
     return StepView(
         name=step.name,
         index=step.index,
@@ -272,4 +354,38 @@ def _step(step: StepState, redact: Redactor) -> StepView:
         dispatched_at=step.dispatched_at,
         started_at=step.started_at,
         due_at=step.due_at,
+        kind=None if definition is None else _kind(definition, step),
+        wait=None if wait is None or definition is None else _wait(definition, wait),
+    )
+
+
+def _kind(definition: Saga, step: StepState) -> StepKind | None:
+    if step.item is not None:
+        return "item"
+    if step.name not in {s.name for s in definition.steps}:
+        return None  # a step of another definition under the same (name, version)
+    spec = definition.step(step.name)
+    if spec.wait:
+        return "wait"
+    if spec.sleep:
+        return "sleep"
+    if spec.map:
+        return "map"
+    if spec.child is not None:
+        return "child"
+    return "local" if spec.local else "remote"
+
+
+def _wait(definition: Saga, view: WaitView) -> WaitInfo:
+    model = definition.step(view.signal).result
+    return WaitInfo(
+        signal=view.signal,
+        stage=view.stage,
+        timeout=view.timeout,
+        on_timeout=view.on_timeout,
+        waiting_since=view.since,
+        until=view.until,
+        signal_id=view.signal_id,
+        received_at=view.received_at,
+        payload_schema=None if model is None else model.model_json_schema(),
     )

@@ -49,8 +49,26 @@ class Problem(BaseModel):
     )
 
 
+class SignalRefusal(Problem):
+    """A refused signal (`type` `urn:saga:problem:signal-refused`): `reason` names why, for
+    programs; `detail` says it in words."""
+
+    reason: str = Field(
+        examples=["not_waited_for"],
+        description="unknown_saga (404), invalid_payload (422), or (409) ambiguous_key, "
+        "not_waited_for, finished, wait_over, compensating.",
+    )
+    signal: str = Field(description="The signal's name, as sent.")
+    signal_id: str = Field(description="The signal's id, as sent or made up.")
+
+
+# The problem bodies the OpenAPI document describes (app.py puts them in its components).
+MODELS: tuple[type[Problem], ...] = (Problem, SignalRefusal)
+
+
 class ProblemError(Exception):
-    """Raised by a route to answer with a problem."""
+    """Raised by a route to answer with a problem; `members` are extension members the body
+    carries besides the standard ones (RFC 9457, section 3.2)."""
 
     def __init__(
         self,
@@ -59,6 +77,8 @@ class ProblemError(Exception):
         title: str,
         detail: str,
         headers: Mapping[str, str] | None = None,
+        *,
+        members: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -66,21 +86,39 @@ class ProblemError(Exception):
         self.title = title
         self.detail = detail
         self.headers = dict(headers or {})
+        self.members = dict(members or {})
 
 
 def problem(status: int, slug: str, title: str, detail: str, **headers: str) -> JSONResponse:
-    body = Problem(type=_TYPE + slug, title=title, status=status, detail=detail)
+    return _answer(status, slug, title, detail, members={}, headers=headers)
+
+
+def _answer(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    *,
+    members: Mapping[str, Any],
+    headers: Mapping[str, str],
+) -> JSONResponse:
+    body = Problem(type=_TYPE + slug, title=title, status=status, detail=detail).model_dump()
     return JSONResponse(
-        body.model_dump(), status_code=status, media_type=PROBLEM_JSON, headers=headers or None
+        {**members, **body}, status_code=status, media_type=PROBLEM_JSON, headers=headers or None
     )
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` for these error statuses: each a Problem as problem+json."""
+def problem_responses(
+    *statuses: int, models: tuple[type[Problem], ...] = (Problem,)
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error statuses: each one of `models` (Problems, in
+    MODELS) as problem+json."""
+    refs = [{"$ref": f"#/components/schemas/{model.__name__}"} for model in models]
+    schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
     return {
         status: {
             "description": _DESCRIPTIONS[status],
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "content": {PROBLEM_JSON: {"schema": schema}},
         }
         for status in statuses
     }
@@ -130,7 +168,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(_request: Request, exc: ProblemError) -> JSONResponse:
-        return problem(exc.status, exc.slug, exc.title, exc.detail, **exc.headers)
+        return _answer(
+            exc.status, exc.slug, exc.title, exc.detail, members=exc.members, headers=exc.headers
+        )
 
     @app.exception_handler(SagaError)
     async def _engine_error(_request: Request, exc: SagaError) -> JSONResponse:

@@ -35,6 +35,7 @@ from orchestrator.ports import (
     SagaQuery,
     Transitions,
     VersionInUse,
+    WaitingFor,
 )
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 from orchestrator.versioning import UNFINISHED
@@ -336,6 +337,7 @@ def _matches(s: SagaState, query: SagaQuery, in_status_since: datetime | None) -
             or (s.status_since is not None and s.status_since <= in_status_since)
         )
         and (query.step is None or _holds_step(s, query.step))
+        and (query.waiting_for is None or _waits(s, query.waiting_for))
         and (
             query.after is None
             or (s.updated_at, s.saga_id) < (_utc(query.after[0]), query.after[1])
@@ -351,6 +353,14 @@ def _holds_step(state: SagaState, name: str) -> bool:
             s.status in (StepStatus.RUNNING, StepStatus.COMPENSATING)
             or (s.status == StepStatus.FAILED and state.status == SagaStatus.FAILED)
         )
+        for s in state.steps
+    )
+
+
+def _waits(state: SagaState, waiting: WaitingFor) -> bool:
+    """The step named as the signal runs with no command, in a definition where it is a wait."""
+    return (state.name, state.version) in waiting.definitions and any(
+        s.name == waiting.signal and s.status == StepStatus.RUNNING and s.command_id is None
         for s in state.steps
     )
 

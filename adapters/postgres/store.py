@@ -30,6 +30,7 @@ from orchestrator.ports import (
     Registration,
     SagaQuery,
     VersionInUse,
+    WaitingFor,
 )
 from orchestrator.state import SagaState, SagaStatus, StepStatus
 from orchestrator.versioning import UNFINISHED
@@ -233,7 +234,26 @@ def _filters(query: SagaQuery) -> list[sa.ColumnElement[bool]]:
         where.append(
             sa.exists().where(st.saga_id == i.id, st.name == query.step, sa.or_(active, parked))
         )
+    if query.waiting_for is not None:
+        where.append(_waiting(query.waiting_for))
     if query.after is not None:
         updated_at, saga_id = query.after
         where.append(sa.tuple_(i.updated_at, i.id) < sa.tuple_(updated_at, saga_id))
     return where
+
+
+def _waiting(waiting: WaitingFor) -> sa.ColumnElement[bool]:
+    """The saga's step named as the signal runs with no command, in a definition where that
+    step is a wait."""
+    if not waiting.definitions:
+        return sa.false()
+    i, st = saga_instances.c, saga_steps.c
+    return sa.and_(
+        sa.tuple_(i.name, i.version).in_(sorted(waiting.definitions)),
+        sa.exists().where(
+            st.saga_id == i.id,
+            st.name == waiting.signal,
+            st.status == StepStatus.RUNNING.value,
+            st.command_id.is_(None),
+        ),
+    )

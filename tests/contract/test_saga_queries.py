@@ -8,12 +8,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
 
+from orchestrator import machine
 from orchestrator.event_names import HistoryEvent
-from orchestrator.machine import HistoryEntry
-from orchestrator.ports import SagaQuery, SagaStore
+from orchestrator.machine import HistoryEntry, ReplyReceived
+from orchestrator.messages import Reply
+from orchestrator.ports import SagaQuery, SagaStore, WaitingFor
+from orchestrator.registry import Registry
 from orchestrator.state import SagaState, SagaStatus, StepStatus
 from sagas import order
-from tests.contract.samples import NOW, first_step_succeeded, started
+from tests.contract.samples import NOW, ORDER, first_step_succeeded, started
 from tests.contract.stores import InMemory, OnPostgres, StoreSuite
 
 
@@ -138,6 +141,35 @@ class QueryContract(StoreSuite):
         assert await keys(step="notify_customer") == set()
         assert await keys(step="no_such_step") == set()
 
+    async def test_find_waiting_for_a_signal_lists_sagas_waiting_now(
+        self, store: SagaStore
+    ) -> None:
+        """A wait step's row looks like a sleep's (running, no command): the filter names
+        the definitions where the step is a wait, as the registry knows them."""
+        waiting = at_review("waiting")
+        elsewhere = replace(at_review("elsewhere"), version=3)  # no wait in v3
+        in_flight = at_review("in-flight")
+        in_flight = replace(
+            in_flight,
+            steps=tuple(
+                replace(s, command_id=uuid4()) if s.name == "fraud_review" else s
+                for s in in_flight.steps
+            ),
+        )
+        not_yet = started_v4("not-yet")  # fraud_review pending: the reservations run
+        await self.insert(store, waiting, elsewhere, in_flight, not_yet, started("v2"))
+        registry = Registry([order.saga, order.order_v3, order.order_v2])
+        review = registry.waiting_for("fraud_review")
+        assert review == WaitingFor("fraud_review", frozenset({("order", 4)}))
+
+        async def keys(**query: Any) -> set[str]:
+            return {s.key for s in await store.find(SagaQuery(**query))}
+
+        assert await keys(waiting_for=review) == {"waiting"}
+        assert await keys(waiting_for=review, status=SagaStatus.COMPLETED) == set()
+        assert await keys(waiting_for=registry.waiting_for("charge_payment")) == set()
+        assert await keys(waiting_for=WaitingFor("fraud_review", frozenset())) == set()
+
     async def test_find_by_time_in_status(self, store: SagaStore) -> None:
         # Measured on the store's own clock (the database's, for Postgres): real time here.
         now = datetime.now(UTC)
@@ -227,6 +259,31 @@ class QueryContract(StoreSuite):
         }
         assert await store.count_by_status("invoice") == {**expected, SagaStatus.FAILED: 1}
         assert await store.count_by_status("nothing") == expected
+
+
+def started_v4(key: str) -> SagaState:
+    """An order saga v4 above the review amount: its reservations dispatched."""
+    big = {**ORDER, "amount": "2500.00"}
+    return machine.start(order.saga, saga_id=uuid4(), key=key, input=big, now=NOW).state
+
+
+def at_review(key: str) -> SagaState:
+    """An order saga v4 waiting for the signal `fraud_review`: both reservations answered."""
+    state = started_v4(key)
+    for step in ("reserve_credit", "reserve_stock"):
+        sent = state.step(step)
+        assert sent is not None and sent.command_id is not None
+        reply = Reply(
+            command_id=sent.command_id,
+            saga_id=state.saga_id,
+            step=step,
+            outcome="success",
+            result={"reservation_id": 1},
+        )
+        state = machine.decide(order.saga, state, ReplyReceived(reply), NOW).state
+    review = state.step("fraud_review")
+    assert review is not None and review.status == StepStatus.RUNNING
+    return state
 
 
 class TestMemoryQueries(InMemory, QueryContract):

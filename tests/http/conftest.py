@@ -10,7 +10,7 @@ needs (past the pivot, parked, compensating) in milliseconds, with no process to
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -159,14 +159,19 @@ class Api:
 
 @pytest.fixture
 async def make_api(pg_store: PostgresStore) -> AsyncIterator[Callable[..., Any]]:
-    """`await make_api(**settings)` -> Api; `engine=False` for a read-only app."""
+    """`await make_api(**settings)` -> Api; `engine=False` for a read-only app; `sagas`: the
+    definitions it loads."""
     clients: list[httpx.AsyncClient] = []
 
     async def make(
-        *, engine: bool = True, headers: dict[str, str] | None = None, **settings: Any
+        *,
+        engine: bool = True,
+        headers: dict[str, str] | None = None,
+        sagas: Sequence[Saga] = SAGAS,
+        **settings: Any,
     ) -> Api:
         publisher = MemoryPublisher()
-        registry = Registry(SAGAS)
+        registry = Registry(sagas)
         core = Engine(pg_store, publisher, registry, clock=utcnow)
         app = create_app(Settings(**settings), pg_store, core if engine else None)
         client = httpx.AsyncClient(

@@ -24,6 +24,7 @@ SUMMARY = {
     "updated_at",
     "error",
     "current_steps",
+    "waiting_for",
 }
 DETAIL = SUMMARY | {
     "input",
@@ -47,6 +48,8 @@ STEP = {
     "dispatched_at",
     "started_at",
     "due_at",
+    "kind",
+    "wait",
 }
 
 
@@ -64,6 +67,8 @@ async def test_a_saga_with_its_steps(api: Api) -> None:
     assert all(set(s) == STEP for s in saga["steps"])
     credit, stock = saga["steps"][:2]
     assert (credit["status"], credit["result"]) == ("succeeded", {"reservation": "r-1"})
+    assert [s["kind"] for s in saga["steps"]] == ["remote"] * 4
+    assert saga["waiting_for"] == [] and all(s["wait"] is None for s in saga["steps"])
     assert (stock["status"], stock["attempt"]) == ("running", 1)
     assert stock["dispatched_at"] is not None and stock["due_at"] is not None
 

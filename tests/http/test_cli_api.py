@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -16,7 +17,9 @@ from typing import Any
 import pytest
 
 from adapters.http.serve import Bind, listen, serve
+from sagas import order
 from tests.http.conftest import OPERATOR, READER, TOKENS, Api, order_input
+from tests.http.test_api_signals import APPROVED, at_review
 
 
 @dataclass
@@ -296,3 +299,98 @@ async def test_start_over_the_api_says_what_the_start_came_to(served: Served) ->
     assert [h["event"] for h in history["items"]].count("start_repeated") == 1
     found = (await served.api.client.get("/api/sagas", params={"saga": "order"})).json()
     assert [s["key"] for s in found["items"]] == ["st-1"]  # the bad starts started nothing
+
+
+@pytest.fixture
+async def served_v4(make_api: Any, database_url: str) -> AsyncIterator[Served]:
+    """The API of an orchestrator that loads the order saga v4 (a review for big orders)."""
+    api: Api = await make_api(
+        api_tokens=TOKENS,
+        headers={"Authorization": f"Bearer {OPERATOR}"},
+        sagas=(order.saga,),
+    )
+    server = await serve(api.app, listen(Bind("127.0.0.1", 0)))
+    try:
+        yield Served(api, f"http://{server.address}", database_url)
+    finally:
+        await server.stop()
+
+
+async def test_a_waiting_saga_shows_alike_on_both_paths_and_takes_a_signal(
+    served_v4: Served,
+) -> None:
+    served = served_v4
+    saga_id = await at_review(served.api, "sig-1")
+    await served.api.start("sig-2", order_input("sig-2", amount="2500.00"))  # reserving
+    commands = [
+        ("status", "sig-1"),
+        ("status", "sig-1", "--json"),
+        ("list",),
+        ("list", "--json"),
+        ("list", "--waiting-for", "fraud_review", "--json"),
+    ]
+    runs = await asyncio.gather(
+        *(served.saga(*c) for c in commands), *(served.saga(*c, url=False) for c in commands)
+    )
+    assert all(code == 0 for code, _, _ in runs), [err for _, _, err in runs]
+    over_api, on_database = [out for _, out, _ in runs[:5]], [out for _, out, _ in runs[5:]]
+    assert over_api == on_database
+    status, status_json, listed, _, waiting = over_api
+    assert re.search(
+        r"fraud_review +running +0 +waiting for signal fraud_review since \S+ \S+ UTC, "
+        r"until \S+ \S+ UTC",
+        status,
+    ), status
+    assert "payloads" not in status
+    shown = json.loads(status_json)
+    assert shown["waiting_for"] == ["fraud_review"]
+    wait = next(s for s in shown["steps"] if s["name"] == "fraud_review")["wait"]
+    assert (wait["stage"], wait["timeout"], wait["signal_id"]) == ("waiting", 86400.0, None)
+    assert "fraud_review (waits for signal)" in row(listed, str(saga_id))
+    assert [s["key"] for s in json.loads(waiting)] == ["sig-1"]
+
+    code, out, err = await served.saga(
+        "signal", "sig-1", "fraud_review", "--payload", json.dumps(APPROVED), "--who", "ann"
+    )
+    assert code == 0, err
+    said = re.fullmatch(
+        rf"{saga_id}: signal fraud_review \(id (\S+)\) taken; the saga is running\n", out
+    )
+    assert said is not None, out
+    again = await served.saga(
+        "signal", str(saga_id), "fraud_review", "--payload", "{}", "--id", said.group(1)
+    )
+    assert again[:2] == (
+        0,
+        f"{saga_id}: signal fraud_review (id {said.group(1)}) was held or taken already: "
+        "nothing changed\n",
+    )
+    held = await served.saga(
+        "signal", "sig-2", "fraud_review", "--payload", json.dumps(APPROVED), "--id", "early"
+    )
+    assert held[0] == 0 and "(id early) held: taken when its wait begins" in held[1]
+    code, out, _ = await served.saga("status", "sig-2")
+    assert "signal fraud_review held (id early, received " in row(out, "fraud_review")
+    history = (await served.api.client.get(f"/api/sagas/{saga_id}/history")).json()["items"]
+    assert next(h for h in history if h["event"] == "wait_finished")["actor"] == "api:ann"
+
+
+async def test_signal_exit_codes_over_the_api(served_v4: Served) -> None:
+    await at_review(served_v4.api, "sig-3")
+    results = await asyncio.gather(
+        served_v4.saga("signal", "sig-3", "fraud_review", "--payload", '{"approved": 1.5}'),
+        served_v4.saga("signal", "sig-3", "refund"),
+        served_v4.saga("signal", "nobody", "fraud_review"),
+        served_v4.saga("signal", "sig-3", "fraud_review", "--payload", "{"),
+        served_v4.saga("signal", "sig-3", "Fraud-Review"),
+        served_v4.saga("signal", "sig-3", "fraud_review", token=READER),
+    )
+    assert [code for code, _, _ in results] == [1, 1, 3, 2, 2, 2]
+    errors = [err for _, _, err in results]
+    assert "refused: the payload does not match FraudReview: approved:" in errors[0]
+    assert "(reason invalid_payload; signal id " in errors[0]
+    assert "it waits for: fraud_review (reason not_waited_for" in errors[1]
+    assert "error: no saga has key 'nobody' (reason unknown_saga" in errors[2]
+    assert "--payload is not valid JSON" in errors[3]
+    assert "String should match pattern" in errors[4]
+    assert "has the read role" in errors[5]

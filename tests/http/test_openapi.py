@@ -15,6 +15,8 @@ PATHS = {
     "/api/sagas/counts": {"get"},
     "/api/sagas/by-key/{key}": {"get"},
     "/api/sagas/by-key/{key}/cancel": {"post"},
+    "/api/sagas/by-key/{key}/signals/{name}": {"post"},
+    "/api/sagas/{saga_id}/signals/{name}": {"post"},
     "/api/sagas/{saga_id}": {"get"},
     "/api/sagas/{saga_id}/history": {"get"},
     **{
@@ -22,6 +24,11 @@ PATHS = {
         for action in ("cancel", "retry", "pause", "resume", "skip", "mark-compensated")
     },
 }
+
+
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+# A signal's refusal is a Problem with `reason` (and the signal); other errors are Problems.
+SIGNAL_PROBLEM = {"anyOf": [{"$ref": "#/components/schemas/SignalRefusal"}, PROBLEM]}
 
 
 def test_the_committed_document_is_the_generated_one() -> None:
@@ -43,7 +50,7 @@ def test_every_endpoint_is_described_with_its_errors() -> None:
             for status, response in responses.items():
                 if status.startswith(("4", "5")):
                     schema = response["content"]["application/problem+json"]["schema"]
-                    assert schema == {"$ref": "#/components/schemas/Problem"}
+                    assert schema in (PROBLEM, SIGNAL_PROBLEM), (method, path, status)
             assert op["security"] == [{"HTTPBearer": []}]
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 

@@ -75,6 +75,40 @@ CASES: list[tuple[HistoryEvent, dict[str, Any], set[Sample]]] = [
     ),
     (E.REPLY_IGNORED, {"reason": "late"}, {sample("saga_replies_ignored_total", reason="late")}),
     (E.STEP_DISPATCHED, {"saga": SAGA}, set()),  # counted as a transition only
+    # A wait step is named after its signal.
+    (
+        E.WAIT_FINISHED,
+        {"saga": SAGA, "step": "approve", "signal_id": "s-1", "held": False, "seconds": 90.0},
+        {
+            sample("saga_signals_received_total", saga=SAGA, signal="approve", result="taken"),
+            sample("saga_wait_seconds_count", saga=SAGA, signal="approve", outcome="signalled"),
+        },
+    ),
+    (  # a signal held before: counted when it came (signal_held), timed at 0 here
+        E.WAIT_FINISHED,
+        {"saga": SAGA, "step": "approve", "signal_id": "s-1", "held": True, "seconds": 0.0},
+        {sample("saga_wait_seconds_count", saga=SAGA, signal="approve", outcome="signalled")},
+    ),
+    (
+        E.SIGNAL_HELD,
+        {"saga": SAGA, "step": "approve", "signal_id": "s-1"},
+        {sample("saga_signals_received_total", saga=SAGA, signal="approve", result="held")},
+    ),
+    (
+        E.WAIT_TIMED_OUT,
+        {"saga": SAGA, "step": "approve", "on_timeout": "fail", "seconds": 3600.0},
+        {sample("saga_wait_seconds_count", saga=SAGA, signal="approve", outcome="timed_out")},
+    ),
+    (
+        E.SIGNAL_REFUSED,
+        {"saga": SAGA, "step": None, "signal": "deny", "reason": "not_waited_for"},
+        {sample("saga_signals_refused_total", saga=SAGA, signal="deny", reason="not_waited_for")},
+    ),
+    (  # no saga found: the engine tells the observer with saga None
+        E.SIGNAL_REFUSED,
+        {"saga": None, "signal": "approve", "signal_id": "n1", "reason": "unknown_saga"},
+        {sample("saga_signals_refused_total", saga="", signal="approve", reason="unknown_saga")},
+    ),
 ]
 # Starts that started nothing: counted apart, never as a transition.
 UNSTARTED: list[tuple[HistoryEvent, Sample]] = [
@@ -115,6 +149,9 @@ def test_the_tables_name_history_events_and_every_one_is_tested_above() -> None:
         *metrics._LATENCY,
         *metrics._RETRIES,
         *metrics._FINISHED,
+        *metrics._WAITED,
+        HistoryEvent.SIGNAL_HELD,
+        HistoryEvent.SIGNAL_REFUSED,
         HistoryEvent.SAGA_STARTED,
         HistoryEvent.REPLY_IGNORED,
     ]

@@ -58,6 +58,7 @@ async def list_sagas(request: Request, filters: Annotated[SagaFilters, Query()])
         in_status_for=(
             None if f.in_status_for_minutes is None else timedelta(minutes=f.in_status_for_minutes)
         ),
+        waiting_for=None if f.waiting_for is None else ctx.registry.waiting_for(f.waiting_for),
         after=after,
         limit=f.limit + 1,  # one more tells whether there is a next page
     )
@@ -65,7 +66,7 @@ async def list_sagas(request: Request, filters: Annotated[SagaFilters, Query()])
     page = found[: f.limit]
     more = len(found) > f.limit
     return SagaPage(
-        items=[models.summary(s, ctx.redact) for s in page],
+        items=[ctx.summary(s) for s in page],
         next_cursor=cursor.encode(page[-1].updated_at, page[-1].saga_id) if more else None,
     )
 
@@ -94,7 +95,7 @@ async def find_by_key(
     if not found:
         where = "" if saga is None else f" for saga {saga!r}"
         raise SagaNotFound(f"no saga has key {key!r}{where}")
-    return SagaList(items=[models.detail(s, ctx.redact) for s in found])
+    return SagaList(items=[ctx.detail(s) for s in found])
 
 
 @router.get(
@@ -103,7 +104,7 @@ async def find_by_key(
     responses=problem_responses(404),
 )
 async def get_saga(request: Request, saga_id: SagaId) -> SagaDetail:
-    return models.detail(await saga_of(request, saga_id), context_of(request).redact)
+    return context_of(request).detail(await saga_of(request, saga_id))
 
 
 @router.get(

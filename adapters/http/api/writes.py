@@ -4,14 +4,21 @@ engine and is recorded in the saga's history as `api:<caller>`, or `api:<who>` i
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import Path, Query, Request, Response
 
-from adapters.http import models
-from adapters.http.api.context import CALLER, SagaId, api_router, context_of, engine_of, saga_of
+from adapters.http.api.context import (
+    CALLER,
+    SagaId,
+    actor_of,
+    api_router,
+    context_of,
+    engine_of,
+    retried,
+    saga_of,
+)
 from adapters.http.auth import Caller
 from adapters.http.models import (
     ActionRequest,
@@ -24,7 +31,7 @@ from adapters.http.models import (
 from adapters.http.problems import ProblemError, problem_responses
 from adapters.rabbitmq.storable import check_storable
 from orchestrator import trace
-from orchestrator.errors import ConcurrentUpdate, InvalidInput, Poison, SagaNotFound
+from orchestrator.errors import InvalidInput, Poison, SagaNotFound
 from orchestrator.machine import (
     MarkCompensated,
     OperatorEvent,
@@ -36,27 +43,7 @@ from orchestrator.machine import (
 from orchestrator.messages import MAX_KEY_LENGTH, CancelSaga, StartSaga
 from orchestrator.state import SagaState
 
-T = TypeVar("T")
-
-# A lost race with another transaction on the same saga is retried at once; a few times is
-# plenty (it needs another writer on the same row each time).
-_RACE_RETRIES = 5
-
 router = api_router()
-
-
-def _actor(caller: Caller, who: str | None) -> str:
-    return f"api:{who or caller.name}"
-
-
-async def _retried(call: Callable[[], Awaitable[T]]) -> T:
-    for attempt in range(_RACE_RETRIES):
-        try:
-            return await call()
-        except ConcurrentUpdate:
-            if attempt == _RACE_RETRIES - 1:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @router.post(
@@ -85,7 +72,9 @@ async def start_saga(
         raise InvalidInput(str(exc)) from exc
     start = StartSaga(saga=body.saga, key=body.key, input=body.input, version=body.version)
     context = trace.from_headers(request.headers)
-    outcome = await _retried(lambda: engine.start(start, actor=_actor(caller, None), trace=context))
+    outcome = await retried(
+        lambda: engine.start(start, actor=actor_of(caller, None), trace=context)
+    )
     if outcome.rejected is not None:
         raise ProblemError(
             409,
@@ -121,11 +110,11 @@ async def cancel_saga(
 ) -> SagaDetail:
     engine = engine_of(request)
     cancel = CancelSaga(saga_id=saga_id, reason=body.reason)
-    outcome = await _retried(lambda: engine.cancel(cancel, actor=_actor(caller, body.who)))
+    outcome = await retried(lambda: engine.cancel(cancel, actor=actor_of(caller, body.who)))
     state = await saga_of(request, saga_id)
     if outcome.refused is not None:
         raise _cancel_refused(outcome.refused, [state])
-    return models.detail(state, context_of(request).redact)
+    return context_of(request).detail(state)
 
 
 @router.post(
@@ -158,8 +147,8 @@ async def cancel_by_key(
     engine = engine_of(request)
     cancel = CancelSaga(key=key, saga=saga or None, reason=body.reason)
     try:
-        outcome = await _retried(
-            lambda: engine.cancel(cancel, actor=_actor(caller, body.who), hold=hold)
+        outcome = await retried(
+            lambda: engine.cancel(cancel, actor=actor_of(caller, body.who), hold=hold)
         )
     except SagaNotFound as exc:
         raise SagaNotFound(
@@ -172,8 +161,8 @@ async def cancel_by_key(
     states = [await saga_of(request, saga_id) for saga_id, _ in outcome.sagas]
     if outcome.refused is not None:
         raise _cancel_refused(outcome.refused, states)
-    redact = context_of(request).redact
-    return KeyCancelResult(held=False, items=[models.detail(s, redact) for s in states])
+    ctx = context_of(request)
+    return KeyCancelResult(held=False, items=[ctx.detail(s) for s in states])
 
 
 def _cancel_refused(why: str, states: list[SagaState]) -> ProblemError:
@@ -190,8 +179,8 @@ async def _operate(
     request: Request, saga_id: UUID, action: OperatorEvent, caller: Caller, who: str | None
 ) -> SagaDetail:
     engine = engine_of(request)
-    state = await _retried(lambda: engine.operate(saga_id, action, _actor(caller, who)))
-    return models.detail(state, context_of(request).redact)
+    state = await retried(lambda: engine.operate(saga_id, action, actor_of(caller, who)))
+    return context_of(request).detail(state)
 
 
 @router.post(

@@ -267,7 +267,8 @@
 
   function listPage() {
     const FILTERS = [
-      "status", "saga", "key", "step", "in_status_for_minutes", "created_after", "created_before",
+      "status", "saga", "key", "step", "waiting_for", "in_status_for_minutes", "created_after",
+      "created_before",
     ];
     const TIMES = new Set(["created_after", "created_before"]);
     const MAX = 500;
@@ -358,7 +359,7 @@
             el("td", {}, `${s.saga} `, el("span", { class: "muted" }, `v${s.version}`)),
             el("td", {}, statusBadge(s.status)),
             el("td", { title: fmtTime(s.status_since, true) }, fmtDuration(since)),
-            el("td", { class: "mono" }, (s.current_steps || []).join(", ")),
+            el("td", { class: "mono" }, currentSteps(s)),
             el("td", {}, fmtTime(s.created_at)),
             el("td", {}, fmtTime(s.updated_at)),
             el("td", { class: "detail" }, errorText(s.error)),
@@ -367,6 +368,14 @@
       }
       empty.hidden = rows.length > 0;
       more.hidden = !nextCursor;
+    }
+
+    /** The steps running or compensating now; one waiting for a signal says so. */
+    function currentSteps(s) {
+      const waiting = new Set(s.waiting_for || []);
+      return (s.current_steps || [])
+        .map((name) => (waiting.has(name) ? `${name} (waits for signal)` : name))
+        .join(", ");
     }
 
     async function load(appendPage) {

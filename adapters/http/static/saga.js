@@ -142,6 +142,20 @@
         case "sleep_finished":
           close(lane, "sleep", t, "succeeded", h);
           break;
+        case "wait_started": // a wait for a signal: a bar like a sleep's
+          start(lane, "wait", t, h);
+          break;
+        case "wait_finished":
+          if (!close(lane, "wait", t, "succeeded", h)) mark(lane, "signal", t, h); // held before
+          break;
+        case "wait_timed_out":
+          close(lane, "wait", t, "timed_out", h);
+          mark(lane, "timeout", t, h);
+          break;
+        case "signal_held":
+        case "signal_refused":
+          mark(lane, "signal", t, h);
+          break;
         case "map_started": // the items have lanes of their own, right below
           start(lane, "map", t, h);
           break;
@@ -320,7 +334,8 @@
         });
         const what = bar.kind === "sleep" ? "sleep"
           : bar.kind === "map" ? "map step (its items below)"
-            : `${bar.kind} attempt ${bar.attempt}`;
+            : bar.kind === "wait" ? "wait for its signal"
+              : `${bar.kind} attempt ${bar.attempt}`;
         const outcome =
           bar.kind === "compensation" && bar.outcome === "succeeded"
             ? "compensated"
@@ -378,6 +393,8 @@
       [swatch("bar kind-compensation outcome-succeeded"), "compensation (lower half)"],
       [swatch("bar kind-compensation outcome-failed"), "compensation failed"],
       [swatch("bar kind-sleep outcome-succeeded"), "durable sleep, or a map step's span"],
+      [swatch("bar kind-wait outcome-succeeded"), "wait for a signal"],
+      [mark("signal"), "signal held, taken early or refused"],
       [mark("retry"), "retry scheduled (dotted: wait)"],
       [mark("timeout"), "timeout"],
       [mark("failed"), "failed"],
@@ -412,6 +429,12 @@
     if (s.current_steps && s.current_steps.length) {
       row("Current steps", el("code", {}, s.current_steps.join(", ")));
     }
+    for (const step of s.steps) {
+      if (step.wait && step.wait.stage === "waiting") {
+        row("Waiting for signal", el("code", { class: "waiting-for" }, step.wait.signal),
+          ` since ${D.fmtTime(step.wait.waiting_since)}, until ${D.fmtTime(step.wait.until)}`);
+      }
+    }
     if (s.cancel_reason) row("Cancel reason", s.cancel_reason);
     if (s.parent) {
       const p = s.parent;
@@ -437,6 +460,7 @@
           el("td", {}, String(step.compensation_attempt)),
           el("td", {}, D.fmtTime(step.dispatched_at, true)),
           el("td", {}, D.fmtTime(step.due_at, true)),
+          el("td", { class: "detail wait-cell" }, waitText(step.wait)),
           el("td", { class: "detail" }, D.errorText(step.error))),
       );
     }
@@ -447,7 +471,8 @@
     const results = {};
     for (const step of s.steps) {
       const item = step.item !== null && step.item !== undefined;
-      if (!item && step.payload !== null && step.payload !== undefined) {
+      // A wait step's payload is the signal it holds or took: in its Signal cell instead.
+      if (!item && !step.wait && step.payload !== null && step.payload !== undefined) {
         payloads[step.name] = step.payload;
       }
       if (step.result !== null && step.result !== undefined) results[step.name] = step.result;
@@ -455,6 +480,24 @@
     document.getElementById("payloads").textContent = D.pretty(payloads);
     document.getElementById("results").textContent = D.pretty(results);
     document.getElementById("output").textContent = D.pretty(s.output ?? null);
+  }
+
+  /** Where a wait step's wait stands, in words; "" for other steps. */
+  function waitText(wait) {
+    if (!wait) return "";
+    switch (wait.stage) {
+      case "waiting":
+        return `waiting for ${wait.signal} since ${D.fmtTime(wait.waiting_since)}, ` +
+          `until ${D.fmtTime(wait.until)}`;
+      case "held":
+        return `${wait.signal} held (id ${wait.signal_id}), taken when the wait begins`;
+      case "taken":
+        return `${wait.signal} taken (id ${wait.signal_id}) at ${D.fmtTime(wait.received_at)}`;
+      case "pending":
+        return `will wait for ${wait.signal} (at most ${D.fmtDuration(wait.timeout * 1000)})`;
+      default:
+        return `no ${wait.signal} taken`;
+    }
   }
 
   function renderHistory(items) {
@@ -477,6 +520,34 @@
   }
 
   // -- actions ------------------------------------------------------------------------------
+
+  /** Wait steps a signal can go to now: waiting, or still to come (the signal is held). */
+  function signalable(s) {
+    return s.steps.filter((x) => x.wait && (x.wait.stage === "waiting" || x.wait.stage === "pending"));
+  }
+
+  /** A payload to start from: the wait's result model's fields, each with an empty value of
+   * its type (or its default). */
+  function skeleton(schema) {
+    const defs = (schema && schema.$defs) || {};
+    function empty(prop) {
+      if (!prop) return null;
+      if (prop.default !== undefined) return prop.default;
+      if (prop.$ref) return empty(defs[prop.$ref.split("/").pop()]);
+      if (prop.anyOf) return empty(prop.anyOf.find((p) => p.type !== "null"));
+      switch (prop.type) {
+        case "boolean": return false;
+        case "integer": case "number": return 0;
+        case "string": return "";
+        case "array": return [];
+        case "object":
+          return Object.fromEntries(Object.entries(prop.properties || {})
+            .map(([name, p]) => [name, empty(p)]));
+        default: return null;
+      }
+    }
+    return schema && schema.properties ? empty({ ...schema, type: "object" }) : {};
+  }
 
   function skippable(s) {
     if (s.status === "failed") {
@@ -539,6 +610,22 @@
       },
     },
     {
+      name: "signal",
+      label: "Send signal…",
+      verb: "Send a signal to",
+      confirm: "Send signal",
+      text: "Sends the signal to its wait step, as the system waited on would: its payload " +
+        "becomes the step's result and the saga goes on (a signal for a wait not begun yet " +
+        "is held for it). A payload the wait's model refuses is refused, and the wait goes on.",
+      why(s) {
+        if (FINISHED.has(s.status)) return `the saga is already ${s.status}: it waits for nothing`;
+        if (s.status === "compensating" || s.resume_status === "compensating") {
+          return "the saga is compensating: it waits for nothing";
+        }
+        return signalable(s).length ? null : "no wait step waits for a signal now, or is still to come";
+      },
+    },
+    {
       name: "mark-compensated",
       label: "Mark compensated",
       danger: true,
@@ -579,6 +666,11 @@
   const skipFields = document.getElementById("skip-fields");
   const skipStep = document.getElementById("skip-step");
   const skipResult = document.getElementById("skip-result");
+  const signalFields = document.getElementById("signal-fields");
+  const signalName = document.getElementById("signal-name");
+  const signalPayload = document.getElementById("signal-payload");
+  const signalId = document.getElementById("signal-id");
+  const reasonField = document.getElementById("reason-field");
   let pending = null;
   let lastAction = null;
 
@@ -590,16 +682,38 @@
   function openDialog(action) {
     pending = action;
     lastAction = action.name;
+    const verb = action.verb || action.label.replace("…", "");
     document.getElementById("confirm-title").textContent =
-      `${action.label.replace("…", "")} saga ${detail.saga} ${detail.key}?`;
+      `${verb} saga ${detail.saga} ${detail.key}?`;
     document.getElementById("confirm-text").textContent = action.text;
-    okButton.textContent = `Confirm ${action.label.replace("…", "").toLowerCase()}`;
+    okButton.textContent =
+      action.confirm || `Confirm ${action.label.replace("…", "").toLowerCase()}`;
     okButton.className = action.danger ? "danger" : "";
     okButton.disabled = false;
     errorBox.hidden = true;
     reasonBox.value = "";
     whoBox.value = D.who();
     skipFields.hidden = action.name !== "skip";
+    // A signal carries no reason: its payload and id are what the history records.
+    const signalling = action.name === "signal";
+    signalFields.hidden = !signalling;
+    reasonField.hidden = signalling;
+    reasonBox.required = !signalling;
+    if (signalling) {
+      const steps = signalable(detail);
+      clear(signalName);
+      for (const step of steps) {
+        signalName.appendChild(el("option", { value: step.name },
+          `${step.name} (${step.wait.stage === "waiting" ? "waiting" : "wait not begun: held"})`));
+      }
+      const fill = () => {
+        const step = steps.find((x) => x.name === signalName.value);
+        signalPayload.value = D.pretty(skeleton(step && step.wait.payload_schema));
+      };
+      signalName.onchange = fill;
+      fill();
+      signalId.value = crypto.randomUUID ? crypto.randomUUID() : "";
+    }
     if (action.name === "skip") {
       clear(skipStep);
       for (const step of skippable(detail)) {
@@ -608,7 +722,7 @@
       skipResult.value = "";
     }
     dialog.showModal();
-    reasonBox.focus();
+    (signalling ? signalPayload : reasonBox).focus();
   }
 
   document.getElementById("confirm-back").addEventListener("click", () => dialog.close());
@@ -621,6 +735,10 @@
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!pending) return;
+    if (pending.name === "signal") {
+      await sendSignal();
+      return;
+    }
     const reason = reasonBox.value.trim();
     if (!reason) {
       showDialogError("A reason is required: it is recorded in the history.");
@@ -671,6 +789,57 @@
       okButton.disabled = false;
     }
   });
+
+  const SIGNAL_OUTCOMES = {
+    taken: "taken: the saga goes on",
+    held: "held: it is taken when its wait begins",
+    duplicate: "a duplicate of one held or taken already: nothing changed",
+  };
+
+  async function sendSignal() {
+    let payload;
+    try {
+      payload = JSON.parse(signalPayload.value.trim() || "{}");
+    } catch (e) {
+      showDialogError(`The payload is not valid JSON: ${e.message}`);
+      return;
+    }
+    if (payload === null || typeof payload !== "object" || Array.isArray(payload)) {
+      showDialogError("The payload must be a JSON object, e.g. {\"approved\": true}.");
+      return;
+    }
+    const name = signalName.value;
+    const body = { payload };
+    const id = signalId.value.trim();
+    if (id) body.signal_id = id;
+    const who = whoBox.value.trim();
+    if (who) body.who = who;
+    okButton.disabled = true;
+    errorBox.hidden = true;
+    try {
+      const done = await D.api(
+        `/api/sagas/${encodeURIComponent(SAGA_ID)}/signals/${encodeURIComponent(name)}`,
+        { method: "POST", body },
+      );
+      D.rememberWho(who);
+      dialog.close();
+      pending = null;
+      const notice = document.getElementById("notice");
+      const when = D.fmtTime(new Date().toISOString());
+      notice.textContent = `Signal ${name} (id ${done.signal_id}) ` +
+        `${SIGNAL_OUTCOMES[done.result] || done.result}; at ${when} UTC the saga was ${done.status}.`;
+      notice.dataset.result = done.result;
+      notice.hidden = false;
+      await refresh();
+    } catch (e) {
+      const reason = e.problem && e.problem.reason;
+      let prefix = "";
+      if (reason) prefix = `Refused (${reason}): `;
+      else if (e.status === 403) prefix = "Not allowed (your token may only read): ";
+      showDialogError(`${prefix}${e.message}`);
+      okButton.disabled = false;
+    }
+  }
 
   // -- loading ------------------------------------------------------------------------------
 
