@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -172,6 +173,7 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
     from adapters.rabbitmq.connection import connect, open_channel
     from adapters.rabbitmq.publisher import RabbitPublisher
     from adapters.rabbitmq.topology import Topology
+    from adapters.tracing.wiring import engine_spans
     from orchestrator.engine import Engine
     from orchestrator.registry import load_modules
 
@@ -183,7 +185,18 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
         cleanup.push_async_callback(connection.close)
         channel = await open_channel(connection)
         publisher = RabbitPublisher(channel, Topology(config.amqp_prefix))
-        engine = Engine(PostgresStore(db), publisher, load_modules(config.modules), clock=utcnow)
+        # An operator's action ends step attempts too: their spans are exported as `saga
+        # run`'s are, before the command exits.
+        spans = engine_spans(os.environ)
+        if spans is not None:
+            cleanup.callback(spans.shutdown)
+        engine = Engine(
+            PostgresStore(db),
+            publisher,
+            load_modules(config.modules),
+            clock=utcnow,
+            spans=spans,
+        )
         try:
             return await with_db_retries(lambda: fn(engine))
         finally:
