@@ -16,6 +16,7 @@ from orchestrator.errors import (
 from orchestrator.messages import CancelSaga, Command, OutcomeEvent, Reply, ReplyError, StartSaga
 from orchestrator.retry import Retry
 from orchestrator.saga import Saga
+from orchestrator.search_fields import SearchField
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 from orchestrator.steps import StepContext, StepDefinition
 
@@ -36,6 +37,7 @@ __all__ = [
     "SagaNotFound",
     "SagaState",
     "SagaStatus",
+    "SearchField",
     "StartSaga",
     "StepContext",
     "StepDefinition",

@@ -12,6 +12,7 @@ from orchestrator.saga import (
     DEFAULT_TIMEOUT,
     Saga,
 )
+from orchestrator.search_fields import SearchField
 from orchestrator.steps import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ITEMS,
@@ -49,6 +50,7 @@ __all__ = [
     "Output",
     "Payload",
     "Saga",
+    "SearchField",
     "StepContext",
     "StepDefinition",
     "Unset",

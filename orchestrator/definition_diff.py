@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 # Saga-level parts of the document, besides the steps; a change in any needs a new version.
-_SAGA_PARTS = ("input_schema", "deadline", "compensation_deadline", "locks", "output")
+_SAGA_PARTS = ("input_schema", "deadline", "compensation_deadline", "locks", "output", "search")
 _MAX_VALUE = 80
 
 
@@ -16,9 +16,11 @@ def changes(registered: dict[str, Any], loaded: dict[str, Any]) -> list[str]:
     """One line per difference, saga-level first, then steps by name: added, removed,
     moved, and each option that differs (`old -> new`)."""
     found = [
-        f"{part}: {_show(registered.get(part))} -> {_show(loaded.get(part))}"
-        if part != "input_schema"
-        else "the input model's schema changed"
+        "the input model's schema changed"
+        if part == "input_schema"
+        else f"search: {_fields(registered.get(part))} -> {_fields(loaded.get(part))}"
+        if part == "search"
+        else f"{part}: {_show(registered.get(part))} -> {_show(loaded.get(part))}"
         for part in _SAGA_PARTS
         if registered.get(part) != loaded.get(part)
     ]
@@ -38,6 +40,18 @@ def changes(registered: dict[str, Any], loaded: dict[str, Any]) -> list[str]:
                     f"step {name!r}: {option} {_show(old.get(option))} -> {_show(new.get(option))}"
                 )
     return found
+
+
+def _fields(search: list[dict[str, Any]] | None) -> str:
+    """Search fields as `customer_id (text), charge_id (output.charge_id, number)`."""
+    if not search:
+        return "none"
+    shown = []
+    for f in search:
+        path = f["path"] if f["source"] == "input" else f"{f['source']}.{f['path']}"
+        at = "" if path == f["name"] else f"{path}, "
+        shown.append(f"{f['name']} ({at}{f['kind']})")
+    return ", ".join(shown)
 
 
 def _show(value: Any) -> str:

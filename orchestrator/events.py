@@ -16,6 +16,7 @@ from uuid import UUID
 
 from orchestrator.event_names import HistoryEvent
 from orchestrator.messages import CancelSaga, Command, OutcomeEvent, ParentRef, Reply, StartSaga
+from orchestrator.search_fields import SearchValue
 from orchestrator.state import SagaState
 
 COMMAND_NAMESPACE = uuid.UUID("6f1c3a52-2b0e-4c1e-9a4d-5b8e7f3d2a10")
@@ -124,6 +125,9 @@ class Decision:
     # Starts and cancels of child sagas, and a child's answer to its parent.
     requests: tuple[SagaRequest, ...] = ()
     replies: tuple[Reply, ...] = ()
+    # Search field values to store with the saga: its input's when it starts, its output's
+    # when it completes (orchestrator/search_fields.py).
+    search: tuple[SearchValue, ...] = ()
 
     @property
     def changed(self) -> bool:

@@ -9,6 +9,7 @@ cancels and undos, timers, signals), operators' actions in operators.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -106,7 +107,7 @@ def start(
         )
         t.begin_compensation()
     advance(t)
-    return t.build()
+    return replace(t.build(), search=(*definition.search_values("input", input), *t.search))
 
 
 # Each event type and the handler that works it into the transition.

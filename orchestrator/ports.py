@@ -3,8 +3,9 @@
 Every port has an in-memory fake (adapters/memory) and a real adapter (adapters/postgres,
 adapters/rabbitmq); both pass the same contract suite, one module of tests/contract per port:
 `SagaTransaction` in test_saga_transactions.py and its semantic locks in
-test_semantic_locks.py, the reads of `SagaStore` in test_saga_queries.py and its definitions
-in test_definitions.py, `Publisher` in test_publisher.py.
+test_semantic_locks.py, the reads of `SagaStore` in test_saga_queries.py (its search fields
+in test_saga_search.py) and its definitions in test_definitions.py, `Publisher` in
+test_publisher.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from uuid import UUID
 from orchestrator.locks import LockConflict, LocksView, LockWaiter
 from orchestrator.machine import HistoryEntry
 from orchestrator.messages import OutboxMessage
+from orchestrator.search_fields import SearchValue
+from orchestrator.search_filters import SearchCondition
 from orchestrator.state import SagaState, SagaStatus
 
 Clock = Callable[[], datetime]
@@ -102,6 +105,8 @@ class SagaQuery:
     created_before: datetime | None = None
     # In their current status for at least this long (by `status_since`, on the store's clock).
     in_status_for: timedelta | None = None
+    # Conditions on search fields (orchestrator/search_filters.py), every one must hold.
+    where: tuple[SearchCondition, ...] = ()
     # Keyset pagination: only sagas that sort after this (updated_at, saga_id), i.e. the last
     # one of the previous page. A saga that changes while pages are read moves to the front:
     # it is never listed twice, and is found again by starting over.
@@ -111,6 +116,9 @@ class SagaQuery:
 # (before, after) of one transition per saga; (saga_id, entries, actor) of history appends.
 Transitions = Sequence[tuple[SagaState, SagaState]]
 HistoryAppends = Sequence[tuple[UUID, Sequence[HistoryEntry], str]]
+# (saga_id, value) of search field values to store; a value replaces the saga's earlier one
+# of that field.
+SearchWrites = Sequence[tuple[UUID, SearchValue]]
 
 
 class SagaTransaction(Protocol):
@@ -150,6 +158,7 @@ class SagaTransaction(Protocol):
         changes: Transitions,
         appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
+        search: SearchWrites = (),
     ) -> list[OutboxMessage]:
         """Everything a batch of transitions writes, which a store may do in one round trip:
 
@@ -157,7 +166,9 @@ class SagaTransaction(Protocol):
           `before.revision + 1`, with no step removed (ValueError); raises ConcurrentUpdate if
           a saga is no longer at `before.revision` (or does not exist);
         - `appends`, `append_history` for each (saga_id, entries, actor);
-        - `messages`, as `add_outbox`: returned with their ids."""
+        - `messages`, as `add_outbox`: returned with their ids;
+        - `search`, search field values of sagas that exist (inserted in this transaction,
+          or among `changes`), which `find`'s `where` conditions then match."""
 
     async def hold_cancel(self, key: str, saga: str | None, reason: str) -> None:
         """Remember a cancel whose saga has not started yet."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from orchestrator.errors import DefinitionError, InvalidInput, UnknownSaga
 from orchestrator.ports import DefinitionRecord, WaitingFor
 from orchestrator.saga import Saga
+from orchestrator.search_fields import SearchKind
+from orchestrator.search_filters import DeclaredFields, SearchCondition, conditions
 
 
 class Registry:
@@ -66,6 +68,26 @@ class Registry:
         return WaitingFor(
             signal, frozenset((s.name, s.version) for s in self.all() if signal in s.waits())
         )
+
+    def search_fields(self, saga: str | None = None) -> DeclaredFields:
+        """Search field name -> kind -> the loaded definitions ("order v4") declaring it so;
+        of the definitions of saga `saga` only, when given."""
+        fields: dict[str, dict[SearchKind, list[str]]] = {}
+        for d in sorted(self.all(), key=lambda d: (d.name, d.version)):
+            if saga is None or d.name == saga:
+                for f in d.search:
+                    fields.setdefault(f.name, {}).setdefault(f.kind, []).append(
+                        f"{d.name} v{d.version}"
+                    )
+        return fields
+
+    def search_filter(
+        self, texts: Sequence[str], saga: str | None = None
+    ) -> tuple[SearchCondition, ...]:
+        """`where` filters (`customer_id=c-17`) as the conditions of a SagaQuery, against the
+        fields the loaded definitions (of saga `saga`, when given) declare; raises
+        InvalidFilter saying what to write instead."""
+        return conditions(texts, self.search_fields(saga))
 
     def definition(self, name: str, version: int) -> Saga | None:
         """The definition of (name, version), or None when this process does not load it."""

@@ -34,6 +34,7 @@ from orchestrator.errors import DefinitionError
 from orchestrator.locks import OnLocked
 from orchestrator.messages import Command
 from orchestrator.retry import Retry
+from orchestrator.search_fields import Indexed, SearchField, SearchValue, Source, resolve, values
 from orchestrator.steps import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_ITEMS,
@@ -87,6 +88,7 @@ class Saga:
         on_locked: OnLocked = "reject",
         lock_wait: float | None = None,
         output: Output | None = None,
+        search: Sequence[str | SearchField] = (),
     ) -> None:
         """`deadline`: seconds from the start by which the saga must have finished its steps;
         past it the saga is compensated (or parked, once the pivot was dispatched).
@@ -98,7 +100,11 @@ class Saga:
         (orchestrator/locks.py).
         `output(ctx)`: what the completed saga gives (a dict made from its input and step
         results): stored, shown, and the `completed` event's `result`. Without it that result
-        is the dict of every step's result."""
+        is the dict of every step's result.
+        `search`: business fields to find the saga by (`saga list --where customer_id=c-17`):
+        input fields by name (`"customer_id"`, nested `"shipping.country"`), their type taken
+        from the input model, or `SearchField("output.charge_id", type=int)` for a key of the
+        output (orchestrator/search_fields.py)."""
         check_saga(
             name,
             version,
@@ -120,6 +126,9 @@ class Saga:
         self.on_locked = on_locked
         self.lock_wait = lock_wait
         self.output = output
+        self.search: tuple[Indexed, ...] = resolve(
+            f"saga {name!r} v{version}", search, input, has_output=output is not None
+        )
         self._steps: list[StepDefinition] = []
         self._positions: dict[str, int] = {}
         self._groups = 0
@@ -577,7 +586,13 @@ class Saga:
             }
         if self.output is not None:
             doc["output"] = qualname(self.output)
+        if self.search:
+            doc["search"] = [f.document() for f in self.search]
         return doc
+
+    def search_values(self, source: Source, data: dict[str, Any] | None) -> list[SearchValue]:
+        """The saga's search field values read from its input or its output."""
+        return [] if not self.search or data is None else values(self.search, source, data)
 
     @property
     def fingerprint(self) -> str:

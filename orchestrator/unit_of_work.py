@@ -27,6 +27,7 @@ from orchestrator.machine import Decision, HistoryEntry
 from orchestrator.messages import OutboxMessage
 from orchestrator.outbox import decision_messages
 from orchestrator.ports import Publisher, SagaStore, SagaTransaction
+from orchestrator.search_fields import SearchValue
 from orchestrator.state import SagaState
 from orchestrator.trace import log_fields as trace_log_fields
 from orchestrator.trace import saga_trace_id
@@ -232,6 +233,7 @@ class UnitOfWork:
             saved.append(state)
         appends: list[tuple[UUID, Sequence[HistoryEntry], str]] = []
         messages: list[OutboxMessage] = []
+        search: list[tuple[UUID, SearchValue]] = []
         freed_all: list[str] = []
         spans = self._units.spans is not None
         for n, (change, state) in enumerate(zip(changes, saved, strict=True)):
@@ -247,11 +249,12 @@ class UnitOfWork:
             if history:
                 appends.append((state.saga_id, history, change.actor))
             messages += decision_messages(change.decision, state, name_spans=spans)
+            search += [(state.saga_id, value) for value in change.decision.search]
             self.observed += [_observed(entry, state, spans) for entry in history]
             if spans:
                 self.committed.append(Committed(change.before, state, tuple(history)))
         # One call for the whole batch: the Postgres store makes it one statement.
-        self.outbox += await self.tx.save_batch(moved, appends, messages)
+        self.outbox += await self.tx.save_batch(moved, appends, messages, search)
         if freed_all:
             await self._units.locks.grant(self, sorted(set(freed_all)))
         return saved

@@ -11,7 +11,8 @@ the order's output names the charge (`output=`).
 
 A person reviews large orders (v4): the saga waits for the signal `fraud_review` from the
 fraud desk, at most a day. An approval lets the charge go ahead; a rejection, or no answer
-in time, undoes the reservations.
+in time, undoes the reservations. Its orders are found by customer, amount and charge
+(search fields: `saga list --where customer_id=c-17 --where "amount>1000"`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator import Retry, Saga
+from orchestrator import Retry, Saga, SearchField
 from orchestrator.definition import GuardContext
 
 
@@ -136,8 +137,16 @@ def _charge_and_confirm(saga: Saga, *, guard: Any = None) -> None:
     )
 
 
-# v4: large orders wait for the fraud desk's review before the charge.
-saga = Saga("order", version=4, input=OrderPlaced, timeout=30, output=receipt)
+# v4: large orders wait for the fraud desk's review before the charge. Found by customer and
+# amount from the start, and by charge once completed.
+saga = Saga(
+    "order",
+    version=4,
+    input=OrderPlaced,
+    timeout=30,
+    output=receipt,
+    search=("customer_id", "amount", SearchField("output.charge_id", type=int)),
+)
 _reserve(saga)
 saga.wait(
     "fraud_review",

@@ -33,10 +33,12 @@ from orchestrator.ports import (
     RegisteredDefinition,
     Registration,
     SagaQuery,
+    SearchWrites,
     Transitions,
     VersionInUse,
     WaitingFor,
 )
+from orchestrator.search_fields import SearchValue
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 from orchestrator.versioning import UNFINISHED
 
@@ -58,6 +60,8 @@ class _Data:
     sagas: dict[UUID, SagaState] = field(default_factory=dict)
     history: dict[UUID, tuple[HistoryRecord, ...]] = field(default_factory=dict)
     outbox: dict[int, tuple[OutboxMessage, datetime]] = field(default_factory=dict)
+    # Each saga's search field values, by field name.
+    search: dict[UUID, dict[str, SearchValue]] = field(default_factory=dict)
     held: tuple[_Held, ...] = ()
     last_id: int = 0  # shared by outbox and inbox rows: only uniqueness and order matter
     semantic: MemoryLocks = field(default_factory=MemoryLocks)
@@ -69,6 +73,7 @@ class _Data:
             sagas=dict(self.sagas),
             history=dict(self.history),
             outbox=dict(self.outbox),
+            search=dict(self.search),
             semantic=self.semantic.copy(),
         )
 
@@ -118,11 +123,16 @@ class MemoryTransaction:
         changes: Transitions,
         appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
+        search: SearchWrites = (),
     ) -> list[OutboxMessage]:
         for before, after in changes:
             self._save(before, after)
         for saga_id, entries, actor in appends:
             await self.append_history(saga_id, entries, actor)
+        for saga_id, value in search:
+            if saga_id not in self.data.sagas:
+                raise SagaNotFound(f"no saga instance for this write (search of {saga_id})")
+            self.data.search[saga_id] = {**self.data.search.get(saga_id, {}), value.name: value}
         return await self.add_outbox(messages)
 
     def _save(self, before: SagaState, after: SagaState) -> None:
@@ -305,7 +315,11 @@ class MemoryStore:
 
     async def find(self, query: SagaQuery) -> list[SagaState]:
         since = None if query.in_status_for is None else _utc(self._clock()) - query.in_status_for
-        found = [s for s in self._data.sagas.values() if _matches(s, query, since)]
+        found = [
+            s
+            for s in self._data.sagas.values()
+            if _matches(s, query, since) and _found_by(self._data.search.get(s.saga_id), query)
+        ]
         found.sort(key=lambda s: (s.updated_at, s.saga_id), reverse=True)
         return found[: query.limit]
 
@@ -343,6 +357,11 @@ def _matches(s: SagaState, query: SagaQuery, in_status_since: datetime | None) -
             or (s.updated_at, s.saga_id) < (_utc(query.after[0]), query.after[1])
         )
     )
+
+
+def _found_by(values: dict[str, SearchValue] | None, query: SagaQuery) -> bool:
+    """Every search condition holds for the saga's stored values."""
+    return all(c.holds((values or {}).get(c.name)) for c in query.where)
 
 
 def _holds_step(state: SagaState, name: str) -> bool:

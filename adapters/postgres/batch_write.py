@@ -5,12 +5,13 @@ update the steps, insert the history, insert the outbox rows, each a round trip 
 updates a pipelined `executemany` of one statement per row). Here they are data-modifying
 CTEs over `unnest` arrays, one per kind of row, in one statement whose text does not depend
 on the batch size, so psycopg prepares it once; it is psycopg's text (`%(name)s`), sent
-straight through the driver (adapters/postgres/driver.py). PostgreSQL runs every
+straight through the driver (adapters/postgres/driver.py). The search field values a start
+or a completion stores are one more such CTE, an upsert into saga_search. PostgreSQL runs every
 data-modifying CTE to completion whether or not the final SELECT reads it; the SELECT reports
 how many instances matched their revision (fewer than asked: a concurrent update) and the
 outbox ids.
 
-Nothing here relies on the order the CTEs run in: they touch four different tables, and the
+Nothing here relies on the order the CTEs run in: they touch five different tables, and the
 history's `max(seq)` reads the table as it was before the statement, as the single-table
 insert did.
 """
@@ -34,9 +35,15 @@ from adapters.postgres.bulk import (
     unnest,
 )
 from adapters.postgres.rows import PROGRESS_COLUMNS, progress_values, step_values
-from adapters.postgres.tables import outbox, saga_instances, saga_steps
+from adapters.postgres.tables import (
+    SEARCH_COLUMNS,
+    outbox,
+    saga_instances,
+    saga_search,
+    saga_steps,
+)
 from orchestrator.messages import OutboxMessage
-from orchestrator.ports import HistoryAppends, Transitions
+from orchestrator.ports import HistoryAppends, SearchWrites, Transitions
 
 # The step columns a transition may change (name, idx and item never do; payload is set
 # when a step with payload= or a child step begins, and holds a wait step's signal).
@@ -79,6 +86,14 @@ def _update(table: sa.Table, prefix: str, keys: Sequence[str], columns: Sequence
 
 
 _OUTBOX = bulk_insert(outbox, OUTBOX_COLUMNS, "RETURNING id", prefix="o_")
+# A value replaces the field's earlier one.
+_SEARCH = bulk_insert(
+    saga_search,
+    ("saga_id", "name", *SEARCH_COLUMNS.values()),
+    "ON CONFLICT (saga_id, name) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in SEARCH_COLUMNS.values()),
+    prefix="x_",
+)
 STATEMENT = f"""
     WITH inst AS (
         {_update(saga_instances, "i_", ("id", "revision"), PROGRESS_COLUMNS)}
@@ -95,13 +110,18 @@ STATEMENT = f"""
         FROM {unnest(_HISTORY_ARRAYS, ("saga_id", "n", "event", "step", "detail", "actor"))}
     ), ob AS (
         {_OUTBOX.statement}
+    ), search AS (
+        {_SEARCH.statement}
     )
     SELECT (SELECT count(*) FROM inst) AS moved, ARRAY(SELECT id FROM ob ORDER BY id) AS ids
 """
 
 
 def params(
-    changes: Transitions, appends: HistoryAppends, messages: Sequence[OutboxMessage]
+    changes: Transitions,
+    appends: HistoryAppends,
+    messages: Sequence[OutboxMessage],
+    search: SearchWrites = (),
 ) -> dict[str, list[Any]]:
     """The parameters of one `STATEMENT`: one array per column of each kind of row."""
     instances = [
@@ -130,7 +150,22 @@ def params(
         **column_arrays(saga_steps, steps, ("w_saga_id", "w_idx", *CHANGING_STEP_COLUMNS), "s_"),
         **_history(appends),
         **_OUTBOX.params(rows),
+        **_SEARCH.params(_search_rows(search)),
     }
+
+
+def _search_rows(search: SearchWrites) -> list[dict[str, Any]]:
+    """One row per (saga, field), the last value given winning: one statement may not
+    write a row twice."""
+    latest = {(saga_id, value.name): value for saga_id, value in search}
+    return [
+        {
+            "saga_id": saga_id,
+            "name": name,
+            **{c: value.value if value.kind == k else None for k, c in SEARCH_COLUMNS.items()},
+        }
+        for (saga_id, name), value in latest.items()
+    ]
 
 
 def _history(appends: HistoryAppends) -> dict[str, list[Any]]:

@@ -87,6 +87,10 @@ def sql_type(column: sa.Column[Any]) -> str:
         return "bytea"
     if isinstance(kind, sa.Text):
         return "text"
+    if isinstance(kind, sa.Numeric):
+        return "numeric"
+    if isinstance(kind, sa.Boolean):
+        return "boolean"
     raise TypeError(f"bulk_insert: no array type for column {column.name} ({kind!r})")
 
 

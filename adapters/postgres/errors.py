@@ -41,6 +41,7 @@ def _translate(exc: DBAPIError) -> SagaError | None:
     if code == _FOREIGN_KEY_VIOLATION and constraint in (
         "fk_saga_history_saga_id_saga_instances",
         "fk_saga_steps_saga_id_saga_instances",
+        "fk_saga_search_saga_id_saga_instances",
     ):
         return SagaNotFound(f"no saga instance for this write ({constraint})")
     return None

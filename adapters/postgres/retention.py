@@ -3,10 +3,10 @@ that never came, in small batches.
 
 What goes: sagas `completed`, `compensated` or `cancelled` whose last transition
 (`updated_at`, served by the (status, updated_at) index) is older than the cutoff, with
-everything keyed by their id: steps, history, semantic-lock rows (foreign keys with ON
-DELETE CASCADE). Never a parked (`failed`) or paused saga, nor a running one, whatever its
-age: they wait for an operator or for their participants. Never a saga with a child that
-has not finished for good: the child answers its parent when it ends.
+everything keyed by their id: steps, history, semantic-lock rows, search field values
+(foreign keys with ON DELETE CASCADE). Never a parked (`failed`) or paused saga, nor a
+running one, whatever its age: they wait for an operator or for their participants. Never a
+saga with a child that has not finished for good: the child answers its parent when it ends.
 
 What else: `inbox` rows (cancels that arrived before their saga) older than the cutoff. The
 outbox is left alone: a row there is a message not yet published, which the relay owns;
@@ -54,7 +54,7 @@ WHERE s.status IN {_STATUSES} AND s.updated_at < :cutoff
       WHERE c.parent_id = s.id AND c.status NOT IN {_STATUSES})
 """
 
-# The cascade deletes steps, history and lock rows with each instance; the history's
+# The cascade deletes steps, history, lock and search rows with each instance; the history's
 # append-only trigger lets the delete through for this transaction only.
 _DELETE_SAGAS = sa.text(
     f"DELETE FROM saga_instances WHERE id IN ({_DOOMED} LIMIT :batch FOR UPDATE OF s SKIP LOCKED)"

@@ -14,9 +14,11 @@ from adapters.postgres import semantic_locks
 from adapters.postgres.errors import translated
 from adapters.postgres.rows import load_states
 from adapters.postgres.tables import (
+    SEARCH_COLUMNS,
     saga_definitions,
     saga_history,
     saga_instances,
+    saga_search,
     saga_steps,
 )
 from adapters.postgres.transaction import PostgresTransaction
@@ -32,6 +34,7 @@ from orchestrator.ports import (
     VersionInUse,
     WaitingFor,
 )
+from orchestrator.search_filters import COMPARE, SearchCondition
 from orchestrator.state import SagaState, SagaStatus, StepStatus
 from orchestrator.versioning import UNFINISHED
 
@@ -236,10 +239,20 @@ def _filters(query: SagaQuery) -> list[sa.ColumnElement[bool]]:
         )
     if query.waiting_for is not None:
         where.append(_waiting(query.waiting_for))
+    where += [_search(condition) for condition in query.where]
     if query.after is not None:
         updated_at, saga_id = query.after
         where.append(sa.tuple_(i.updated_at, i.id) < sa.tuple_(updated_at, saga_id))
     return where
+
+
+def _search(condition: SearchCondition) -> sa.ColumnElement[bool]:
+    """The saga has a value of the field, in its kind's column, that compares true. One
+    EXISTS per condition: each is answered by the (name, value, saga_id) index of its kind."""
+    x = saga_search.c
+    column = x[SEARCH_COLUMNS[condition.kind]]
+    compared = COMPARE[condition.op](column, condition.value)
+    return sa.exists().where(x.saga_id == saga_instances.c.id, x.name == condition.name, compared)
 
 
 def _waiting(waiting: WaitingFor) -> sa.ColumnElement[bool]:

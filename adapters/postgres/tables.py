@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
+from orchestrator.search_fields import SearchKind
 from orchestrator.state import SagaStatus, StepStatus
 
 # Predictable constraint names: migrations can refer to them and autogenerate diffs cleanly.
@@ -131,6 +132,42 @@ saga_steps = sa.Table(
     ),
     sa.CheckConstraint("item >= 0", name="item"),
 )
+
+# Search fields (orchestrator/search_fields.py): one row per field a saga has a value for,
+# the value in the column of its kind (the others null). Written when the saga starts (from
+# its input) and completes (from its output). An index per kind serves = and ranges on one
+# field, with saga_id in it so a filter is answered from the index alone; text compares in
+# the "C" collation, by code point, as the in-memory store compares strings.
+saga_search = sa.Table(
+    "saga_search",
+    metadata,
+    sa.Column(
+        "saga_id", sa.Uuid, sa.ForeignKey(saga_instances.c.id, ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("text_value", sa.Text(collation="C")),
+    sa.Column("num_value", sa.Numeric),
+    sa.Column("bool_value", sa.Boolean),
+    sa.Column("time_value", _Timestamp),
+    sa.CheckConstraint(
+        "num_nonnulls(text_value, num_value, bool_value, time_value) = 1", name="one_value"
+    ),
+)
+# The column each kind of search value goes in.
+SEARCH_COLUMNS = {
+    SearchKind.TEXT: "text_value",
+    SearchKind.NUMBER: "num_value",
+    SearchKind.BOOL: "bool_value",
+    SearchKind.TIME: "time_value",
+}
+for _column in SEARCH_COLUMNS.values():
+    sa.Index(
+        f"ix_saga_search_name_{_column}",
+        saga_search.c.name,
+        saga_search.c[_column],
+        saga_search.c.saga_id,
+        postgresql_where=saga_search.c[_column].is_not(None),
+    )
 
 # Append-only: a trigger installed by the migration refuses UPDATE and DELETE. Deleting a saga
 # therefore needs `saga.allow_history_delete` on, which is what retention will set.

@@ -27,7 +27,7 @@ from orchestrator.errors import ConcurrentUpdate
 from orchestrator.locks import LockConflict, LockWaiter
 from orchestrator.machine import HistoryEntry
 from orchestrator.messages import OutboxMessage
-from orchestrator.ports import HistoryAppends, Transitions
+from orchestrator.ports import HistoryAppends, SearchWrites, Transitions
 from orchestrator.state import SagaState
 
 # First half of a two-int advisory lock key: start keys get a key space of their own.
@@ -133,12 +133,13 @@ class PostgresTransaction:
         changes: Transitions,
         appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
+        search: SearchWrites = (),
     ) -> list[OutboxMessage]:
         for before, after in changes:
             _check_transition(before, after)
-        if not (changes or any(entries for _, entries, _ in appends) or messages):
+        if not (changes or any(entries for _, entries, _ in appends) or messages or search):
             return []
-        params = batch_write.params(changes, appends, messages)
+        params = batch_write.params(changes, appends, messages, search)
         (found,) = await self._fetch(batch_write.STATEMENT, params)
         if found.moved != len(changes):
             raise ConcurrentUpdate(

@@ -15,6 +15,7 @@ from orchestrator.event_names import HistoryEvent, Outcome
 from orchestrator.events import Decision, HistoryEntry, SagaRequest
 from orchestrator.messages import Command, OutcomeEvent, Reply, ReplyError
 from orchestrator.saga import Saga
+from orchestrator.search_fields import SearchValue
 from orchestrator.state import (
     SagaState,
     SagaStatus,
@@ -56,6 +57,8 @@ class Transition:
         self.resume_status = state.resume_status
         self.parent = state.parent
         self.output = state.output
+        # Search field values to store: the output's, once it is made.
+        self.search: list[SearchValue] = []
         self.requests: list[SagaRequest] = []
         self.replies: list[Reply] = []
         self.refused: str | None = None
@@ -122,6 +125,7 @@ class Transition:
             history=tuple(self.history),
             requests=tuple(self.requests),
             replies=tuple(self.replies),
+            search=tuple(self.search),
         )
 
     def spec(self, step: StepState) -> StepDefinition:
@@ -148,6 +152,7 @@ class Transition:
         self.error = error
         if status == SagaStatus.COMPLETED and self.definition.output is not None:
             self.output = self.make_output()
+            self.search = self.definition.search_values("output", self.output)
         event, outcome = FINISHES[status]
         self.record(event, detail=None if error is None else error.to_dict())
         self.emit(outcome, error=error)

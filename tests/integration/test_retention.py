@@ -27,6 +27,7 @@ from adapters.postgres.tables import (
     saga_history,
     saga_instances,
     saga_locks,
+    saga_search,
     saga_steps,
 )
 from adapters.rabbitmq.topology import Topology
@@ -63,8 +64,8 @@ async def add_saga(
     parent_id: uuid.UUID | None = None,
     lock: bool = False,
 ) -> uuid.UUID:
-    """A saga whose last transition was `ended_ago`: two steps, three history entries, and
-    a semantic-lock row when asked."""
+    """A saga whose last transition was `ended_ago`: two steps, three history entries, a
+    search field value, and a semantic-lock row when asked."""
     saga_id = uuid.uuid4()
     at = NOW - ended_ago
     async with db.begin() as conn:
@@ -101,6 +102,9 @@ async def add_saga(
                     saga_id=saga_id, seq=seq, at=at, event=f"e{seq}", actor="test"
                 )
             )
+        await conn.execute(
+            sa.insert(saga_search).values(saga_id=saga_id, name="customer_id", text_value="c-1")
+        )
         if lock:
             await conn.execute(
                 sa.insert(saga_locks).values(
@@ -123,7 +127,7 @@ async def orphans(db: AsyncEngine) -> dict[str, int]:
     """Rows keyed by a saga id no saga has: what a prune must never leave behind."""
     found: dict[str, int] = {}
     async with db.connect() as conn:
-        for table in (saga_steps, saga_history, saga_locks):
+        for table in (saga_steps, saga_history, saga_locks, saga_search):
             found[table.name] = (
                 await conn.scalar(
                     sa.select(sa.func.count())
@@ -149,7 +153,7 @@ async def orphans(db: AsyncEngine) -> dict[str, int]:
 async def rows_of(db: AsyncEngine, saga_id: uuid.UUID) -> int:
     async with db.connect() as conn:
         total = 0
-        for table in (saga_steps, saga_history, saga_locks):
+        for table in (saga_steps, saga_history, saga_locks, saga_search):
             total += (
                 await conn.scalar(
                     sa.select(sa.func.count()).select_from(table).where(table.c.saga_id == saga_id)
@@ -167,7 +171,7 @@ async def test_only_sagas_finished_for_good_and_older_than_the_cutoff_go(db: Asy
     }
     gone = {sid for (status, age), sid in sagas.items() if status in FOR_GOOD and age == OLD}
     assert len(gone) == 3
-    assert all([await rows_of(db, sid) == 5 for sid in gone])
+    assert all([await rows_of(db, sid) == 6 for sid in gone])
 
     done = await prune(db, KEEP, now=NOW)
 
@@ -182,8 +186,14 @@ async def test_only_sagas_finished_for_good_and_older_than_the_cutoff_go(db: Asy
         SagaStatus.FAILED,
         SagaStatus.PAUSED,
     }
-    assert await rows_of(db, sagas[(SagaStatus.FAILED, OLD)]) == 6  # its lock row too
-    assert await orphans(db) == {"saga_steps": 0, "saga_history": 0, "saga_locks": 0, "children": 0}
+    assert await rows_of(db, sagas[(SagaStatus.FAILED, OLD)]) == 7  # its lock row too
+    assert await orphans(db) == {
+        "saga_steps": 0,
+        "saga_history": 0,
+        "saga_locks": 0,
+        "saga_search": 0,
+        "children": 0,
+    }
     assert (await prune(db, KEEP, now=NOW)).sagas == 0
 
 
@@ -372,7 +382,13 @@ async def test_the_engine_keeps_working_during_a_prune(
             )
         assert (await prune(db, KEEP)).sagas == len(keys)
     assert len(await ids(db)) == seeded.sagas - old[0]
-    assert await orphans(db) == {"saga_steps": 0, "saga_history": 0, "saga_locks": 0, "children": 0}
+    assert await orphans(db) == {
+        "saga_steps": 0,
+        "saga_history": 0,
+        "saga_locks": 0,
+        "saga_search": 0,
+        "children": 0,
+    }
 
 
 async def test_the_retention_bench_runs_on_a_small_database() -> None:

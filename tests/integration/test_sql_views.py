@@ -224,3 +224,45 @@ async def test_saga_outbox_lag_is_the_age_of_the_oldest_unpublished_message(
     [row] = await rows(db, "SELECT * FROM saga_outbox_lag")
     assert row["messages"] == 2
     assert 120 <= row["lag_seconds"] < 180
+
+
+async def search(db: AsyncEngine, saga_id: UUID, **values: str | int) -> None:
+    """saga_search rows: text for a str, a number for an int."""
+    async with db.begin() as conn:
+        for name, value in values.items():
+            column = "text_value" if isinstance(value, str) else "num_value"
+            await conn.execute(
+                text(f"INSERT INTO saga_search (saga_id, name, {column}) VALUES (:id, :n, :v)"),
+                {"id": saga_id, "n": name, "v": value},
+            )
+
+
+async def test_search_fields_join_the_views_as_documented(db: AsyncEngine) -> None:
+    """The two queries of docs/sql-views.md, "Search fields"."""
+    big = await add_saga(db, "o-1", "failed", steps={"notify": "failed"})
+    await search(db, big, customer_id="c-17", amount=2500)
+    small = await add_saga(db, "o-2", "failed", steps={"notify": "failed"})
+    await search(db, small, customer_id="c-17", amount=25)
+    other = await add_saga(db, "o-3", "running", steps={"charge": "running"})
+    await search(db, other, customer_id="c-18", amount=5000)
+    found = await rows(
+        db,
+        """
+        SELECT o.saga_id, o.key, o.status, o.current_steps
+        FROM saga_overview o JOIN saga_search s ON s.saga_id = o.saga_id
+        WHERE o.saga = 'order' AND s.name = 'customer_id' AND s.text_value = 'c-17'
+        """,
+    )
+    assert sorted(r["key"] for r in found) == ["o-1", "o-2"]
+    found = await rows(
+        db,
+        """
+        SELECT c.text_value AS customer, count(*)
+        FROM saga_parked p
+        JOIN saga_search a ON a.saga_id = p.saga_id AND a.name = 'amount' AND a.num_value > 1000
+        JOIN saga_search c ON c.saga_id = p.saga_id AND c.name = 'customer_id'
+        WHERE p.saga = 'order' AND p.parked_since >= date_trunc('day', now())
+        GROUP BY 1 ORDER BY 2 DESC
+        """,
+    )
+    assert found == [{"customer": "c-17", "count": 1}]

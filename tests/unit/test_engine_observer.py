@@ -18,7 +18,7 @@ from adapters.memory.store import MemoryStore
 from orchestrator.engine import Engine
 from orchestrator.event_names import HistoryEvent
 from orchestrator.messages import Command, OutboxMessage, Reply, StartSaga
-from orchestrator.ports import HistoryAppends, SagaTransaction, Transitions
+from orchestrator.ports import HistoryAppends, SagaTransaction, SearchWrites, Transitions
 from orchestrator.registry import Registry
 from sagas.order import order_v1 as order_saga  # sequential: these tests follow it step by step
 
@@ -130,6 +130,7 @@ class _Tx:
         changes: Transitions,
         appends: HistoryAppends,
         messages: Sequence[OutboxMessage],
+        search: SearchWrites = (),
     ) -> list[OutboxMessage]:
         raise ConnectionError("connection lost before commit")
 
