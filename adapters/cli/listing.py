@@ -1,12 +1,14 @@
 """`saga list`: sagas matching filters, newest activity first, from the database or over the
 HTTP API (--url); a table, or with --json each saga whole as `saga status --json` prints it.
-A step waiting for a signal is marked as such in the table's step column."""
+A step waiting for a signal is marked as such in the table's step column. `--where` filters
+on the search fields the definitions of SAGA_MODULES (or the API's process) declare."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +19,10 @@ from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
 from adapters.text_table import render_table
 from orchestrator.state import SagaState, SagaStatus
 from orchestrator.waiting import waiting_for as waits_now
+
+if TYPE_CHECKING:
+    from orchestrator.registry import Registry
+    from orchestrator.search_filters import SearchCondition
 
 
 def list_(
@@ -48,6 +54,14 @@ def list_(
             help="Only sagas waiting now for this signal (their wait step of that name).",
         ),
     ] = None,
+    where: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME OP VALUE",
+            help="Only sagas whose search field compares so (repeatable, all must hold): "
+            'customer_id=c-17, "amount>1000"; OP is one of = != > >= < <=.',
+        ),
+    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -67,6 +81,7 @@ def list_(
             "created_before": None if before is None else before.isoformat(),
             "in_status_for_minutes": in_status_for,
             "waiting_for": waiting_for,
+            "where": where or None,
         }
         with ApiClient(url, token) as api:
             found = list(api.sagas(params, limit))
@@ -90,6 +105,7 @@ def list_(
     else:
         config = cs.settings()
         registry = cs.loaded_definitions(config)
+        conditions = search_filter(registry, where or [], saga)
         waiting = None if waiting_for is None else registry.waiting_for(waiting_for)
         if waiting is not None and not waiting.definitions:
             typer.secho(
@@ -108,6 +124,7 @@ def list_(
             created_before=before,
             in_status_for=None if in_status_for is None else timedelta(minutes=in_status_for),
             waiting_for=waiting,
+            where=conditions,
         )
         states = cs.run(cs.with_store(config, lambda st: st.find(query)))
         views = [waits_of(registry, s) for s in states]
@@ -128,6 +145,20 @@ def list_(
             for s, v in zip(states, views, strict=True)
         ]
     typer.echo(render_table(["id", "saga", "key", "status", "step", "updated"], rows))
+
+
+def search_filter(
+    registry: Registry, where: Sequence[str], saga: str | None
+) -> tuple[SearchCondition, ...]:
+    """`--where` as SagaQuery conditions; exit 2 saying what to write when one cannot apply
+    (a field no loaded definition declares, a value not of its type)."""
+    from orchestrator.search_filters import InvalidFilter
+
+    try:
+        return registry.search_filter(where, saga)
+    except InvalidFilter as exc:
+        typer.secho(f"error: --where: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _row(

@@ -208,14 +208,19 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
 
 def loaded_definitions(config: Settings) -> Registry:
     """The definitions of SAGA_MODULES, which tell a saga's wait steps apart from its other
-    steps in what `saga status` and `saga list` show. Saga modules that fail to load leave
-    them out, with a warning: reading sagas must not depend on them."""
+    steps in what `saga status` and `saga list` show, and declare the search fields `saga
+    list --where` filters on. Saga modules that fail to load leave them out, with a warning:
+    reading sagas must not depend on them."""
     from orchestrator.registry import Registry, load_modules
 
     try:
         return load_modules(config.modules)
     except DefinitionError as exc:
-        typer.secho(f"warning: wait steps are not shown: {exc}", fg="yellow", err=True)
+        typer.secho(
+            f"warning: wait steps are not shown, search fields not known: {exc}",
+            fg="yellow",
+            err=True,
+        )
         return Registry()
 
 

@@ -92,6 +92,10 @@ _LIST_BODY = Template("""<h1>Sagas</h1>
       title="sagas where this step is running, compensating or parked failed"></label>
     <label>Waiting for signal <input name="waiting_for" autocomplete="off"
       title="sagas waiting now for this signal (their wait step of that name)"></label>
+    <label>Search fields <input name="where" autocomplete="off" spellcheck="false"
+      placeholder="customer_id=c-17; amount>1000" class="wide"
+      title="NAME OP VALUE on a search field, OP one of = != &gt; &gt;= &lt; &lt;=; several: a;b"
+      ></label>
     <label>In status for more than
       <input name="in_status_for_minutes" type="number" min="0" step="1" inputmode="numeric"
         class="narrow"> min</label>

@@ -4,7 +4,7 @@ OpenAPI document at /openapi.json describes every field."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,6 +14,7 @@ from adapters.http.redact import Redactor
 from orchestrator.messages import MAX_KEY_LENGTH, MAX_NAME_LENGTH, ParentRef
 from orchestrator.ports import HistoryRecord
 from orchestrator.saga import Saga
+from orchestrator.search_filters import MAX_CONDITIONS
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
 from orchestrator.waiting import WaitStage, WaitView, waiting_for, waits
 
@@ -187,6 +188,13 @@ class SagaFilters(BaseModel):
         description="Sagas waiting now for this signal (their wait step of that name is "
         "waiting), of the saga versions this process loads.",
     )
+    where: list[Annotated[str, Field(max_length=300)]] = Field(
+        [],
+        max_length=MAX_CONDITIONS,
+        description="Search field conditions, `NAME OP VALUE` with OP one of `= != > >= < <=` "
+        "(`where=customer_id=c-17&where=amount>1000`, URL-encoded), on the search fields the "
+        "saga versions this process loads declare; every one must hold.",
+    )
     limit: int = Field(50, ge=1, le=500)
     cursor: str | None = Field(
         None, max_length=200, description="`next_cursor` of the previous page."
@@ -198,6 +206,12 @@ class SagaFilters(BaseModel):
         if value == "":
             raise PydanticUseDefault
         return value
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _blank_conditions_are_none(cls, value: Any) -> Any:
+        """A form's empty condition fields send `where=`: no condition."""
+        return [v for v in value if v != ""] if isinstance(value, list) else value
 
 
 class StartRequest(_Request):

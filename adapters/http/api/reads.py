@@ -22,6 +22,7 @@ from adapters.http.problems import ProblemError, problem_responses
 from orchestrator.errors import SagaNotFound
 from orchestrator.messages import MAX_KEY_LENGTH, aware_utc
 from orchestrator.ports import SagaQuery
+from orchestrator.search_filters import InvalidFilter
 
 router = api_router()
 
@@ -47,6 +48,10 @@ async def list_sagas(request: Request, filters: Annotated[SagaFilters, Query()])
             "unchanged, or leave it out to start from the first page",
         ) from exc
     f = filters
+    try:
+        where = ctx.registry.search_filter(f.where, f.saga)
+    except InvalidFilter as exc:
+        raise ProblemError(400, "bad-filter", "Bad search filter", str(exc)) from exc
     query = SagaQuery(
         status=f.status,
         saga=f.saga,
@@ -59,6 +64,7 @@ async def list_sagas(request: Request, filters: Annotated[SagaFilters, Query()])
             None if f.in_status_for_minutes is None else timedelta(minutes=f.in_status_for_minutes)
         ),
         waiting_for=None if f.waiting_for is None else ctx.registry.waiting_for(f.waiting_for),
+        where=where,
         after=after,
         limit=f.limit + 1,  # one more tells whether there is a next page
     )

@@ -231,10 +231,15 @@
     return data;
   }
 
+  /** A query string; a list value repeats its parameter (`where=a&where=b`). */
   function query(params) {
     const search = new URLSearchParams();
     for (const [name, value] of Object.entries(params)) {
-      if (value !== null && value !== undefined && value !== "") search.set(name, String(value));
+      if (Array.isArray(value)) {
+        for (const item of value) search.append(name, String(item));
+      } else if (value !== null && value !== undefined && value !== "") {
+        search.set(name, String(value));
+      }
     }
     const text = search.toString();
     return text ? `?${text}` : "";
@@ -267,10 +272,13 @@
 
   function listPage() {
     const FILTERS = [
-      "status", "saga", "key", "step", "waiting_for", "in_status_for_minutes", "created_after",
-      "created_before",
+      "status", "saga", "key", "step", "waiting_for", "where", "in_status_for_minutes",
+      "created_after", "created_before",
     ];
     const TIMES = new Set(["created_after", "created_before"]);
+    // Search field conditions: one field holds them separated by ";", the API takes each
+    // as a `where=` of its own.
+    const CONDITIONS = new Set(["where"]);
     const MAX = 500;
     // The page size: 50, or the link's `limit` (kept in the URL when given).
     const asked = Number(new URLSearchParams(location.search).get("limit"));
@@ -307,6 +315,11 @@
       for (const name of FILTERS) {
         const raw = form.elements[name].value.trim();
         if (!raw) continue;
+        if (CONDITIONS.has(name)) {
+          const each = raw.split(";").map((c) => c.trim()).filter((c) => c);
+          if (each.length) filters[name] = each;
+          continue;
+        }
         filters[name] = TIMES.has(name) ? toIso(raw) : raw;
       }
       return filters;
@@ -314,6 +327,10 @@
 
     function fillForm(params) {
       for (const name of FILTERS) {
+        if (CONDITIONS.has(name)) {
+          form.elements[name].value = params.getAll(name).join("; ");
+          continue;
+        }
         const value = params.get(name) || "";
         form.elements[name].value = TIMES.has(name) && value ? toLocalInput(value) : value;
       }
