@@ -96,6 +96,7 @@ async def run_round(
             level["queries_ms"] = await growth_queries.measure(
                 url, dep.http_base, args.lookups, args.query_budget
             )
+            level["search_plans"] = await growth_queries.plans(url)
 
 
 def _median(values: list[float]) -> float:

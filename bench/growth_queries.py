@@ -6,17 +6,21 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 import httpx
 import psycopg
 
 from adapters.postgres.database import make_engine
-from adapters.postgres.store import PostgresStore
+from adapters.postgres.store import PostgresStore, find_statement
 from bench.growth_deploy import dsn
 from bench.sagas import saga
 from bench.stats import percentiles
 from orchestrator.ports import SagaQuery
+from orchestrator.search_fields import SearchKind
+from orchestrator.search_filters import Op, SearchCondition
 
 # get: the saga and its steps (what `saga status` and GET /api/sagas/{id} read).
 # find_key: by start key within the saga's name, the unique (name, key) index.
@@ -25,7 +29,15 @@ from orchestrator.ports import SagaQuery
 # http_get: GET /api/sagas/{id} of `saga run`, over a kept-alive connection.
 # list: the first page of GET /api/sagas, newest activity first, with no filter: what an
 # operator sees first. The same for every saga: it is timed as often as the others.
-KINDS = ("get", "find_key", "find_key_any", "history", "http_get", "list")
+# Search fields (the bench saga indexes its number n), the first page of each as the list:
+# search_eq: `n=<the saga's n>`, one saga (two with a saturation round's of that number):
+# what finding an order by its id is. search_range: `n>=<n>` and `n<<n + 1000>`, a thousand
+# sagas spread over the 30 days: one customer's. search_wide: `n>=0`, every saga: a condition
+# that filters nothing must not cost more than the list without it.
+SEARCH_KINDS = ("search_eq", "search_range", "search_wide")
+KINDS = ("get", "find_key", "find_key_any", "history", "http_get", "list", *SEARCH_KINDS)
+# The n whose plans are shown: any seeded saga's.
+_PLAN_N = 500
 
 Lookup = Callable[[UUID, str], Awaitable[object]]
 
@@ -113,13 +125,77 @@ def store_lookups(store: PostgresStore) -> dict[str, Lookup]:
     }
 
 
+def search_queries(n: int) -> dict[str, SagaQuery]:
+    """Each search kind's query for a saga numbered n: the first page, as the list's."""
+    return {
+        "search_eq": SagaQuery(where=_n(("=", n)), limit=51),
+        "search_range": SagaQuery(where=_n((">=", n), ("<", n + 1000)), limit=51),
+        "search_wide": SagaQuery(where=_n((">=", 0)), limit=51),
+    }
+
+
+def search_lookups(store: PostgresStore) -> dict[str, Lookup]:
+    """The search kinds as lookups: the one by n must list the saga itself."""
+
+    def kind(name: str) -> Lookup:
+        async def lookup(saga_id: UUID, key: str) -> object:
+            found = await store.find(search_queries(number(key))[name])
+            if name == "search_eq" and saga_id not in {s.saga_id for s in found}:
+                raise RuntimeError(f"search by n of saga {saga_id} ({key}) did not list it")
+            return _found(found, saga_id)
+
+        return lookup
+
+    return {name: kind(name) for name in SEARCH_KINDS}
+
+
+def number(key: str) -> int:
+    """A bench saga's n, which its key ends with: `seed-<n>` (seeded), `sat-<round>-<n>`."""
+    return int(key.rsplit("-", 1)[1])
+
+
+def _n(*conditions: tuple[Op, int]) -> tuple[SearchCondition, ...]:
+    return tuple(SearchCondition("n", op, SearchKind.NUMBER, Decimal(v)) for op, v in conditions)
+
+
+async def plans(url: str) -> dict[str, dict[str, Any]]:
+    """How PostgreSQL runs each search kind's query (for a seeded saga's n): its plan as
+    `EXPLAIN ANALYZE` gives it, summed up as the nodes in order with the index each scans,
+    and the execution time. The point: the saga_search index answers the selective ones."""
+    found: dict[str, dict[str, Any]] = {}
+    engine = make_engine(url, pool_size=1)  # for its dialect: it never connects
+    dialect = engine.dialect
+    await engine.dispose()
+    async with await psycopg.AsyncConnection.connect(dsn(url), autocommit=True) as conn:
+        for name, query in search_queries(_PLAN_N).items():
+            sql = find_statement(query).compile(
+                dialect=dialect, compile_kwargs={"literal_binds": True}
+            )
+            cur = await conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}".encode())
+            row = await cur.fetchone()
+            assert row is not None
+            (explained,) = row[0]
+            found[name] = {
+                "nodes": _nodes(explained["Plan"]),
+                "execution_ms": explained["Execution Time"],
+            }
+    return found
+
+
+def _nodes(plan: dict[str, Any]) -> list[str]:
+    """The plan's nodes, depth first: `Index Only Scan (ix_...)`."""
+    index = plan.get("Index Name")
+    here = [plan["Node Type"] + (f" ({index})" if index else "")]
+    return here + [n for child in plan.get("Plans", []) for n in _nodes(child)]
+
+
 def _lookups(store: PostgresStore, client: httpx.AsyncClient) -> dict[str, Lookup]:
     async def http_get(saga_id: UUID, key: str) -> object:
         answer = await client.get(f"/api/sagas/{saga_id}")
         answer.raise_for_status()
         return answer
 
-    return {**store_lookups(store), "http_get": http_get}
+    return {**store_lookups(store), **search_lookups(store), "http_get": http_get}
 
 
 def _found(value: object, saga_id: UUID) -> object:

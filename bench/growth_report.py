@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.text_table import render_table
-from bench.growth_queries import KINDS
+from bench.growth_queries import KINDS, SEARCH_KINDS
+
+STATUS_KINDS = [k for k in KINDS if k not in SEARCH_KINDS]
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -30,8 +32,17 @@ def _level(lv: dict[str, Any]) -> list[str]:
     ]
 
 
-def _queries(lv: dict[str, Any]) -> list[str]:
-    return [f"{lv['finished']:,}", *(_pair(lv["queries_ms"][kind]) for kind in KINDS)]
+def _queries(lv: dict[str, Any], kinds: list[str] | tuple[str, ...]) -> list[str]:
+    return [f"{lv['finished']:,}", *(_pair(lv["queries_ms"][kind]) for kind in kinds)]
+
+
+def _plans(levels: list[dict[str, Any]]) -> list[str]:
+    """Each level's plan of each search kind: its nodes and its execution time."""
+    return [
+        f"{lv['finished']:,} {kind}: {' > '.join(plan['nodes'])} ({plan['execution_ms']:.2f} ms)"
+        for lv in levels
+        for kind, plan in lv.get("search_plans", {}).items()
+    ]
 
 
 def _memory(memory: dict[str, Any]) -> list[str]:
@@ -64,9 +75,17 @@ def report(figures: dict[str, Any]) -> str:
         f"{figures['rounds']} rounds; seed s includes VACUUM ANALYZE)",
         "",
         render_table(
-            ["finished", *(f"{kind} ms" for kind in KINDS)], [_queries(lv) for lv in levels]
+            ["finished", *(f"{kind} ms" for kind in STATUS_KINDS)],
+            [_queries(lv, STATUS_KINDS) for lv in levels],
         ),
         f"(status queries, p50 / p99 over up to {figures['lookups']} calls each)",
+        "",
+        render_table(
+            ["finished", *(f"{kind} ms" for kind in SEARCH_KINDS)],
+            [_queries(lv, SEARCH_KINDS) for lv in levels],
+        ),
+        "(search field queries, the first page: p50 / p99 as above)",
+        *_plans(levels),
     ]
     if figures["in_flight"]:
         text += ["", *_memory(figures["in_flight"])]

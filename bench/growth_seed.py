@@ -2,8 +2,9 @@
 
 The rows copy what `saga run` writes for the bench saga (bench/sagas.py) once it has ended:
 90% completed (8 history events each), 10% compensated at c (13 events), three step rows,
-created over the past 30 days, steps taking 20-60 ms. Set-based SQL only: a million sagas
-are about 13 million rows, which row-by-row inserts would take hours to write.
+one search field row (n), created over the past 30 days, steps taking 20-60 ms. Set-based
+SQL only: a million sagas are about 14 million rows, which row-by-row inserts would take hours
+to write.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ SELECT s.id, st.idx, st.name,
 FROM seed s CROSS JOIN (VALUES (0, 'a'), (1, 'b'), (2, 'c')) st(idx, name)
 """
 
+# The bench saga's one search field, its number n, as a start writes it.
+_SEARCH = """
+INSERT INTO saga_search (saga_id, name, num_value) SELECT id, 'n', n FROM seed
+"""
+
 _HISTORY = """
 INSERT INTO saga_history (saga_id, seq, at, event, step, detail, actor)
 SELECT s.id, e.seq, s.ts[e.slot + 1], e.event, e.step,
@@ -145,7 +151,7 @@ async def seed(dsn: str, count: int) -> Seeded:
         await conn.set_autocommit(True)  # VACUUM refuses to run inside a transaction
         # Marks the pages all-visible (index-only scans, no hint-bit writes on first read)
         # and gives the planner statistics, as autovacuum would have long since done.
-        await conn.execute("VACUUM ANALYZE saga_instances, saga_steps, saga_history")
+        await conn.execute("VACUUM ANALYZE saga_instances, saga_steps, saga_history, saga_search")
         vacuumed = time.perf_counter()
         cur = await conn.execute(
             "SELECT (SELECT count(*) FROM saga_history), pg_database_size(current_database())"
@@ -180,6 +186,7 @@ async def _insert(conn: psycopg.AsyncConnection[tuple[object, ...]], count: int)
     }
     await conn.execute(_INSTANCES, params)
     await conn.execute(_STEPS, params)
+    await conn.execute(_SEARCH)
     await conn.execute(_HISTORY)
 
 
@@ -191,7 +198,11 @@ def _check_definition() -> None:
         ("b", "bench.b", "bench.undo_b"),
         ("c", "bench.c", None),
     ]
-    if shape != expected:
+    search = [f.document() for f in saga.search]
+    if shape != expected or search != [
+        {"name": "n", "source": "input", "path": "n", "kind": "number"}
+    ]:
         raise RuntimeError(
-            f"bench/sagas.py changed (steps {shape}): update bench/growth_seed.py to match"
+            f"bench/sagas.py changed (steps {shape}, search {search}): update "
+            "bench/growth_seed.py to match"
         )

@@ -1,7 +1,9 @@
 """The bench saga: three remote steps a -> b -> c, each one tiny write at the bench participant.
 
 Step c fails (non-retryably) for every tenth saga, by its number, so one saga in ten
-compensates b and a. Loaded by `saga run` with SAGA_MODULES=bench.sagas.
+compensates b and a. Its number is a search field (one saga_search row per start), as a
+business saga would index a customer or an order id; bench.growth times queries on it.
+Loaded by `saga run` with SAGA_MODULES=bench.sagas.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def fails(n: int) -> bool:
     return n % FAIL_EVERY == FAIL_EVERY - 1
 
 
-saga = Saga("bench", version=1, input=BenchInput, timeout=60)
+saga = Saga("bench", version=1, input=BenchInput, timeout=60, search=("n",))
 saga.remote("a", command="bench.a", compensation="bench.undo_a")
 saga.remote("b", command="bench.b", compensation="bench.undo_b")
 saga.remote("c", command="bench.c", retry=Retry(max_attempts=1), compensation=None)

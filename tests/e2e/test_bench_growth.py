@@ -15,7 +15,10 @@ import pytest
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
-KINDS = {"get", "find_key", "find_key_any", "history", "http_get", "list"}
+KINDS = {
+    *("get", "find_key", "find_key_any", "history", "http_get", "list"),
+    *("search_eq", "search_range", "search_wide"),
+}
 
 
 def test_growth_bench_runs_and_every_saga_ends(tmp_path: Path) -> None:
@@ -62,6 +65,7 @@ def test_growth_bench_runs_and_every_saga_ends(tmp_path: Path) -> None:
             assert level["queries_ms"][kind]["n"] == figures["lookups"]
             assert level["queries_ms"][kind]["p99"] is not None
         assert level["seed_seconds"] is not None
+        assert set(level["search_plans"]) == {"search_eq", "search_range", "search_wide"}
     seeded = figures["levels"][1]
     # 2,000 finished sagas: 1,800 completed with 8 events, 200 compensated with 13.
     assert seeded["history_rows"] == 1800 * 8 + 200 * 13
