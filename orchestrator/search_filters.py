@@ -64,18 +64,6 @@ class SearchCondition:
             return False
         return bool(COMPARE[self.op](found.value, self.value))
 
-    def text(self) -> str:
-        """The condition as it is written."""
-        value = self.value
-        shown = (
-            str(value).lower()
-            if isinstance(value, bool)
-            else value.isoformat()
-            if isinstance(value, datetime)
-            else str(value)
-        )
-        return f"{self.name}{self.op}{shown}"
-
 
 def conditions(texts: Sequence[str], fields: DeclaredFields) -> tuple[SearchCondition, ...]:
     """Each of `texts` parsed against the declared `fields`; raises InvalidFilter."""
