@@ -19,7 +19,7 @@ from uuid import UUID
 import httpx
 import typer
 
-from orchestrator.engine import ACTION_NAMES
+from orchestrator.events import ACTION_NAMES
 from orchestrator.machine import OperatorEvent, SkipRequested
 from orchestrator.messages import ParentRef
 from orchestrator.ports import HistoryRecord
