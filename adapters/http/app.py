@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.http import dashboard, observability, problems
-from adapters.http.api import reads, signals, writes
+from adapters.http.api import bulk, reads, signals, writes
 from adapters.http.api.context import ApiContext
 from adapters.http.auth import Tokens
 from adapters.http.body_limit import BodyLimit
@@ -73,6 +73,7 @@ def create_app(
     _describe_problems(app)
     app.include_router(reads.router)
     app.include_router(writes.router)
+    app.include_router(bulk.router)
     app.include_router(signals.router)
     app.include_router(observability.router)
     app.include_router(dashboard.router)

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.errors import (
     ConcurrentUpdate,
     InvalidInput,
+    NoFilter,
     OperationRefused,
     SagaError,
     SagaNotFound,
@@ -153,6 +154,13 @@ _ENGINE_ERRORS: list[tuple[type[SagaError], int, str, str, str]] = [
         "the saga changed while this request acted on it: send it again",
     ),
     (InvalidInput, 422, "invalid-input", "Invalid input", "fix the input and send it again"),
+    (
+        NoFilter,
+        422,
+        "no-filter",
+        "No filter",
+        "give `filter` at least one field (e.g. status and step)",
+    ),
     (
         UnknownSaga,
         422,
