@@ -162,9 +162,13 @@ async def with_store(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
         await db.dispose()
 
 
-async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+async def with_engine(
+    config: Settings, fn: Callable[[Any], Awaitable[T]], *, retry: bool = True
+) -> T:
     """An Engine on the configured database and broker, for one operator action: what it
-    decides is published like any transition (outbox, confirms). Lost races are retried."""
+    decides is published like any transition (outbox, confirms). Lost races are retried
+    (`fn` runs again), unless `retry` is False: a bulk action, whose batches committed
+    before a failure must not be listed and judged again as if untouched."""
     from adapters.clock import utcnow
     from adapters.postgres.database import make_engine
     from adapters.postgres.retries import with_db_retries
@@ -198,7 +202,7 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
             spans=spans,
         )
         try:
-            return await with_db_retries(lambda: fn(engine))
+            return await (with_db_retries(lambda: fn(engine)) if retry else fn(engine))
         finally:
             # What it published is deleted now, as `saga run` does at its relay sweeps: left
             # behind, a relay would send it a second time.

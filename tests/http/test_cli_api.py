@@ -238,6 +238,53 @@ async def test_actions_over_the_api_and_their_exit_codes(served: Served) -> None
     assert past_pivot  # untouched by the refused cancel
 
 
+async def test_bulk_actions_over_the_api_print_counts_and_refusals(served: Served) -> None:
+    api = served.api
+    parked = sorted([str(await api.parked(f"bk-{n}")) for n in range(3)])
+    running = await api.start("bk-running")
+
+    code, out, err = await served.saga(
+        "retry", "--status", "failed", "--step", "notify_customer", "-r", "mail", "--dry-run"
+    )
+    first, second = out.splitlines()
+    assert (code, first) == (
+        0,
+        "dry run, nothing changed: retry: 3 saga(s) matched, 3 would be acted on, "
+        "0 would be refused",
+    ), err
+    assert sorted(second.removeprefix("would act on: ").split(", ")) == parked
+    history = (await api.client.get(f"/api/sagas/{parked[0]}/history")).json()["items"]
+    assert "saga_retried" not in [h["event"] for h in history]
+
+    code, out, err = await served.saga(
+        "retry", "--saga", "order", "-r", "mail is back", "--who", "ann"
+    )
+    lines = out.splitlines()
+    assert (code, lines[0]) == (
+        1,
+        "retry: 4 saga(s) matched, 3 acted on, 1 refused (not_applicable 1)",
+    ), err
+    assert lines[2:] == [
+        "refused:",
+        f"  {running} (order bk-running) not_applicable: only a failed (parked) saga can be "
+        "retried; it is running",
+    ]
+    history = (await api.client.get(f"/api/sagas/{parked[0]}/history")).json()["items"]
+    [retried] = [h for h in history if h["event"] == "saga_retried"]
+    assert (retried["actor"], retried["detail"]) == ("api:ann", {"reason": "mail is back"})
+
+    code, out, err = await served.saga(
+        "cancel", "--status", "running", "--key", "bk-running", "--reason", "recall"
+    )
+    assert (code, out.splitlines()[0]) == (0, "cancel: 1 saga(s) matched, 1 acted on, 0 refused")
+    code, out, err = await served.saga("pause", "--saga", "order", "-r", "x", "--limit", "2")
+    assert out.splitlines()[-1] == (
+        "more sagas match beyond --limit 2: run the command again for the next ones"
+    )
+    code, _, err = await served.saga("retry", "--status", "failed", "-r", "x", token=READER)
+    assert code == 2 and "has the read role" in err
+
+
 async def test_a_cancel_by_an_unknown_key_is_refused_unless_held(served: Served) -> None:
     code, out, err = await served.saga("cancel", "typo-9", "--reason", "oops")
     assert (code, out) == (3, "")
