@@ -8,8 +8,6 @@ reported, not retried twice."""
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -32,6 +30,7 @@ from tests.fixtures.settings import process_env
 from tests.integration.bulk_sagas import parcel
 from tests.integration.harness import System, running_system
 from tests.integration.hosted import host
+from tests.integration.test_cli_signal import saga
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -171,34 +170,13 @@ async def test_bulk_retry_with_the_cli_on_the_database(
     system: System, database_url: str, topology: Topology, amqp_url: str
 ) -> None:
     _, listed = await parked_by_an_outage(system)
-    env = {
-        **os.environ,
-        **process_env(
-            database_url, amqp_url, topology.prefix, SAGA_MODULES="tests.integration.bulk_sagas"
-        ),
-    }
+    env = process_env(
+        database_url, amqp_url, topology.prefix, SAGA_MODULES="tests.integration.bulk_sagas"
+    )
+    args = ["retry", "--status", "failed", "--step", "notify_customer", "-r", REASON]
 
     async def bulk() -> tuple[int, str, str]:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "adapters.cli",
-            "retry",
-            "--status",
-            "failed",
-            "--step",
-            "notify_customer",
-            "-r",
-            REASON,
-            "--who",
-            "carol",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
-        assert process.returncode is not None
-        return process.returncode, out.decode(), err.decode()
+        return await saga(env, *args, "--who", "carol")
 
     (code, out, err), single = await retried_meanwhile(system, database_url, listed, bulk)
 
