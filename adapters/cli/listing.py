@@ -1,6 +1,7 @@
 """`saga list`: sagas matching filters, newest activity first, from the database or over the
-HTTP API (--url); a table, or with --json each saga whole as `saga status --json` prints it.
-A step waiting for a signal is marked as such in the table's step column."""
+HTTP API (--url); a table, or with --json each saga whole as `saga status --json` prints it
+(masked by SAGA_REDACT_FIELDS on both paths; `--reveal` on the database). A step waiting for
+a signal is marked as such in the table's step column."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import typer
 
 from adapters.cli import support as cs
 from adapters.cli.api import ApiClient, state_from_api, waits_from_api
-from adapters.cli.status import state_json, waits_of
-from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
+from adapters.cli.support import JsonOpt, RevealOpt, TokenOpt, UrlOpt
+from adapters.saga_json import state_json, waits_of
 from adapters.text_table import render_table
 from orchestrator.state import SagaState, SagaStatus
 from orchestrator.waiting import waiting_for as waits_now
@@ -50,6 +51,7 @@ def list_(
     ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
+    reveal: RevealOpt = False,
 ) -> None:
     """List sagas, newest activity first."""
     from orchestrator.ports import SagaQuery
@@ -57,6 +59,7 @@ def list_(
     after = cs.parse_time("--created-after", created_after)
     before = cs.parse_time("--created-before", created_before)
     if url:
+        cs.refuse_reveal_over_api(reveal)
         params = {
             "status": status_,
             "saga": saga,
@@ -112,7 +115,9 @@ def list_(
         states = cs.run(cs.with_store(config, lambda st: st.find(query)))
         views = [waits_of(registry, s) for s in states]
         if as_json:
-            shown = [state_json(s, v) for s, v in zip(states, views, strict=True)]
+            # The table shows no saga data; the whole sagas are masked as the API masks them.
+            mask = cs.masking(config, reveal, "list", [s.saga_id for s in states])
+            shown = [state_json(mask.state(s), v) for s, v in zip(states, views, strict=True)]
             typer.echo(json.dumps(shown, indent=2))
             return
         rows = [

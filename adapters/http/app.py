@@ -18,8 +18,8 @@ from adapters.http.api import reads, signals, writes
 from adapters.http.api.context import ApiContext
 from adapters.http.auth import Tokens
 from adapters.http.body_limit import BodyLimit
-from adapters.http.redact import Redactor
 from adapters.postgres.store import PostgresStore
+from adapters.saga_redaction import Redactor
 from adapters.settings import Settings
 from orchestrator.engine import Engine
 from orchestrator.registry import Registry
