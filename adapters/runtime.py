@@ -16,6 +16,7 @@ import structlog
 
 from adapters import metrics
 from adapters.admission import Admission
+from adapters.archive import DirectoryArchive
 from adapters.clock import utcnow
 from adapters.faults import FaultyPublisher, crash_after, fault_hook
 from adapters.postgres.database import make_engine
@@ -59,6 +60,7 @@ from orchestrator.versioning import require_loaded
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractRobustConnection
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from adapters.http.serve import HttpServer
     from adapters.tracing.saga_spans import SagaSpans
@@ -120,6 +122,12 @@ class Orchestrator:
         # Before connecting to anything: an API open to the network without tokens, a bad
         # bind or a taken port stops start-up at once.
         bind = http_plan(s)
+        # An archive directory it cannot write stops start-up too (ArchiveUnusable).
+        archive = (
+            None
+            if s.retention_archive is None
+            else DirectoryArchive(s.retention_archive, self.registry)
+        )
         sock = None if bind is None else listen(bind)
         db = make_engine(s.database_url, pool_size=s.db_pool_size)
         self._stops.append(db.dispose)
@@ -185,14 +193,7 @@ class Orchestrator:
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),
             asyncio.create_task(self._watch_command_queues(connection)),
         ]
-        if any(saga.locks for saga in self.registry.all()):
-            # Expires waiting starts on time, and starts those a release left behind.
-            self._tasks.append(
-                asyncio.create_task(self._loop("locks", self._locks, s.timer_interval))
-            )
-        if s.retention is not None:
-            sweep = retention_sweep(db, s.retention)
-            self._tasks.append(asyncio.create_task(self._loop("retention", sweep, SWEEP_INTERVAL)))
+        self._tasks += self._optional_sweeps(db, archive)
         if sock is not None:
             from adapters.http.app import create_app
             from adapters.http.serve import serve
@@ -203,6 +204,19 @@ class Orchestrator:
             self.http = await serve(app, sock)
             self._stops.insert(0, self.http.stop)
         log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
+
+    def _optional_sweeps(
+        self, db: AsyncEngine, archive: DirectoryArchive | None
+    ) -> list[asyncio.Task[None]]:
+        """The sweeps only some deployments need: semantic locks, retention."""
+        s, tasks = self.settings, []
+        if any(saga.locks for saga in self.registry.all()):
+            # Expires waiting starts on time, and starts those a release left behind.
+            tasks.append(asyncio.create_task(self._loop("locks", self._locks, s.timer_interval)))
+        if s.retention is not None:
+            sweep = retention_sweep(db, s.retention, archive=archive)
+            tasks.append(asyncio.create_task(self._loop("retention", sweep, SWEEP_INTERVAL)))
+        return tasks
 
     def _engine_spans(self) -> SagaSpans | None:
         """The spans hook given, or the one the OTEL_* variables configure (misconfigured:
