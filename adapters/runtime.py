@@ -24,6 +24,7 @@ from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
 from adapters.postgres.retries import with_db_retries
 from adapters.postgres.schema import SchemaNotReady, require_schema
 from adapters.postgres.store import PostgresStore
+from adapters.rabbitmq.blocking import BlockedWatch
 from adapters.rabbitmq.command_queues import CommandQueueWatch
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.consumer import BatchHandler, Consumer, Handler, consume
@@ -114,6 +115,7 @@ class Orchestrator:
         self.engine: Engine | None = None
         self.http: HttpServer | None = None  # serving SAGA_HTTP_BIND, once started
         self.admission: Admission | None = None
+        self.blocking: BlockedWatch | None = None  # of the broker connection, once connected
 
     async def start(self) -> None:
         from adapters.http.serve import http_plan, listen
@@ -144,6 +146,10 @@ class Orchestrator:
             raise
         connection = await connect(s.amqp_url)
         self._stops.append(connection.close)
+        # Told when a resource alarm blocks the connection's publishing: /readyz, metrics.
+        self.blocking = BlockedWatch(connection)
+        self._stops.append(_closing(self.blocking))
+        metrics.AMQP_BLOCKED.watch(self.blocking)
         publish_channel = await open_channel(connection)
         await self.topology.declare_core(publish_channel)
         for service in self.topology.services_of(self.registry.commands()):
@@ -199,7 +205,11 @@ class Orchestrator:
             from adapters.http.serve import serve
 
             app = create_app(
-                s, store, self.engine, unconsumed_queues=self.command_queues.unconsumed_queues
+                s,
+                store,
+                self.engine,
+                unconsumed_queues=self.command_queues.unconsumed_queues,
+                amqp_blocked=lambda: self.blocking.alarm if self.blocking is not None else None,
             )
             self.http = await serve(app, sock)
             self._stops.insert(0, self.http.stop)
@@ -429,6 +439,13 @@ class Orchestrator:
             if not more:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), interval)
+
+
+def _closing(watch: BlockedWatch) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        watch.close()
+
+    return close
 
 
 async def run_until_signalled(service: Orchestrator) -> None:
