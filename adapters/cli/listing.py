@@ -1,7 +1,7 @@
 """`saga list`: sagas matching filters (adapters/cli/filters.py), newest activity first, from
 the database or over the HTTP API (--url); a table, or with --json each saga whole as
-`saga status --json` prints it. A step waiting for a signal is marked as such in the table's
-step column."""
+`saga status --json` prints it (masked by SAGA_REDACT_FIELDS on both paths; `--reveal` on the
+database). A step waiting for a signal is marked as such in the table's step column."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import typer
 from adapters.cli import support as cs
 from adapters.cli.api import ApiClient, state_from_api, waits_from_api
 from adapters.cli.filters import read_filter, takes
-from adapters.cli.status import state_json, waits_of
-from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
+from adapters.cli.support import JsonOpt, RevealOpt, TokenOpt, UrlOpt
 from adapters.http.models import SagaFilter
+from adapters.saga_json import state_json, waits_of
 from adapters.text_table import render_table
 from orchestrator.state import SagaState
 from orchestrator.waiting import waiting_for as waits_now
@@ -29,11 +29,13 @@ def list_(
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
+    reveal: RevealOpt = False,
     where: SagaFilter | None,
 ) -> None:
     """List sagas, newest activity first."""
     where = where or SagaFilter()
     if url:
+        cs.refuse_reveal_over_api(reveal)
         with ApiClient(url, token) as api:
             found = list(api.sagas(where.model_dump(mode="json", exclude_none=True), limit))
             if as_json:  # the whole saga, as from the database: one request each
@@ -66,7 +68,9 @@ def list_(
         states = cs.run(cs.with_store(config, lambda st: st.find(query)))
         views = [waits_of(registry, s) for s in states]
         if as_json:
-            shown = [state_json(s, v) for s, v in zip(states, views, strict=True)]
+            # The table shows no saga data; the whole sagas are masked as the API masks them.
+            mask = cs.masking(config, reveal, "list", [s.saga_id for s in states])
+            shown = [state_json(mask.state(s), v) for s, v in zip(states, views, strict=True)]
             typer.echo(json.dumps(shown, indent=2))
             return
         rows = [

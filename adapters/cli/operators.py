@@ -20,8 +20,9 @@ from adapters.cli.api import ApiClient
 from adapters.cli.bulk import BulkOptions, filter_form, target
 from adapters.cli.bulk import act as bulk_act
 from adapters.cli.status import WideOpt, history_table
-from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
+from adapters.cli.support import JsonOpt, RevealOpt, TokenOpt, UrlOpt
 from adapters.http.models import SagaFilter
+from adapters.saga_json import history_json
 from orchestrator.machine import (
     MarkCompensated,
     OperatorEvent,
@@ -30,6 +31,7 @@ from orchestrator.machine import (
     RetryRequested,
     SkipRequested,
 )
+from orchestrator.ports import HistoryRecord
 from orchestrator.state import SagaState
 
 SagaArg = Annotated[str, typer.Argument(help="Saga id or start key.")]
@@ -156,36 +158,31 @@ def resume(
 
 def history(
     saga: SagaArg,
+    *,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
     wide: WideOpt = False,
+    reveal: RevealOpt = False,
 ) -> None:
     """A saga's history: every transition and operator action, with who and why; --wide
-    prints each detail in full."""
+    prints each detail in full. Values SAGA_REDACT_FIELDS names are masked, as the API masks
+    them, unless --reveal."""
     if url:
+        cs.refuse_reveal_over_api(reveal)
         with ApiClient(url, token) as api:
             records = api.history(api.saga(saga).saga_id)
     else:
 
-        async def read(store: Any) -> list[Any]:
+        async def read(store: Any) -> tuple[SagaState, list[HistoryRecord]]:
             state = await cs.find_in(store, saga)
-            return list(await store.history(state.saga_id))
+            return state, list(await store.history(state.saga_id))
 
-        records = cs.run(cs.with_store(cs.settings(), read))
+        config = cs.settings()
+        state, found = cs.run(cs.with_store(config, read))
+        records = cs.masking(config, reveal, "history", [state.saga_id]).history(found)
     if as_json:
-        rows = [
-            {
-                "seq": r.seq,
-                "at": r.at.isoformat(),
-                "event": r.event,
-                "step": r.step,
-                "actor": r.actor,
-                "detail": r.detail,
-            }
-            for r in records
-        ]
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps(history_json(records), indent=2))
         return
     typer.echo(history_table(records, wide=wide))
 

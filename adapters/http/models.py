@@ -10,7 +10,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUseDefault
 
-from adapters.http.redact import Redactor
+from adapters.saga_redaction import Redactor
 from orchestrator.bulk import BulkReport, Outcome
 from orchestrator.messages import MAX_KEY_LENGTH, MAX_NAME_LENGTH, ParentRef, aware_utc
 from orchestrator.ports import HistoryRecord, SagaQuery
