@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.postgres import gauges
@@ -259,6 +259,59 @@ def value(name: str, **labels: str) -> float:
 def render() -> bytes:
     """The text exposition format, for a `/metrics` endpoint."""
     return generate_latest(REGISTRY)
+
+
+# -- the broker's flow control, read at scrape time ----------------------------------------
+
+
+class Blocking(Protocol):
+    """What adapters/rabbitmq/blocking.py's BlockedWatch tells."""
+
+    @property
+    def blocked(self) -> bool: ...
+
+    def blocked_seconds(self) -> float: ...
+
+
+class AmqpBlockedCollector:
+    """`saga_amqp_blocked` (0/1) and `saga_amqp_blocked_seconds_total` of the connection
+    `saga run` publishes on, as its watch tells them at scrape time: a counter that grows
+    while the block lasts, not only once it ends. Nothing before a watch is set (a process
+    that does not publish commands, such as `saga worker`)."""
+
+    def __init__(self) -> None:
+        self._watch: Callable[[], Blocking | None] = lambda: None
+
+    def watch(self, watch: Blocking) -> None:
+        """Report `watch` from now on (the latest orchestrator started in the process)."""
+        self._watch = lambda: watch
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._families(self._watch()))
+
+    def _families(self, watch: Blocking | None) -> Iterable[Metric]:
+        blocked = GaugeMetricFamily(
+            "saga_amqp_blocked",
+            "1 while RabbitMQ blocks this orchestrator's connection (a memory or disk alarm: "
+            "nothing it publishes goes out, /readyz answers 503 naming the alarm), else 0.",
+        )
+        seconds = CounterMetricFamily(
+            "saga_amqp_blocked_seconds",
+            "Seconds RabbitMQ has blocked this orchestrator's connection since it started, the "
+            "block going on now included.",
+        )
+        if watch is not None:
+            blocked.add_metric([], 1.0 if watch.blocked else 0.0)
+            seconds.add_metric([], watch.blocked_seconds())
+        yield blocked
+        yield seconds
+
+
+AMQP_BLOCKED = AmqpBlockedCollector()
+REGISTRY.register(AMQP_BLOCKED)
 
 
 # -- read from the database at scrape time ------------------------------------------------

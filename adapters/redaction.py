@@ -1,8 +1,9 @@
 """Secrets kept out of logs and printed settings: the password of a URL
 (`amqp://user:***@host`), bearer tokens, and the values of keys named like a secret.
 
-The API redacts saga data by its own list (adapters/http/redact.py, SAGA_REDACT_FIELDS);
-this is for what the process itself says about its configuration and its errors.
+Saga data shown to operators is masked by its own list (adapters/saga_redaction.py,
+SAGA_REDACT_FIELDS); this is for what the process itself says about its configuration and its
+errors.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import structlog
 
 from adapters import metrics
 from adapters.admission import Admission
+from adapters.archive import DirectoryArchive
 from adapters.clock import utcnow
 from adapters.faults import FaultyPublisher, crash_after, fault_hook
 from adapters.postgres.database import make_engine
@@ -23,6 +24,7 @@ from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
 from adapters.postgres.retries import with_db_retries
 from adapters.postgres.schema import SchemaNotReady, require_schema
 from adapters.postgres.store import PostgresStore
+from adapters.rabbitmq.blocking import BlockedWatch
 from adapters.rabbitmq.command_queues import CommandQueueWatch
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.consumer import BatchHandler, Consumer, Handler, consume
@@ -59,6 +61,7 @@ from orchestrator.versioning import require_loaded
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractRobustConnection
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
     from adapters.http.serve import HttpServer
     from adapters.tracing.saga_spans import SagaSpans
@@ -112,6 +115,7 @@ class Orchestrator:
         self.engine: Engine | None = None
         self.http: HttpServer | None = None  # serving SAGA_HTTP_BIND, once started
         self.admission: Admission | None = None
+        self.blocking: BlockedWatch | None = None  # of the broker connection, once connected
 
     async def start(self) -> None:
         from adapters.http.serve import http_plan, listen
@@ -120,6 +124,12 @@ class Orchestrator:
         # Before connecting to anything: an API open to the network without tokens, a bad
         # bind or a taken port stops start-up at once.
         bind = http_plan(s)
+        # An archive directory it cannot write stops start-up too (ArchiveUnusable).
+        archive = (
+            None
+            if s.retention_archive is None
+            else DirectoryArchive(s.retention_archive, self.registry)
+        )
         sock = None if bind is None else listen(bind)
         db = make_engine(s.database_url, pool_size=s.db_pool_size)
         self._stops.append(db.dispose)
@@ -136,6 +146,10 @@ class Orchestrator:
             raise
         connection = await connect(s.amqp_url)
         self._stops.append(connection.close)
+        # Told when a resource alarm blocks the connection's publishing: /readyz, metrics.
+        self.blocking = BlockedWatch(connection)
+        self._stops.append(_closing(self.blocking))
+        metrics.AMQP_BLOCKED.watch(self.blocking)
         publish_channel = await open_channel(connection)
         await self.topology.declare_core(publish_channel)
         for service in self.topology.services_of(self.registry.commands()):
@@ -185,24 +199,34 @@ class Orchestrator:
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),
             asyncio.create_task(self._watch_command_queues(connection)),
         ]
-        if any(saga.locks for saga in self.registry.all()):
-            # Expires waiting starts on time, and starts those a release left behind.
-            self._tasks.append(
-                asyncio.create_task(self._loop("locks", self._locks, s.timer_interval))
-            )
-        if s.retention is not None:
-            sweep = retention_sweep(db, s.retention)
-            self._tasks.append(asyncio.create_task(self._loop("retention", sweep, SWEEP_INTERVAL)))
+        self._tasks += self._optional_sweeps(db, archive)
         if sock is not None:
             from adapters.http.app import create_app
             from adapters.http.serve import serve
 
             app = create_app(
-                s, store, self.engine, unconsumed_queues=self.command_queues.unconsumed_queues
+                s,
+                store,
+                self.engine,
+                unconsumed_queues=self.command_queues.unconsumed_queues,
+                amqp_blocked=lambda: self.blocking.alarm if self.blocking is not None else None,
             )
             self.http = await serve(app, sock)
             self._stops.insert(0, self.http.stop)
         log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
+
+    def _optional_sweeps(
+        self, db: AsyncEngine, archive: DirectoryArchive | None
+    ) -> list[asyncio.Task[None]]:
+        """The sweeps only some deployments need: semantic locks, retention."""
+        s, tasks = self.settings, []
+        if any(saga.locks for saga in self.registry.all()):
+            # Expires waiting starts on time, and starts those a release left behind.
+            tasks.append(asyncio.create_task(self._loop("locks", self._locks, s.timer_interval)))
+        if s.retention is not None:
+            sweep = retention_sweep(db, s.retention, archive=archive)
+            tasks.append(asyncio.create_task(self._loop("retention", sweep, SWEEP_INTERVAL)))
+        return tasks
 
     def _engine_spans(self) -> SagaSpans | None:
         """The spans hook given, or the one the OTEL_* variables configure (misconfigured:
@@ -415,6 +439,13 @@ class Orchestrator:
             if not more:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), interval)
+
+
+def _closing(watch: BlockedWatch) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        watch.close()
+
+    return close
 
 
 async def run_until_signalled(service: Orchestrator) -> None:

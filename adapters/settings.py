@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         description="Delete completed, compensated and cancelled sagas this long after they "
         "ended (e.g. 30d, 12h; adapters/postgres/retention.py); unset: keep them forever.",
     )
+    retention_archive: str | None = Field(
+        None,
+        description="A directory where SAGA_RETENTION's sweep writes each batch of sagas, "
+        "whole and unmasked, as gzip JSON Lines before deleting them (adapters/archive.py); "
+        "a batch it cannot write is not deleted. Checked when `saga run` starts.",
+    )
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
     log_level: str = Field("info")
     fault: str | None = Field(
@@ -176,6 +182,27 @@ class Settings(BaseSettings):
         if isinstance(value, timedelta) and value <= timedelta(0):
             raise ValueError("SAGA_RETENTION must be positive (unset it to keep sagas forever)")
         return value
+
+    @field_validator("retention_archive", mode="before")
+    @classmethod
+    def _archive_directory(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and value.strip() == "-":
+            raise ValueError(
+                "SAGA_RETENTION_ARCHIVE must be a directory (standard output, `-`, is for "
+                "`saga prune --archive -`)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _archive_needs_retention(self) -> Settings:
+        if self.retention_archive is not None and self.retention is None:
+            raise ValueError(
+                "SAGA_RETENTION_ARCHIVE is set but SAGA_RETENTION is not: set SAGA_RETENTION "
+                "(e.g. 30d) for `saga run` to prune and archive, or unset SAGA_RETENTION_ARCHIVE"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tls_into_urls(self) -> Settings:

@@ -2,7 +2,7 @@
 sagas in the tables, while retention deletes most of them, and after?
 
     .venv/bin/python -m bench.retention [--sagas 1000000] [--older-than 1d] [--batch 1000]
-        [--lookups 300] [--json FILE] [--keep]
+        [--lookups 300] [--archive DIR] [--json FILE] [--keep]
 
 One database of its own (`retention_<run>`, migrated, dropped at the end unless --keep),
 seeded with `--sagas` finished bench sagas spread over the past 30 days
@@ -14,6 +14,8 @@ seeded with `--sagas` finished bench sagas spread over the past 30 days
 2. during: `adapters.postgres.retention.prune` (what `saga prune` and the sweep of `saga run`
    run) deletes everything older than `--older-than` in batches of `--batch`, while the same
    kinds are timed round-robin until it ends; its time, sagas/s and slowest batch are kept;
+   with `--archive DIR` each batch is archived first (adapters/archive.py: `saga prune
+   --archive DIR`), and the archive's size is kept too;
 3. after: the same, right after the prune (dead tuples still in place, as autovacuum would
    find them), then after `VACUUM ANALYZE`.
 
@@ -39,6 +41,7 @@ from uuid import UUID
 
 import psycopg
 
+from adapters.archive import DirectoryArchive
 from adapters.durations import parse_duration
 from adapters.postgres.database import make_engine
 from adapters.postgres.migrate import upgrade
@@ -50,6 +53,7 @@ from bench.growth_queries import Lookup, store_lookups
 from bench.growth_seed import seed
 from bench.stats import percentiles
 from orchestrator.ports import SagaQuery
+from orchestrator.registry import Registry
 from orchestrator.state import SagaStatus
 from tests.fixtures.databases import drop_database
 
@@ -113,6 +117,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     url = database_url(base.database_url, f"retention_{run_id}")
     print(f"retention {run_id}: {args.sagas:,} finished sagas, prune older than {args.older_than}")
     figures: dict[str, Any] = {"run_id": run_id, "sagas": args.sagas, "batch": args.batch}
+    # The bench saga has no wait steps: no definitions needed to archive it as status shows it.
+    archive = None if args.archive is None else DirectoryArchive(args.archive, Registry())
     try:
         await upgrade(url)
         seeded = await seed(dsn(url), args.sagas)
@@ -134,7 +140,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print("before:", _line(queries["before"]), flush=True)
 
             queries["during"], figures["prune"] = await prune_timing(
-                url, calls, sample, older_than=args.older_than, batch=args.batch, now=now
+                url,
+                calls,
+                sample,
+                older_than=args.older_than,
+                batch=args.batch,
+                now=now,
+                archive=archive,
             )
             print("during:", _line(queries["during"]), flush=True)
             p = figures["prune"]
@@ -165,6 +177,7 @@ async def prune_timing(
     older_than: timedelta,
     batch: int,
     now: datetime,
+    archive: DirectoryArchive | None = None,
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, Any]]:
     """Prune on a connection of its own while the kinds are timed round-robin; the
     timings, and the prune's figures."""
@@ -180,7 +193,9 @@ async def prune_timing(
     async def pruning() -> Pruned:
         engine = make_engine(url, pool_size=1)
         try:
-            return await prune(engine, older_than, batch=batch, now=now, on_batch=on_batch)
+            return await prune(
+                engine, older_than, batch=batch, now=now, on_batch=on_batch, archive=archive
+            )
         finally:
             await engine.dispose()
             done.set()
@@ -188,13 +203,17 @@ async def prune_timing(
     task = asyncio.create_task(pruning())
     during = await time_kinds(calls, sample, 10, until=done)
     pruned = await task
-    return during, {
+    figures: dict[str, Any] = {
         "sagas": pruned.sagas,
         "batches": pruned.batches,
         "seconds": round(pruned.seconds, 1),
         "sagas_per_s": round(pruned.sagas_per_second),
         "batch_ms": percentiles(batch_ms) | {"max": max(batch_ms, default=None)},
     }
+    if archive is not None:
+        figures["archive_files"] = len(archive.files)
+        figures["archive_mb"] = round(sum(f.stat().st_size for f in archive.files) / 2**20, 1)
+    return during, figures
 
 
 async def vacuum(conninfo: str) -> dict[str, Any]:
@@ -240,7 +259,12 @@ def report(figures: dict[str, Any]) -> str:
         f"{p['seconds']} s ({p['sagas_per_s']:,}/s), {p['batches']} batches of "
         f"{figures['batch']}, batch p50 {_ms(p['batch_ms']['p50'])} ms, max "
         f"{_ms(p['batch_ms']['max'])} ms; VACUUM {figures['vacuum_seconds']} s; database "
-        f"{figures['database_mb_before']:,} MB before, {figures['database_mb_after']:,} MB after.",
+        f"{figures['database_mb_before']:,} MB before, {figures['database_mb_after']:,} MB after."
+        + (
+            f" Archived first: {p['archive_files']} files, {p['archive_mb']} MB."
+            if "archive_files" in p
+            else ""
+        ),
     ]
     return "\n".join(lines)
 
@@ -256,6 +280,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=1000, help="sagas per transaction (1000)")
     parser.add_argument("--lookups", type=int, default=300, help="calls per kind per phase")
+    parser.add_argument(
+        "--archive", type=Path, help="archive each batch to this directory before deleting it"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the database")
     return parser.parse_args(argv)

@@ -7,11 +7,20 @@ The orders are placed, and cancelled, through the shop's order service
 (examples/shop/orders.py): each order row and its saga's start (or cancel) are written in one
 transaction, and the starter's relay, running in this process, publishes them. The shop's
 fraud desk (examples/shop/fraud_desk.py), running in this process too, reviews the orders
-above 1000 and sends each order saga its verdict as a signal."""
+above 1000 and sends each order saga its verdict as a signal.
+
+With `--serve` (`serving_plan`) the orchestrator serves the dashboard and the API, and after
+the summary the demo prints their address, keeping the orchestrator and the shop's services
+running until Ctrl-C (SIGINT or SIGTERM), then stops them and exits 0: a newcomer can look at
+every saga the demo ran, and act on them."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import secrets
+import signal
 import statistics
 import tempfile
 import time
@@ -22,10 +31,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters import starter
+from adapters.http.serve import Bind, HttpSetupError, listen, parse_bind
 from adapters.postgres.database import ensure_database, make_engine
 from adapters.postgres.migrate import upgrade
 from adapters.postgres.store import PostgresStore
@@ -160,14 +171,51 @@ async def wait_for_consumers(settings: Settings, queues: list[str], timeout: flo
 
 
 def shop_url_for(settings: Settings) -> str:
-    return (
+    """SHOP_DATABASE_URL, as the shop's services read it, or `saga_shop` beside the engine's
+    database."""
+    return os.environ.get("SHOP_DATABASE_URL") or (
         make_url(settings.database_url)
         .set(database="saga_shop")
         .render_as_string(hide_password=False)
     )
 
 
-async def run_demo(settings: Settings, orders: int = 40) -> bool:
+@dataclass(frozen=True)
+class Serving:
+    """Where `--serve` serves the dashboard, and the read token it needs, if any."""
+
+    bind: Bind
+    api_tokens: str  # SAGA_API_TOKENS for the orchestrator
+    read_token: str | None  # made for this demo when the API needs tokens
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.bind}/"
+
+
+def serving_plan(settings: Settings) -> Serving:
+    """SAGA_HTTP_BIND (127.0.0.1:8080 when empty), checked free now. The API needs tokens when
+    SAGA_API_TOKENS has some, or the bind is not loopback: the demo then adds a read token of
+    its own (`demo-viewer`), to print. Raises HttpSetupError for a bad or taken address."""
+    bind = parse_bind(settings.http_bind.strip() or "127.0.0.1:8080")
+    try:
+        listen(bind).close()  # before any process starts
+    except HttpSetupError as exc:
+        cause = exc.__cause__
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(exc)
+        raise HttpSetupError(
+            f"cannot serve the dashboard on {bind}: {why}; set SAGA_HTTP_BIND to a free "
+            "host:port, e.g. SAGA_HTTP_BIND=127.0.0.1:8081"
+        ) from exc
+    tokens = settings.api_tokens.get_secret_value()
+    if not tokens and bind.loopback:
+        return Serving(bind, "", None)
+    read_token = secrets.token_urlsafe(18)
+    viewer = f"demo-viewer:read:{read_token}"
+    return Serving(bind, f"{tokens},{viewer}" if tokens else viewer, read_token)
+
+
+async def run_demo(settings: Settings, orders: int = 40, serve: Serving | None = None) -> bool:
     run_id = uuid.uuid4().hex[:6]
     shop_url = shop_url_for(settings)
     print(f"demo {run_id}: preparing databases and broker ...", flush=True)
@@ -184,9 +232,12 @@ async def run_demo(settings: Settings, orders: int = 40) -> bool:
             "SAGA_AMQP_URL": settings.amqp_url,
             "SAGA_AMQP_PREFIX": settings.amqp_prefix,
             "SAGA_LOG_FORMAT": "json",
-            # The demo ends with its summary: no dashboard to keep, and no port to clash
-            # with a `saga run` already serving one on this machine.
-            "SAGA_HTTP_BIND": "",
+            # Without --serve the demo ends with its summary: no dashboard to keep, and no
+            # port to clash with a `saga run` already serving one on this machine.
+            "SAGA_HTTP_BIND": "" if serve is None else str(serve.bind),
+            "SAGA_API_TOKENS": settings.api_tokens.get_secret_value()
+            if serve is None
+            else serve.api_tokens,
             "SHOP_DATABASE_URL": shop_url,
             "SHOP_SLOW_SECONDS": "2.0",
         },
@@ -245,11 +296,62 @@ async def run_demo(settings: Settings, orders: int = 40) -> bool:
                 "released its credit and stock; 0 double effects."
             )
         print(f"\nprocess logs: {log_dir}")
+        if serve is not None:
+            ok &= await _serve_until_interrupted(serve, procs)
         return ok and not problems
     finally:
         procs.stop_all()
         await shop.dispose()
         await engine_db.dispose()
+
+
+async def _serve_until_interrupted(serve: Serving, procs: Processes) -> bool:
+    """Print the dashboard's address once it answers, then wait for Ctrl-C (SIGINT) or
+    SIGTERM, or for a process to die; False when the dashboard never answered or a process
+    died."""
+    if not await _answers(serve, timeout=30.0):
+        print(f"\nthe dashboard does not answer at {serve.url}: see the orchestrator's log")
+        return False
+    print(f"\ndashboard: {serve.url}", flush=True)
+    print(f"API: {serve.url}docs", flush=True)
+    if serve.read_token is not None:
+        print(
+            f"read token (made for this demo, paste it into the dashboard): {serve.read_token}",
+            flush=True,
+        )
+    print(
+        "the orchestrator and the shop's services keep running; Ctrl-C stops them",
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            dead = [name for name in procs.procs if not procs.alive(name)]
+            if dead:
+                print(f"\n{', '.join(dead)} stopped: see its log; stopping the demo")
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print("\nstopping the orchestrator and the shop ...", flush=True)
+    return True
+
+
+async def _answers(serve: Serving, timeout: float) -> bool:
+    """The orchestrator's HTTP server answers /healthz."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=serve.url, timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get("/healthz")).status_code == 200:
+                    return True
+            await asyncio.sleep(0.2)
+    return False
 
 
 async def _cancel_mid_flight(

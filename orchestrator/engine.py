@@ -17,23 +17,24 @@ from uuid import UUID
 import structlog
 
 from orchestrator import machine
+from orchestrator.bulk import (
+    BulkAction,
+    BulkActions,
+    BulkReport,
+    cancel_refused,
+    record_refusal,
+)
 from orchestrator.error_info import ErrorInfo
 from orchestrator.errors import OperationRefused, SagaNotFound
 from orchestrator.event_names import HistoryEvent
 from orchestrator.machine import (
     CancelRequested,
-    HistoryEntry,
-    MarkCompensated,
     OperatorEvent,
-    PauseRequested,
     ReplyReceived,
-    ResumeRequested,
-    RetryRequested,
-    SkipRequested,
     TimersDue,
 )
 from orchestrator.messages import CancelSaga, Reply, SignalSaga, StartSaga
-from orchestrator.ports import Clock, Publisher, SagaStore
+from orchestrator.ports import Clock, Publisher, SagaQuery, SagaStore
 from orchestrator.registry import Registry
 from orchestrator.semantic_locks import SemanticLocks
 from orchestrator.signalling import SignalOutcome, deliver
@@ -46,16 +47,6 @@ log = structlog.get_logger(__name__)
 
 def _ignore(_event: HistoryEvent, _detail: Mapping[str, Any]) -> None:
     return None
-
-
-# Operator actions by the name operators know them by (the CLI's commands, the API's paths).
-ACTION_NAMES: dict[type[OperatorEvent], str] = {
-    PauseRequested: "pause",
-    ResumeRequested: "resume",
-    RetryRequested: "retry",
-    SkipRequested: "skip",
-    MarkCompensated: "mark-compensated",
-}
 
 
 @dataclass(frozen=True)
@@ -91,6 +82,7 @@ class Engine:
         self._locks = SemanticLocks(registry, clock=clock, new_id=new_id)
         self._units = UnitsOfWork(store, publisher, self._locks, observe=observe, spans=spans)
         self._starter = Starter(self._units, registry, self._locks, clock=clock, new_id=new_id)
+        self._bulk = BulkActions(self._units, store, registry, clock=clock)
 
     # -- inbound --------------------------------------------------------------------------
 
@@ -186,14 +178,7 @@ class Engine:
                 decision = machine.decide(definition, state, event, now)
                 await uow.write(decision, actor, before=state)
                 results.append((state.saga_id, decision.state.status))
-                refused = refused or next(
-                    (
-                        str((h.detail or {}).get("why"))
-                        for h in decision.history
-                        if h.event == HistoryEvent.CANCEL_REFUSED
-                    ),
-                    None,
-                )
+                refused = refused or cancel_refused(decision)
         return CancelOutcome(sagas=tuple(results), refused=refused)
 
     async def signal(self, request: SignalSaga, actor: str = "broker") -> SignalOutcome:
@@ -227,27 +212,35 @@ class Engine:
             raise OperationRefused(decision.refused)
         return saved
 
+    async def bulk(
+        self,
+        query: SagaQuery,
+        action: BulkAction,
+        actor: str,
+        *,
+        limit: int,
+        dry_run: bool = False,
+    ) -> BulkReport:
+        """`action` (an operator action, or a cancel) on every saga `query` matches, up to
+        `limit` of them, in batches of a transaction each (orchestrator/bulk.py): how many
+        it was applied to, and each one refused with why (its state moved since it was
+        listed, or the action does not apply to it), every one recorded in its saga's
+        history with `actor` and the reason. `dry_run`: the same report, on the sagas as
+        listed, and nothing written. Raises NoFilter for a query without a filter, and
+        OperationRefused without a reason."""
+        return await self._bulk.run(query, action, actor, limit=limit, dry_run=dry_run)
+
     async def _record_refusal(
         self, saga_id: UUID, action: OperatorEvent, actor: str, why: str
     ) -> None:
         """Record a refused operator action in the saga's history, in a transaction of its
         own (the refused one wrote nothing): the audit trail shows who tried what, and why
         it was refused. Nothing to record when there is no such saga."""
-        step = action.step if isinstance(action, SkipRequested) else None
-        detail = {"action": ACTION_NAMES[type(action)], "reason": action.reason, "why": why}
-        if step is not None:
-            detail["step"] = step
         async with self._units() as uow:
             state = await uow.tx.lock(saga_id)
             if state is None:
                 return
-            await uow.tx.append_history(
-                saga_id, [HistoryEntry(HistoryEvent.OPERATOR_ACTION_REFUSED, step, detail)], actor
-            )
-            uow.observe(
-                HistoryEvent.OPERATOR_ACTION_REFUSED,
-                {**detail, "actor": actor, "saga": state.name, "saga_id": str(saga_id)},
-            )
+            await record_refusal(uow, state, action, actor, why)
 
     async def reply(self, reply: Reply) -> bool:
         """Apply a participant's reply; False when it named no known saga.

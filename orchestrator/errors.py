@@ -50,6 +50,10 @@ class OperationRefused(SagaError):
     """An operator action is not allowed in the saga's current state; says why."""
 
 
+class NoFilter(SagaError):
+    """A bulk action was given no filter: it would act on every saga. Says to name them."""
+
+
 class ConcurrentUpdate(SagaError):
     """A guarded write found the saga changed by someone else since it was read; retry."""
 

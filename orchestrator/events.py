@@ -102,6 +102,14 @@ class UndoRequested:
 
 
 OperatorEvent = PauseRequested | ResumeRequested | RetryRequested | SkipRequested | MarkCompensated
+# Operator actions by the name operators know them by (the CLI's commands, the API's paths).
+ACTION_NAMES: dict[type[OperatorEvent], str] = {
+    PauseRequested: "pause",
+    ResumeRequested: "resume",
+    RetryRequested: "retry",
+    SkipRequested: "skip",
+    MarkCompensated: "mark-compensated",
+}
 Event = CancelRequested | ReplyReceived | TimersDue | UndoRequested | SignalReceived | OperatorEvent
 # A message to the `sagas` exchange: a child saga's start, or its cancel.
 SagaRequest = tuple[Literal["start", "cancel"], StartSaga | CancelSaga]

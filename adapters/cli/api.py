@@ -19,7 +19,8 @@ from uuid import UUID
 import httpx
 import typer
 
-from orchestrator.engine import ACTION_NAMES
+from orchestrator.bulk import BulkReport, Outcome, Refusal
+from orchestrator.events import ACTION_NAMES
 from orchestrator.machine import OperatorEvent, SkipRequested
 from orchestrator.messages import ParentRef
 from orchestrator.ports import HistoryRecord
@@ -32,6 +33,8 @@ EXIT_NOT_FOUND = 3
 EXIT_UNREACHABLE = 4
 
 _PAGE = 500  # the API's largest page
+# A bulk action's request lasts as long as its batches: thousands of sagas take seconds.
+_BULK_TIMEOUT = 600.0
 
 
 class ApiClient:
@@ -142,6 +145,22 @@ class ApiClient:
             {"hold": "true"} if hold else None,
         )
         return done["held"], [state_from_api(s) for s in done["items"]]
+
+    def bulk(self, action: str, body: Mapping[str, Any]) -> BulkReport:
+        """`POST /api/bulk/{action}`: one action on every saga `body["filter"]` matches."""
+        done = self._send("POST", f"/api/bulk/{action}", json=body, timeout=_BULK_TIMEOUT)
+        return BulkReport(
+            action=done["action"],
+            dry_run=done["dry_run"],
+            matched=done["matched"],
+            more=done["more"],
+            counts={Outcome(o): n for o, n in done["counts"].items()},
+            refusals=tuple(
+                Refusal(UUID(r["saga_id"]), r["saga"], r["key"], Outcome(r["outcome"]), r["why"])
+                for r in done["refusals"]
+            ),
+            sample=tuple(UUID(i) for i in done["sample"]),
+        )
 
     def operate(self, saga_id: UUID, action: OperatorEvent, who: str) -> SagaState:
         body: dict[str, Any] = {"reason": action.reason, "who": who}

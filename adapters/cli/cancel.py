@@ -1,6 +1,7 @@
 """`saga cancel`: cancel a saga by id, or the sagas of a start key, before their pivot; with
---hold, a cancel for a start still to come is held until it arrives. On the database through
-the engine, or over the HTTP API (--url)."""
+--hold, a cancel for a start still to come is held until it arrives; with filter options,
+every saga they match (adapters/cli/bulk.py). On the database through the engine, or over
+the HTTP API (--url)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,22 @@ import typer
 
 from adapters.cli import support as cs
 from adapters.cli.api import ApiClient
+from adapters.cli.bulk import BulkOptions, filter_form, target
+from adapters.cli.bulk import act as bulk_act
 from adapters.cli.support import TokenOpt, UrlOpt
+from adapters.http.models import SagaFilter
 
 
+@filter_form
 def cancel(
-    saga: Annotated[str, typer.Argument(help="Saga id or start key.")],
+    saga: Annotated[
+        str | None,
+        typer.Argument(
+            help="Saga id or start key; or none, and filter options (--status, --saga, ...) "
+            "for every saga they match.",
+            show_default=False,
+        ),
+    ] = None,
     *,
     reason: Annotated[
         str, typer.Option(help="Why; recorded in the saga's history.")
@@ -31,14 +43,26 @@ def cancel(
     ] = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
+    where: SagaFilter | None,
+    bulk: BulkOptions,
 ) -> None:
     """Cancel a saga before its pivot; compensations run in reverse. Exit 1 when refused, 3
     when no saga (nor a start waiting for a semantic lock) has this id or key: a typo, most
-    likely. A cancel for a start still to come needs --hold."""
+    likely. A cancel for a start still to come needs --hold. With filter options, every
+    saga they match (exit 1 when some were refused)."""
     from orchestrator.engine import CancelOutcome, Engine
     from orchestrator.errors import SagaNotFound
+    from orchestrator.machine import CancelRequested
     from orchestrator.messages import CancelSaga
 
+    if target(saga, where, bulk) is not None:
+        assert where is not None
+        if hold:
+            typer.secho("error: --hold goes with a start key, not filter options", err=True)
+            raise typer.Exit(2)
+        bulk_act(where, CancelRequested(reason), bulk, who=who, url=url, token=token)
+        return
+    assert saga is not None
     try:
         saga_id: uuid.UUID | None = uuid.UUID(saga)
     except ValueError:

@@ -1,90 +1,43 @@
-"""`saga list`: sagas matching filters, newest activity first, from the database or over the
-HTTP API (--url); a table, or with --json each saga whole as `saga status --json` prints it.
-A step waiting for a signal is marked as such in the table's step column. `--where` filters
-on the search fields the definitions of SAGA_MODULES (or the API's process) declare."""
+"""`saga list`: sagas matching filters (adapters/cli/filters.py), newest activity first, from
+the database or over the HTTP API (--url); a table, or with --json each saga whole as
+`saga status --json` prints it (masked by SAGA_REDACT_FIELDS on both paths; `--reveal` on the
+database). A step waiting for a signal is marked as such in the table's step column."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Annotated
+from datetime import datetime
+from typing import Annotated
 
 import typer
 
 from adapters.cli import support as cs
 from adapters.cli.api import ApiClient, state_from_api, waits_from_api
-from adapters.cli.status import state_json, waits_of
-from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
+from adapters.cli.filters import query_of, read_filter, takes
+from adapters.cli.support import JsonOpt, RevealOpt, TokenOpt, UrlOpt
+from adapters.http.models import SagaFilter
+from adapters.saga_json import state_json, waits_of
 from adapters.text_table import render_table
-from orchestrator.state import SagaState, SagaStatus
+from orchestrator.state import SagaState
 from orchestrator.waiting import waiting_for as waits_now
 
-if TYPE_CHECKING:
-    from orchestrator.registry import Registry
-    from orchestrator.search_filters import SearchCondition
 
-
+@takes(read_filter, "where")
 def list_(
     *,
-    status_: Annotated[
-        SagaStatus | None, typer.Option("--status", help="Only sagas in this status.")
-    ] = None,
-    saga: Annotated[str | None, typer.Option(help="Only this saga name.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     as_json: JsonOpt = False,
-    version: Annotated[int | None, typer.Option(min=1, help="Only this saga version.")] = None,
-    key: Annotated[str | None, typer.Option(help="Only sagas with this start key.")] = None,
-    step: Annotated[
-        str | None,
-        typer.Option(help="Only sagas where this step runs, compensates, or failed and parks."),
-    ] = None,
-    created_after: Annotated[
-        str | None, typer.Option(help="Created at or after (ISO 8601; UTC without offset).")
-    ] = None,
-    created_before: Annotated[str | None, typer.Option(help="Created before.")] = None,
-    in_status_for: Annotated[
-        int | None,
-        typer.Option(min=0, help="In their current status for at least this many minutes."),
-    ] = None,
-    waiting_for: Annotated[
-        str | None,
-        typer.Option(
-            metavar="SIGNAL",
-            help="Only sagas waiting now for this signal (their wait step of that name).",
-        ),
-    ] = None,
-    where: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="NAME OP VALUE",
-            help="Only sagas whose search field compares so (repeatable, all must hold): "
-            'customer_id=c-17, "amount>1000"; OP is one of = != > >= < <=.',
-        ),
-    ] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
+    reveal: RevealOpt = False,
+    where: SagaFilter | None,
 ) -> None:
     """List sagas, newest activity first."""
-    from orchestrator.ports import SagaQuery
-
-    after = cs.parse_time("--created-after", created_after)
-    before = cs.parse_time("--created-before", created_before)
+    where = where or SagaFilter()
     if url:
-        params = {
-            "status": status_,
-            "saga": saga,
-            "version": version,
-            "key": key,
-            "step": step,
-            "created_after": None if after is None else after.isoformat(),
-            "created_before": None if before is None else before.isoformat(),
-            "in_status_for_minutes": in_status_for,
-            "waiting_for": waiting_for,
-            "where": where or None,
-        }
+        cs.refuse_reveal_over_api(reveal)
         with ApiClient(url, token) as api:
-            found = list(api.sagas(params, limit))
+            found = list(api.sagas(where.model_dump(mode="json", exclude_none=True), limit))
             if as_json:  # the whole saga, as from the database: one request each
                 details = [api.saga_detail(s["saga_id"]) for s in found]
                 shown = [state_json(state_from_api(d), waits_from_api(d)) for d in details]
@@ -105,31 +58,19 @@ def list_(
     else:
         config = cs.settings()
         registry = cs.loaded_definitions(config)
-        conditions = search_filter(registry, where or [], saga)
-        waiting = None if waiting_for is None else registry.waiting_for(waiting_for)
-        if waiting is not None and not waiting.definitions:
+        query = query_of(where, registry, limit=limit)
+        if query.waiting_for is not None and not query.waiting_for.definitions:
             typer.secho(
-                f"warning: no saga of SAGA_MODULES waits for signal {waiting_for!r}",
+                f"warning: no saga of SAGA_MODULES waits for signal {where.waiting_for!r}",
                 fg="yellow",
                 err=True,
             )
-        query = SagaQuery(
-            status=status_,
-            saga=saga,
-            limit=limit,
-            version=version,
-            key=key,
-            step=step,
-            created_after=after,
-            created_before=before,
-            in_status_for=None if in_status_for is None else timedelta(minutes=in_status_for),
-            waiting_for=waiting,
-            where=conditions,
-        )
         states = cs.run(cs.with_store(config, lambda st: st.find(query)))
         views = [waits_of(registry, s) for s in states]
         if as_json:
-            shown = [state_json(s, v) for s, v in zip(states, views, strict=True)]
+            # The table shows no saga data; the whole sagas are masked as the API masks them.
+            mask = cs.masking(config, reveal, "list", [s.saga_id for s in states])
+            shown = [state_json(mask.state(s), v) for s, v in zip(states, views, strict=True)]
             typer.echo(json.dumps(shown, indent=2))
             return
         rows = [
@@ -145,20 +86,6 @@ def list_(
             for s, v in zip(states, views, strict=True)
         ]
     typer.echo(render_table(["id", "saga", "key", "status", "step", "updated"], rows))
-
-
-def search_filter(
-    registry: Registry, where: Sequence[str], saga: str | None
-) -> tuple[SearchCondition, ...]:
-    """`--where` as SagaQuery conditions; exit 2 saying what to write when one cannot apply
-    (a field no loaded definition declares, a value not of its type)."""
-    from orchestrator.search_filters import InvalidFilter
-
-    try:
-        return registry.search_filter(where, saga)
-    except InvalidFilter as exc:
-        typer.secho(f"error: --where: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
 
 
 def _row(

@@ -19,12 +19,16 @@ def migrate() -> None:
 
 def run() -> None:
     """Run the orchestrator: consume starts, cancels and replies; fire timers; relay the outbox."""
+    from adapters.archive import ArchiveUnusable
     from adapters.http.serve import HttpSetupError
     from adapters.runtime import Orchestrator, run_until_signalled
 
     config = cs.settings(long_running=True)
     try:
         cs.run(run_until_signalled(Orchestrator(config)))
+    except ArchiveUnusable as exc:
+        typer.secho(f"error: SAGA_RETENTION_ARCHIVE: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
     except HttpSetupError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc

@@ -1,20 +1,27 @@
 """`saga prune`: delete finished sagas older than an age, now, in batches (what `saga run`
-does by itself when SAGA_RETENTION is set). See adapters/postgres/retention.py for what goes
-and what stays."""
+does by itself when SAGA_RETENTION is set), with `--archive` each batch written first to a
+directory or standard output. See adapters/postgres/retention.py for what goes and what
+stays, adapters/archive.py for what an archive holds."""
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from adapters.archive import ArchiveFailed, ArchiveUnusable, DirectoryArchive, StreamArchive
 from adapters.cli import support as cs
 from adapters.durations import parse_duration
 from adapters.postgres import retention
 from adapters.postgres.database import make_engine
 from adapters.postgres.retention import DEFAULT_BATCH, Pruned
 from adapters.postgres.schema import require_schema
+
+if TYPE_CHECKING:
+    from adapters.postgres.retention import Archive
+    from adapters.settings import Settings
 
 
 def prune(
@@ -31,6 +38,16 @@ def prune(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
     ] = False,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive",
+            metavar="DIR|-",
+            help="Write each batch's sagas first, whole (steps, history) and unmasked, as "
+            "gzip JSON Lines: a file per batch in DIR, or - for standard output; a batch "
+            "that cannot be written is not deleted.",
+        ),
+    ] = None,
 ) -> None:
     """Delete completed, compensated and cancelled sagas that ended longer ago than
     --older-than, with their steps and history, and held cancels as old. Parked (failed),
@@ -41,11 +58,51 @@ def prune(
         sagas, inbox = cs.run(_count(config.database_url, age))
         typer.echo(f"would delete {sagas} sagas and {inbox} held cancels (dry run)")
         return
-    done = cs.run(_prune(config.database_url, age, batch))
+    target = None if archive is None else _archive(archive, config)
+    # With the archive on standard output, what the command says goes to standard error.
+    say_err = archive == "-"
+    archived = [0]
+    try:
+        done = cs.run(_prune(config.database_url, age, batch, target, archived))
+    except ArchiveFailed as exc:
+        typer.secho(
+            f"error: {exc}: that batch was not deleted; the prune stopped after deleting "
+            f"{archived[0]} sagas, every one of them archived",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1) from exc
     typer.echo(
         f"deleted {done.sagas} sagas and {done.inbox} held cancels in {done.batches} batches, "
-        f"{done.seconds:.1f}s ({done.sagas_per_second:.0f} sagas/s)"
+        f"{done.seconds:.1f}s ({done.sagas_per_second:.0f} sagas/s)",
+        err=say_err,
     )
+    if isinstance(target, DirectoryArchive):
+        typer.echo(
+            f"archived {done.sagas} sagas in {len(target.files)} files in {target.directory}",
+            err=say_err,
+        )
+
+
+def _archive(raw: str, config: Settings) -> Archive:
+    """Where --archive writes; a directory it cannot write, or a terminal, exits 2 before
+    anything is pruned."""
+    registry = cs.loaded_definitions(config)  # to show wait steps as status does
+    if raw == "-":
+        if sys.stdout.isatty():
+            typer.secho(
+                "error: --archive - writes gzip to standard output, which is a terminal: "
+                "redirect it to a file or a pipe (… --archive - > sagas.jsonl.gz)",
+                fg="red",
+                err=True,
+            )
+            raise typer.Exit(2)
+        return StreamArchive(sys.stdout.buffer, registry)
+    try:
+        return DirectoryArchive(raw, registry)
+    except ArchiveUnusable as exc:
+        typer.secho(f"error: --archive: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _age(text: str) -> timedelta:
@@ -69,10 +126,17 @@ async def _count(url: str, age: timedelta) -> tuple[int, int]:
         await db.dispose()
 
 
-async def _prune(url: str, age: timedelta, batch: int) -> Pruned:
+async def _prune(
+    url: str, age: timedelta, batch: int, archive: Archive | None, pruned: list[int]
+) -> Pruned:
+    """The prune; `pruned[0]` counts the sagas deleted, should it stop half-way."""
+
+    def count(n: int) -> None:
+        pruned[0] += n
+
     db = make_engine(url, pool_size=1)
     try:
         await require_schema(db)
-        return await retention.prune(db, age, batch=batch)
+        return await retention.prune(db, age, batch=batch, archive=archive, on_batch=count)
     finally:
         await db.dispose()

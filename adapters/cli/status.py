@@ -1,8 +1,8 @@
 """`saga status` and what it prints: the saga and its output, one row per step with its
 action's outcome (for a wait step, where its wait stands) and how its compensation went, the
 payloads steps built, and with `--wide` every value and the history in full; the history
-table `saga history` shares with it; and the saga as `--json` prints it, which `saga list`
-shares.
+table `saga history` shares with it. `--json` prints the saga as adapters/saga_json.py makes
+it (with `--wide`, its history too: the shape of a `saga prune --archive` line).
 
 A compensation's reply result is not kept (the step keeps its action's result), so what
 there is to show is its status, its attempts, its failures (from the history: the step's
@@ -14,25 +14,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from adapters.cli import support as cs
 from adapters.cli.api import ApiClient, state_from_api, waits_from_api
-from adapters.cli.support import JsonOpt, TokenOpt, UrlOpt
+from adapters.cli.support import JsonOpt, RevealOpt, TokenOpt, UrlOpt
+from adapters.saga_json import saga_json, waits_of
 from adapters.text_table import render_table
 from orchestrator.event_names import HistoryEvent
 from orchestrator.ports import HistoryRecord
 from orchestrator.state import SagaState, StepState, StepStatus
-from orchestrator.waiting import WaitView, waiting_for, waits
-
-if TYPE_CHECKING:
-    from orchestrator.registry import Registry
+from orchestrator.waiting import WaitView
 
 WideOpt = Annotated[
-    bool, typer.Option("--wide", help="Print every value in full instead of cutting it short.")
+    bool,
+    typer.Option(
+        "--wide",
+        help="Print every value in full instead of cutting it short; with --json, the history too.",
+    ),
 ]
 
 NARROW = 60  # a value's width in a table cell when not --wide
@@ -53,97 +54,43 @@ _COMPENSATION_EVENTS = _COMPENSATION_FAILURES | {
 
 def status(
     saga: Annotated[str, typer.Argument(help="Saga id or start key.")],
+    *,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,
     wide: WideOpt = False,
+    reveal: RevealOpt = False,
 ) -> None:
     """Show a saga, its steps and how each one's compensation went; --wide adds the history
-    and cuts nothing short."""
+    and cuts nothing short. Values SAGA_REDACT_FIELDS names are masked, as the API masks
+    them, unless --reveal."""
+    with_history = wide or not as_json
     history: list[HistoryRecord] = []
     if url:
+        cs.refuse_reveal_over_api(reveal)
         with ApiClient(url, token) as api:
             detail = api.saga_detail(saga)
             state, views = state_from_api(detail), waits_from_api(detail)
-            if not as_json:
+            if with_history:
                 history = api.history(state.saga_id)
     else:
 
         async def read(store: Any) -> SagaState:
             found = await cs.find_in(store, saga)
-            if not as_json:
+            if with_history:
                 history.extend(await store.history(found.saga_id))
             return found
 
         config = cs.settings()
         state = cs.run(cs.with_store(config, read))
         views = waits_of(cs.loaded_definitions(config), state)
+        shown = cs.masking(config, reveal, "status", [state.saga_id])
+        state, history = shown.state(state), shown.history(history)
     if as_json:
-        typer.echo(json.dumps(state_json(state, views), indent=2))
+        record = saga_json(state, views, history if wide else None)
+        typer.echo(json.dumps(record, indent=2))
         return
     typer.echo(render(state, history, wide=wide, waits=views))
-
-
-def waits_of(registry: Registry, state: SagaState) -> dict[str, WaitView]:
-    """The saga's wait steps, as far as `registry` knows its definition."""
-    return waits(registry.definition(state.name, state.version), state)
-
-
-def state_json(state: SagaState, views: Mapping[str, WaitView] | None = None) -> dict[str, Any]:
-    """The saga as `--json` prints it; `views`: its wait steps, by name."""
-    views = views or {}
-    return {
-        "saga_id": str(state.saga_id),
-        "saga": state.name,
-        "version": state.version,
-        "key": state.key,
-        "status": state.status.value,
-        "input": state.input,
-        "output": state.output,
-        "error": state.error,
-        "cancel_reason": state.cancel_reason,
-        "parent": None if state.parent is None else state.parent.model_dump(mode="json"),
-        "created_at": state.created_at.isoformat(),
-        "updated_at": state.updated_at.isoformat(),
-        "waiting_for": waiting_for(dict(views)),
-        "steps": [_step_json(s, views.get(s.name)) for s in state.steps],
-    }
-
-
-def _step_json(step: StepState, wait: WaitView | None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": step.name,
-        "status": step.status.value,
-        "attempt": step.attempt,
-        "compensation_attempt": step.compensation_attempt,
-        "result": step.result,
-        "error": step.error,
-    }
-    if step.item is not None:
-        out["item"] = step.payload
-    elif wait is not None:
-        out["wait"] = wait_json(wait)
-    elif step.payload is not None:
-        out["payload"] = step.payload
-    return out
-
-
-def wait_json(view: WaitView) -> dict[str, Any]:
-    """A wait step's wait as `--json` prints it (the signal it holds or took, as `wait`)."""
-    return {
-        "signal": view.signal,
-        "stage": view.stage,
-        "timeout": view.timeout,
-        "on_timeout": view.on_timeout,
-        "waiting_since": _iso(view.since),
-        "until": _iso(view.until),
-        "signal_id": view.signal_id,
-        "received_at": _iso(view.received_at),
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat()
 
 
 def render(

@@ -1,14 +1,16 @@
 """What the `saga` commands share: settings, running a coroutine with readable errors, a
-store or an engine for the length of one command, and finding a saga by id or key."""
+store or an engine for the length of one command, finding a saga by id or key, and masking
+the saga data they print as the API does (`--reveal` to see it, logged)."""
 
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -19,6 +21,7 @@ from pydantic import ValidationError
 from adapters import eventloop
 from adapters.logging import configure_logging
 from adapters.redaction import redact
+from adapters.saga_redaction import Redactor
 from adapters.settings import Settings
 from orchestrator.errors import (
     DefinitionConflict,
@@ -57,6 +60,14 @@ TokenOpt = Annotated[
         envvar="SAGA_API_TOKEN",
         help="Bearer token for --url; prefer the variable (a command line is visible to "
         "other users).",
+    ),
+]
+RevealOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reveal",
+        help="Print the values SAGA_REDACT_FIELDS names as stored instead of masked (as the "
+        "API shows them); logged with your user name and the saga. On the database only.",
     ),
 ]
 
@@ -162,9 +173,13 @@ async def with_store(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
         await db.dispose()
 
 
-async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+async def with_engine(
+    config: Settings, fn: Callable[[Any], Awaitable[T]], *, retry: bool = True
+) -> T:
     """An Engine on the configured database and broker, for one operator action: what it
-    decides is published like any transition (outbox, confirms). Lost races are retried."""
+    decides is published like any transition (outbox, confirms). Lost races are retried
+    (`fn` runs again), unless `retry` is False: a bulk action, whose batches committed
+    before a failure must not be listed and judged again as if untouched."""
     from adapters.clock import utcnow
     from adapters.postgres.database import make_engine
     from adapters.postgres.retries import with_db_retries
@@ -198,7 +213,7 @@ async def with_engine(config: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
             spans=spans,
         )
         try:
-            return await with_db_retries(lambda: fn(engine))
+            return await (with_db_retries(lambda: fn(engine)) if retry else fn(engine))
         finally:
             # What it published is deleted now, as `saga run` does at its relay sweeps: left
             # behind, a relay would send it a second time.
@@ -236,6 +251,37 @@ async def find_in(store: Any, ident: str) -> SagaState:
     if state is None:
         raise SagaNotFound(f"no saga with id or key {ident!r}")
     return state
+
+
+def masking(
+    config: Settings, reveal: bool, command: str, saga_ids: Iterable[uuid.UUID]
+) -> Redactor:
+    """How a command prints saga data it read from the database: masked by
+    SAGA_REDACT_FIELDS, as the API shows it; with --reveal as stored, which is logged
+    (`saga_data_revealed`: who, which command, which sagas) on the command's log, standard
+    error."""
+    if not reveal:
+        return Redactor(config.redact_fields)
+    structlog.get_logger(__name__).warning(
+        "saga_data_revealed",
+        who=getpass.getuser(),
+        command=command,
+        saga_ids=[str(i) for i in saga_ids],
+        fields=config.redact_fields,
+    )
+    return Redactor(())
+
+
+def refuse_reveal_over_api(reveal: bool) -> None:
+    """--reveal reads the database: the API masks for every caller."""
+    if reveal:
+        typer.secho(
+            "error: --reveal reads the database; the API masks SAGA_REDACT_FIELDS for every "
+            "caller: drop --url (and SAGA_API_URL) to reveal, or drop --reveal",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2)
 
 
 def parse_time(label: str, raw: str | None) -> datetime | None:

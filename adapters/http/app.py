@@ -14,12 +14,12 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adapters.http import dashboard, observability, problems
-from adapters.http.api import reads, signals, writes
+from adapters.http.api import bulk, reads, signals, writes
 from adapters.http.api.context import ApiContext
 from adapters.http.auth import Tokens
 from adapters.http.body_limit import BodyLimit
-from adapters.http.redact import Redactor
 from adapters.postgres.store import PostgresStore
+from adapters.saga_redaction import Redactor
 from adapters.settings import Settings
 from orchestrator.engine import Engine
 from orchestrator.registry import Registry
@@ -42,11 +42,14 @@ def create_app(
     *,
     probes: observability.Probes | None = None,
     unconsumed_queues: observability.Unconsumed | None = None,
+    amqp_blocked: observability.Alarm | None = None,
     registry: Registry | None = None,
 ) -> FastAPI:
     """The app for `settings`; `engine` None makes a read-only app (writes answer 503).
     `unconsumed_queues`: the command queues without a consumer at the last check, which
-    `/readyz` lists (`saga run` passes its check's). `registry`: the definitions that tell
+    `/readyz` lists (`saga run` passes its check's). `amqp_blocked`: the alarm the broker
+    blocks the engine's publishing for, if any, which makes `/readyz` 503 (`saga run` passes
+    its connection's). `registry`: the definitions that tell
     a saga's wait steps apart (default: the engine's; none for a read-only app). Raises
     ValueError for malformed SAGA_API_TOKENS."""
     # /docs and /redoc with Swagger UI's and ReDoc's files served from here, not a CDN: the
@@ -69,10 +72,12 @@ def create_app(
     app.state.engine = engine
     app.state.probes = probes
     app.state.unconsumed_queues = unconsumed_queues
+    app.state.amqp_blocked = amqp_blocked
     problems.install(app)
     _describe_problems(app)
     app.include_router(reads.router)
     app.include_router(writes.router)
+    app.include_router(bulk.router)
     app.include_router(signals.router)
     app.include_router(observability.router)
     app.include_router(dashboard.router)

@@ -24,6 +24,7 @@ STATIC = Path(__file__).parent / "static"
 ASSETS = {
     "dashboard.css": "text/css; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "bulk.js": "text/javascript; charset=utf-8",
     "saga.js": "text/javascript; charset=utf-8",
 }
 
@@ -109,6 +110,11 @@ _LIST_BODY = Template("""<h1>Sagas</h1>
   <label><input type="checkbox" id="live" checked> Live (every 5 s)</label>
   <span id="updated" class="muted" aria-live="off"></span>
 </div>
+<section class="bulk" aria-labelledby="bulk-title">
+  <h2 id="bulk-title">Every saga of this filter</h2>
+  <div id="bulk-actions" class="actions"></div>
+  <div id="bulk-result" class="notice" role="status" hidden></div>
+</section>
 <table id="sagas" class="grid">
   <caption class="visually-hidden">Sagas, most recent activity first</caption>
   <thead><tr>
@@ -120,6 +126,24 @@ _LIST_BODY = Template("""<h1>Sagas</h1>
 </table>
 <p id="empty" class="muted" hidden>No sagas match these filters.</p>
 <button id="more" type="button" hidden>Load more</button>
+<dialog id="bulk-confirm" aria-labelledby="bulk-confirm-title">
+  <form id="bulk-form" method="dialog">
+    <h2 id="bulk-confirm-title"></h2>
+    <p id="bulk-filter" class="muted"></p>
+    <p id="bulk-count" aria-live="polite"></p>
+    <ul id="bulk-preview" class="refusals"></ul>
+    <label id="bulk-result-field" hidden>Result of the step (JSON, optional)
+      <textarea id="bulk-step-result" rows="3" spellcheck="false"></textarea></label>
+    <label>Reason (required)
+      <textarea id="bulk-reason" rows="2" required></textarea></label>
+    <label>Who (optional) <input id="bulk-who" autocomplete="off"></label>
+    <p id="bulk-error" class="alert" role="alert" hidden></p>
+    <div class="dialog-buttons">
+      <button type="button" id="bulk-back">Back</button>
+      <button type="submit" id="bulk-ok" class="danger" disabled>Confirm</button>
+    </div>
+  </form>
+</dialog>
 """)
 
 _SAGA_BODY = Template("""<p><a href="$root/">&larr; All sagas</a></p>
@@ -221,7 +245,9 @@ def _page(
 async def saga_list(request: Request) -> HTMLResponse:
     options = "\n        ".join(f'<option value="{s.value}">{s.value}</option>' for s in SagaStatus)
     body = _LIST_BODY.substitute(root=_root(request), status_options=options)
-    return _page(request, title="Sagas", page="list", body=body, scripts=["dashboard.js"])
+    return _page(
+        request, title="Sagas", page="list", body=body, scripts=["dashboard.js", "bulk.js"]
+    )
 
 
 @router.get("/sagas/{saga_id}", response_class=HTMLResponse)

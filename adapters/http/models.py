@@ -3,16 +3,18 @@ OpenAPI document at /openapi.json describes every field."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticUseDefault
 
-from adapters.http.redact import Redactor
-from orchestrator.messages import MAX_KEY_LENGTH, MAX_NAME_LENGTH, ParentRef
-from orchestrator.ports import HistoryRecord
+from adapters.saga_redaction import Redactor
+from orchestrator.bulk import BulkReport, Outcome
+from orchestrator.messages import MAX_KEY_LENGTH, MAX_NAME_LENGTH, ParentRef, aware_utc
+from orchestrator.ports import HistoryRecord, SagaQuery
+from orchestrator.registry import Registry
 from orchestrator.saga import Saga
 from orchestrator.search_filters import MAX_CONDITIONS
 from orchestrator.state import SagaState, SagaStatus, StepState, StepStatus
@@ -161,9 +163,12 @@ def _storable(value: Any) -> bool:
     return True
 
 
-class SagaFilters(BaseModel):
-    """`GET /api/sagas` query: every filter given must hold. An empty value is no filter
-    (what an HTML form sends for a field left blank)."""
+class SagaFilter(BaseModel):
+    """Which sagas: every filter given must hold. An empty value is no filter (what an HTML
+    form sends for a field left blank). The query of `GET /api/sagas`, and the `filter` of
+    a bulk action, where an unknown field is refused: a misspelt filter must not widen it."""
+
+    model_config = ConfigDict(extra="forbid")
 
     status: SagaStatus | None = Field(None, description="Only sagas in this status.")
     saga: str | None = Field(None, max_length=100, description="Saga name.")
@@ -195,10 +200,6 @@ class SagaFilters(BaseModel):
         "(`where=customer_id=c-17&where=amount>1000`, URL-encoded), on the search fields the "
         "saga versions this process loads declare; every one must hold.",
     )
-    limit: int = Field(50, ge=1, le=500)
-    cursor: str | None = Field(
-        None, max_length=200, description="`next_cursor` of the previous page."
-    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -212,6 +213,44 @@ class SagaFilters(BaseModel):
     def _blank_conditions_are_none(cls, value: Any) -> Any:
         """A form's empty condition fields send `where=`: no condition."""
         return [v for v in value if v != ""] if isinstance(value, list) else value
+
+    def query(
+        self, registry: Registry, *, limit: int, after: tuple[datetime, UUID] | None = None
+    ) -> SagaQuery:
+        """The store's query for these filters; `registry`: the definitions that tell which
+        steps are waits (for `waiting_for`) and declare the search fields (for `where`: raises
+        InvalidFilter saying what to write when a condition cannot apply)."""
+        return SagaQuery(
+            status=self.status,
+            saga=self.saga,
+            key=self.key,
+            version=self.version,
+            step=self.step,
+            created_after=None if self.created_after is None else aware_utc(self.created_after),
+            created_before=None if self.created_before is None else aware_utc(self.created_before),
+            in_status_for=(
+                None
+                if self.in_status_for_minutes is None
+                else timedelta(minutes=self.in_status_for_minutes)
+            ),
+            waiting_for=None
+            if self.waiting_for is None
+            else registry.waiting_for(self.waiting_for),
+            where=registry.search_filter(self.where, self.saga),
+            after=after,
+            limit=limit,
+        )
+
+
+class SagaFilters(SagaFilter):
+    """`GET /api/sagas` query: the filters and the page. Unknown parameters are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(
+        None, max_length=200, description="`next_cursor` of the previous page."
+    )
 
 
 class StartRequest(_Request):
@@ -271,6 +310,52 @@ class SkipRequest(ActionRequest):
     result: Any = Field(None, description="The step's result; later steps may use it.")
 
 
+class BulkRequest(ActionRequest):
+    filter: SagaFilter = Field(
+        description="Which sagas: at least one filter (422 without); the fields of "
+        "`GET /api/sagas`'s query."
+    )
+    dry_run: bool = Field(
+        False, description="Say how many and which sagas it would act on; change nothing."
+    )
+    limit: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="Act on at most this many (newest activity first); `more` says whether "
+        "others match.",
+    )
+
+
+class BulkSkipRequest(SkipRequest, BulkRequest):
+    pass
+
+
+class BulkRefusal(BaseModel):
+    saga_id: UUID
+    saga: str
+    key: str
+    outcome: Outcome = Field(
+        description="changed: its status or revision moved since it was listed; "
+        "not_applicable: the action does not apply to it as it stands; gone: deleted since; "
+        "not_loaded: this process does not load its saga version."
+    )
+    why: str
+
+
+class BulkResult(BaseModel):
+    action: str
+    dry_run: bool
+    matched: int = Field(description="The sagas the filter matched, at most `limit`.")
+    more: bool = Field(description="More sagas match beyond `limit`: send it again for them.")
+    counts: dict[Outcome, int] = Field(
+        description="How many came to each outcome (would, in a dry run), 0 included: "
+        "applied, changed, not_applicable, gone, not_loaded; they sum to `matched`."
+    )
+    refusals: list[BulkRefusal] = Field(description="Each saga refused, and why.")
+    sample: list[UUID] = Field(description="The first ids acted on (that would be, in a dry run).")
+
+
 class SignalRequest(_Request):
     payload: dict[str, Any] = Field(
         default_factory=dict,
@@ -322,6 +407,21 @@ def detail(state: SagaState, redact: Redactor, definition: Saga | None) -> SagaD
         resume_status=state.resume_status,
         output=redact(state.output),
         steps=[_step(s, redact, definition, views.get(s.name)) for s in state.steps],
+    )
+
+
+def bulk_result(report: BulkReport) -> BulkResult:
+    return BulkResult(
+        action=report.action,
+        dry_run=report.dry_run,
+        matched=report.matched,
+        more=report.more,
+        counts=report.counts,
+        refusals=[
+            BulkRefusal(saga_id=r.saga_id, saga=r.saga, key=r.key, outcome=r.outcome, why=r.why)
+            for r in report.refusals
+        ],
+        sample=list(report.sample),
     )
 
 

@@ -11,6 +11,10 @@ failed, not how: the reason goes to the log).
 - `unconsumed_queues` (optional): an `Unconsumed`, the command queues that had no consumer
   at `saga run`'s last check. `/readyz` lists them as `unconsumed_queues` and stays ready:
   a participant that is down (or a misspelled command) must not take the API down with it.
+- `amqp_blocked` (optional): an `Alarm`, what RabbitMQ blocks the publishing connection of
+  `saga run` for (adapters/rabbitmq/blocking.py). While it names an alarm, `/readyz` is 503
+  with check `rabbitmq_publishing` saying which: starts sent to this replica would be stored
+  but not dispatched, so a load balancer should send them elsewhere.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ Check = Callable[[], Awaitable[None]]
 """Returns when its dependency can be used; raises when it cannot."""
 Unconsumed = Callable[[], Sequence[str]]
 """The names of the command queues without a consumer at the last check."""
+Alarm = Callable[[], str | None]
+"""The resource alarm the broker blocks the process's publishing connection for, or None."""
+PUBLISHING = "rabbitmq_publishing"
 
 
 async def check_postgres(engine: AsyncEngine) -> None:
@@ -117,7 +124,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Postgres and RabbitMQ answer",
+    summary="Postgres and RabbitMQ answer, and RabbitMQ does not block publishing",
     responses={
         200: {"description": "Every check passed."},
         503: {"description": "A check failed", "content": {PROBLEM_JSON: {}}},
@@ -125,6 +132,10 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> JSONResponse:
     checks = await _probes(request).run()
+    alarm: Alarm | None = getattr(request.app.state, "amqp_blocked", None)
+    if alarm is not None:
+        blocked = alarm()
+        checks[PUBLISHING] = "ok" if blocked is None else f"blocked by the broker: {blocked}"
     failed = {name: why for name, why in checks.items() if why != "ok"}
     # A warning, not a failed check: the participants' fault, not this process's.
     unconsumed: Unconsumed | None = getattr(request.app.state, "unconsumed_queues", None)

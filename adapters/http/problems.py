@@ -25,11 +25,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.errors import (
     ConcurrentUpdate,
     InvalidInput,
+    NoFilter,
     OperationRefused,
     SagaError,
     SagaNotFound,
     UnknownSaga,
 )
+from orchestrator.search_filters import InvalidFilter
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +127,7 @@ def problem_responses(
 
 
 _DESCRIPTIONS = {
-    400: "Bad request (e.g. a cursor this API did not issue)",
+    400: "Bad request (e.g. a cursor this API did not issue, a search filter that cannot apply)",
     401: "No token, or not a known one",
     403: "The token's role may not do this",
     404: "No such saga",
@@ -153,6 +155,20 @@ _ENGINE_ERRORS: list[tuple[type[SagaError], int, str, str, str]] = [
         "the saga changed while this request acted on it: send it again",
     ),
     (InvalidInput, 422, "invalid-input", "Invalid input", "fix the input and send it again"),
+    (
+        NoFilter,
+        422,
+        "no-filter",
+        "No filter",
+        "give `filter` at least one field (e.g. status and step)",
+    ),
+    (
+        InvalidFilter,
+        400,
+        "bad-filter",
+        "Bad search filter",
+        "a `where` condition is NAME OP VALUE on a search field of a saga this process loads",
+    ),
     (
         UnknownSaga,
         422,

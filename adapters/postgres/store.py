@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.postgres import semantic_locks
 from adapters.postgres.errors import translated
-from adapters.postgres.rows import load_states
+from adapters.postgres.rows import any_of, load_states
 from adapters.postgres.tables import (
     SEARCH_COLUMNS,
     saga_definitions,
@@ -172,25 +172,7 @@ class PostgresStore:
     async def history(self, saga_id: UUID) -> list[HistoryRecord]:
         with translated():
             async with self._engine.connect() as conn:
-                found = (
-                    await conn.execute(
-                        sa.select(saga_history)
-                        .where(saga_history.c.saga_id == saga_id)
-                        .order_by(saga_history.c.seq)
-                    )
-                ).all()
-        return [
-            HistoryRecord(
-                saga_id=row.saga_id,
-                seq=row.seq,
-                at=row.at,
-                event=row.event,
-                step=row.step,
-                detail=row.detail,
-                actor=row.actor,
-            )
-            for row in found
-        ]
+                return (await load_history(conn, [saga_id]))[saga_id]
 
     async def locks(self) -> LocksView:
         # One snapshot for both lists: a waiter granted meanwhile shows up once, not twice.
@@ -279,3 +261,31 @@ def _waiting(waiting: WaitingFor) -> sa.ColumnElement[bool]:
             st.command_id.is_(None),
         ),
     )
+
+
+async def load_history(
+    conn: AsyncConnection, saga_ids: Sequence[UUID]
+) -> dict[UUID, list[HistoryRecord]]:
+    """The histories of the sagas, each oldest first, in one query (a saga without history
+    maps to an empty list)."""
+    histories: dict[UUID, list[HistoryRecord]] = {saga_id: [] for saga_id in saga_ids}
+    if not saga_ids:
+        return histories
+    found = await conn.execute(
+        sa.select(saga_history)
+        .where(any_of(saga_history.c.saga_id, saga_ids))
+        .order_by(saga_history.c.saga_id, saga_history.c.seq)
+    )
+    for row in found:
+        histories[row.saga_id].append(
+            HistoryRecord(
+                saga_id=row.saga_id,
+                seq=row.seq,
+                at=row.at,
+                event=row.event,
+                step=row.step,
+                detail=row.detail,
+                actor=row.actor,
+            )
+        )
+    return histories

@@ -145,8 +145,10 @@ def metric_labels() -> dict[str, set[str]]:
             found[f"{name}_count"] = labels
         else:
             found[name] = labels
-    for family in metrics.DATABASE.describe():
-        found[family.name] = set(getattr(family, "_labelnames", ()))
+    for collector in (metrics.DATABASE, metrics.AMQP_BLOCKED):
+        for family in collector.describe():
+            suffix = "_total" if family.type == "counter" else ""
+            found[family.name + suffix] = set(getattr(family, "_labelnames", ()))
     return found
 
 

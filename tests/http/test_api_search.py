@@ -1,7 +1,8 @@
 """Search fields over the API and the CLI (issue 23): order sagas v4 started and completed
 through the API on a real database, then found by their search fields with `where=` and
 `saga list --where`, over the API and on the database. Each filter returns exactly the sagas
-whose input (or output) matches it, computed here from what was started."""
+whose input (or output) matches it, computed here from what was started. Bulk actions take
+the same conditions in their filter."""
 
 from __future__ import annotations
 
@@ -163,3 +164,51 @@ async def test_a_version_without_search_fields_is_found_by_none(make_api: Any) -
     assert v4
     assert await api_keys(api, ["customer_id=c-2"]) == ["v4"]
     assert await api_keys(api, ["customer_id!=c-9"]) == ["v4"]
+
+
+async def test_search_filters_pick_the_sagas_of_a_bulk_action(served: Served) -> None:
+    """`where` is part of the filter, so a bulk action takes it too: over the API, and with
+    the CLI's filter form on the database and over the API."""
+    api = served.api
+    customers = {f"b-{n}": f"c-{n % 3}" for n in range(6)}
+    ids = {
+        key: await api.start(key, order_input(key, customer_id=customer))
+        for key, customer in customers.items()
+    }
+
+    async def statuses() -> dict[str, str]:
+        found = {}
+        for key, saga_id in ids.items():
+            found[key] = (await api.client.get(f"/api/sagas/{saga_id}")).json()["status"]
+        return found
+
+    answer = await api.client.post(
+        "/api/bulk/pause",
+        json={"filter": {"where": ["customer_id=c-1"]}, "reason": "c-1 disputes", "who": "ann"},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["counts"]["applied"] == 2
+    assert {k for k, s in (await statuses()).items() if s == "paused"} == {"b-1", "b-4"}
+
+    code, out, err = await served.saga(
+        "pause", "--where", "customer_id>=c-2", "-r", "c-2 too", url=False
+    )
+    assert code == 0, err
+    assert {k for k, s in (await statuses()).items() if s == "paused"} == {
+        "b-1",
+        "b-2",
+        "b-4",
+        "b-5",
+    }
+    code, out, err = await served.saga("resume", "--where", "customer_id=c-1", "-r", "settled")
+    assert code == 0, err
+    assert {k for k, s in (await statuses()).items() if s == "paused"} == {"b-2", "b-5"}
+
+    bad = await api.client.post(
+        "/api/bulk/pause", json={"filter": {"where": ["customer=c-1"]}, "reason": "x"}
+    )
+    assert_problem(bad, 400, says="no loaded saga declares a search field 'customer'")
+    for url in (True, False):
+        code, out, err = await served.saga("pause", "--where", "customer=c-1", "-r", "x", url=url)
+        assert code == 2, (out, err)
+        assert "no loaded saga declares a search field 'customer'" in err

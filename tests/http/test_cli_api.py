@@ -5,6 +5,7 @@ command prints what it prints from the database, and its exit code says what hap
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import re
@@ -13,10 +14,12 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import pytest
 
 from adapters.http.serve import Bind, listen, serve
+from orchestrator.ports import SagaQuery
 from sagas import order
 from tests.http.conftest import OPERATOR, READER, TOKENS, Api, order_input
 from tests.http.test_api_signals import APPROVED, at_review
@@ -175,6 +178,94 @@ async def test_wide_status_and_history_print_everything_in_full(served: Served) 
     assert len(skipped) == 1 and note in skipped[0] and '"reason":"phoned"' in skipped[0]
 
 
+CARD, CVV, KEY, PASSWORD = "4111111111111111", "123", "k-9f2", "hunter2"
+
+
+async def secret_saga(api: Api) -> UUID:
+    """A vault saga with secrets in its input and its step's result, and a parked order saga
+    skipped with a secret result (in its history's detail): the key `v-1` and `v-2`."""
+    secret = {"user": "ann", "payment": {"Card_Number": CARD, "cvv": CVV}}
+    saga_id = await api.start("v-1", secret, saga="vault")
+    await api.reply(saga_id, "store_secret", result={"ok": True, "list": [{"api_key": KEY}]})
+    parked = await api.parked("v-2")
+    await api.client.post(
+        f"/api/sagas/{parked}/skip",
+        json={"step": "notify_customer", "result": {"password": PASSWORD}, "reason": "mailed"},
+    )
+    return saga_id
+
+
+async def test_the_cli_masks_on_the_database_as_the_api_does(served: Served) -> None:
+    """`status` (table, --wide, --json, --json --wide), `list --json` and `history` (table,
+    --wide, --json) print the same on both paths, with every value SAGA_REDACT_FIELDS names
+    masked; the database keeps the values."""
+    vault_id = await secret_saga(served.api)
+    commands = [
+        ("status", "v-1"),
+        ("status", "v-1", "--wide"),
+        ("status", "v-1", "--json"),
+        ("status", "v-2", "--json", "--wide"),
+        ("list", "--json"),
+        ("history", "v-2"),
+        ("history", "v-2", "--wide"),
+        ("history", "v-2", "--json"),
+    ]
+    runs = await asyncio.gather(
+        *(served.saga(*c) for c in commands), *(served.saga(*c, url=False) for c in commands)
+    )
+    assert all(code == 0 for code, _, _ in runs), [err for _, _, err in runs]
+    over_api, on_database = runs[: len(commands)], runs[len(commands) :]
+    for command, (_, out, _), (_, expected, err) in zip(
+        commands, over_api, on_database, strict=True
+    ):
+        assert out == expected, command
+        assert not {CARD, CVV, KEY, PASSWORD} & set(re.findall(r"\w+", out)), command
+        assert "saga_data_revealed" not in err
+    status = json.loads(on_database[2][1])
+    assert status["input"] == {"user": "ann", "payment": {"Card_Number": "***", "cvv": "***"}}
+    assert status["steps"][0]["result"] == {"ok": True, "list": [{"api_key": "***"}]}
+    [skip] = [h for h in json.loads(on_database[7][1]) if h["event"] == "step_skipped"]
+    assert skip["detail"]["result"] == {"password": "***"}
+    assert '"password": "***"' in json.dumps(json.loads(on_database[3][1])["history"])
+    stored = await served.api.store.get(vault_id)
+    assert stored is not None and stored.input["payment"]["cvv"] == CVV
+
+
+async def test_reveal_shows_the_values_on_the_database_and_logs_who_and_which_saga(
+    served: Served,
+) -> None:
+    vault_id = await secret_saga(served.api)
+    parked = (await served.api.store.find(SagaQuery(key="v-2", limit=1)))[0].saga_id
+    status = await served.saga("status", "v-1", "--json", "--reveal", url=False)
+    history = await served.saga("history", "v-2", "--reveal", "--wide", url=False)
+    listed = await served.saga("list", "--json", "--reveal", url=False)
+    assert [code for code, _, _ in (status, history, listed)] == [0, 0, 0]
+    shown = json.loads(status[1])
+    assert shown["input"]["payment"] == {"Card_Number": CARD, "cvv": CVV}
+    assert shown["steps"][0]["result"]["list"] == [{"api_key": KEY}]
+    assert PASSWORD in history[1]
+    assert {s["key"] for s in json.loads(listed[1])} == {"v-1", "v-2"}
+    assert CVV in listed[1]
+    reveals = [revealed(err) for _, _, err in (status, history, listed)]
+    who = getpass.getuser()
+    assert reveals[0] == {"who": who, "command": "status", "saga_ids": [str(vault_id)]}
+    assert reveals[1] == {"who": who, "command": "history", "saga_ids": [str(parked)]}
+    assert reveals[2]["command"] == "list"
+    assert set(reveals[2]["saga_ids"]) == {str(vault_id), str(parked)}
+    # Over the API there is nothing to reveal: the API masks for every caller.
+    for command in (("status", "v-1"), ("history", "v-1"), ("list", "--json")):
+        code, out, err = await served.saga(*command, "--reveal")
+        assert (code, out) == (2, ""), command
+        assert "--reveal reads the database" in err
+
+
+def revealed(err: str) -> dict[str, Any]:
+    """The `saga_data_revealed` log line of a command's standard error (JSON lines)."""
+    [line] = [json.loads(x) for x in err.splitlines() if "saga_data_revealed" in x]
+    assert line["level"] == "warning"
+    return {k: line[k] for k in ("who", "command", "saga_ids")}
+
+
 async def test_list_filters_over_the_api(served: Served) -> None:
     api = served.api
     await api.start("f-1")
@@ -236,6 +327,53 @@ async def test_actions_over_the_api_and_their_exit_codes(served: Served) -> None
     actors = {h["event"]: h["actor"] for h in history}
     assert actors["saga_paused"] == "api:ann" and actors["saga_cancel_accepted"] == "api:bo"
     assert past_pivot  # untouched by the refused cancel
+
+
+async def test_bulk_actions_over_the_api_print_counts_and_refusals(served: Served) -> None:
+    api = served.api
+    parked = sorted([str(await api.parked(f"bk-{n}")) for n in range(3)])
+    running = await api.start("bk-running")
+
+    code, out, err = await served.saga(
+        "retry", "--status", "failed", "--step", "notify_customer", "-r", "mail", "--dry-run"
+    )
+    first, second = out.splitlines()
+    assert (code, first) == (
+        0,
+        "dry run, nothing changed: retry: 3 saga(s) matched, 3 would be acted on, "
+        "0 would be refused",
+    ), err
+    assert sorted(second.removeprefix("would act on: ").split(", ")) == parked
+    history = (await api.client.get(f"/api/sagas/{parked[0]}/history")).json()["items"]
+    assert "saga_retried" not in [h["event"] for h in history]
+
+    code, out, err = await served.saga(
+        "retry", "--saga", "order", "-r", "mail is back", "--who", "ann"
+    )
+    lines = out.splitlines()
+    assert (code, lines[0]) == (
+        1,
+        "retry: 4 saga(s) matched, 3 acted on, 1 refused (not_applicable 1)",
+    ), err
+    assert lines[2:] == [
+        "refused:",
+        f"  {running} (order bk-running) not_applicable: only a failed (parked) saga can be "
+        "retried; it is running",
+    ]
+    history = (await api.client.get(f"/api/sagas/{parked[0]}/history")).json()["items"]
+    [retried] = [h for h in history if h["event"] == "saga_retried"]
+    assert (retried["actor"], retried["detail"]) == ("api:ann", {"reason": "mail is back"})
+
+    code, out, err = await served.saga(
+        "cancel", "--status", "running", "--key", "bk-running", "--reason", "recall"
+    )
+    assert (code, out.splitlines()[0]) == (0, "cancel: 1 saga(s) matched, 1 acted on, 0 refused")
+    code, out, err = await served.saga("pause", "--saga", "order", "-r", "x", "--limit", "2")
+    assert out.splitlines()[-1] == (
+        "more sagas match beyond --limit 2: run the command again for the next ones"
+    )
+    code, _, err = await served.saga("retry", "--status", "failed", "-r", "x", token=READER)
+    assert code == 2 and "has the read role" in err
 
 
 async def test_a_cancel_by_an_unknown_key_is_refused_unless_held(served: Served) -> None:

@@ -23,6 +23,10 @@ PATHS = {
         f"/api/sagas/{{saga_id}}/{action}": {"post"}
         for action in ("cancel", "retry", "pause", "resume", "skip", "mark-compensated")
     },
+    **{
+        f"/api/bulk/{action}": {"post"}
+        for action in ("cancel", "retry", "pause", "resume", "skip", "mark-compensated")
+    },
 }
 
 

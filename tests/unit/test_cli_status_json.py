@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 
-from adapters.cli.status import state_json
+from adapters.saga_json import state_json
 from orchestrator.messages import ParentRef
 from tests.unit.builders import Run, shop
 from tests.unit.test_machine_map import chunks

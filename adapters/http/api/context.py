@@ -14,7 +14,7 @@ from adapters.http import models
 from adapters.http.auth import Caller, authorize
 from adapters.http.models import SagaDetail, SagaSummary
 from adapters.http.problems import ProblemError, problem_responses
-from adapters.http.redact import Redactor
+from adapters.saga_redaction import Redactor
 from orchestrator.engine import Engine
 from orchestrator.errors import ConcurrentUpdate, SagaNotFound
 from orchestrator.ports import SagaStore

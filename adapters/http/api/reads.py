@@ -3,7 +3,6 @@ They go to the store only, so a read-only process (no engine) serves them too.""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Path, Query, Request
@@ -20,9 +19,8 @@ from adapters.http.models import (
 )
 from adapters.http.problems import ProblemError, problem_responses
 from orchestrator.errors import SagaNotFound
-from orchestrator.messages import MAX_KEY_LENGTH, aware_utc
+from orchestrator.messages import MAX_KEY_LENGTH
 from orchestrator.ports import SagaQuery
-from orchestrator.search_filters import InvalidFilter
 
 router = api_router()
 
@@ -47,30 +45,11 @@ async def list_sagas(request: Request, filters: Annotated[SagaFilters, Query()])
             "`cursor` is not one this API issued: pass `next_cursor` from the previous page "
             "unchanged, or leave it out to start from the first page",
         ) from exc
-    f = filters
-    try:
-        where = ctx.registry.search_filter(f.where, f.saga)
-    except InvalidFilter as exc:
-        raise ProblemError(400, "bad-filter", "Bad search filter", str(exc)) from exc
-    query = SagaQuery(
-        status=f.status,
-        saga=f.saga,
-        key=f.key,
-        version=f.version,
-        step=f.step,
-        created_after=None if f.created_after is None else aware_utc(f.created_after),
-        created_before=None if f.created_before is None else aware_utc(f.created_before),
-        in_status_for=(
-            None if f.in_status_for_minutes is None else timedelta(minutes=f.in_status_for_minutes)
-        ),
-        waiting_for=None if f.waiting_for is None else ctx.registry.waiting_for(f.waiting_for),
-        where=where,
-        after=after,
-        limit=f.limit + 1,  # one more tells whether there is a next page
-    )
+    # One more than the page tells whether there is a next page.
+    query = filters.query(ctx.registry, limit=filters.limit + 1, after=after)
     found = await ctx.store.find(query)
-    page = found[: f.limit]
-    more = len(found) > f.limit
+    page = found[: filters.limit]
+    more = len(found) > filters.limit
     return SagaPage(
         items=[ctx.summary(s) for s in page],
         next_cursor=cursor.encode(page[-1].updated_at, page[-1].saga_id) if more else None,

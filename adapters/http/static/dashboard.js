@@ -296,6 +296,7 @@
 
     let rows = [];
     let nextCursor = null;
+    const onLoaded = [];
     let generation = 0; // answers to superseded requests are dropped
     let busy = false;
 
@@ -417,6 +418,7 @@
         });
         clearAlert();
         updated.textContent = `updated ${fmtTime(new Date().toISOString())}`;
+        onLoaded.forEach((fn) => fn(filters));
       } catch (e) {
         if (mine === generation) showAlert(e.message);
       } finally {
@@ -446,6 +448,12 @@
     setInterval(() => {
       if (live.checked && !document.hidden && !busy) reload();
     }, LIVE_MS);
+
+    // For the bulk actions (bulk.js): the filter they act on, told each time the list has
+    // loaded for it, and a refresh once they did.
+    window.Dash.listFilters = readForm;
+    window.Dash.reloadList = reload;
+    window.Dash.onListLoaded = onLoaded;
 
     fillForm(new URLSearchParams(location.search));
     reload();
