@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     from adapters.tracing.saga_spans import SagaSpans
 
 log = structlog.get_logger(__name__)
+# The longest wait between two tries of a sweep that keeps failing.
+SWEEP_BACKOFF_CAP = 5.0
 
 
 async def register_definitions(
@@ -429,16 +431,35 @@ class Orchestrator:
         await self._loop("command_queues", check, interval)
 
     async def _loop(self, name: str, sweep: Callable[[], Awaitable[bool]], interval: float) -> None:
-        """Run `sweep` every `interval`, at once again while it reports a full batch."""
+        """Run `sweep` every `interval`, at once again while it reports a full batch. While it
+        keeps failing (the database is down), wait longer each time, up to
+        SWEEP_BACKOFF_CAP, and log the traceback of the first failure only: a sweep failing
+        every 50 ms must not spend the process on logging it."""
+        failures = 0
         while not self._stopping.is_set():
             try:
                 more = await sweep()
-            except Exception:
-                log.exception("sweep_failed", sweep=name)
+            except Exception as exc:
+                if failures == 0:
+                    log.exception("sweep_failed", sweep=name)
+                else:
+                    log.warning("sweep_failed", sweep=name, error=repr(exc), failures=failures + 1)
+                failures += 1
                 more = False
+            else:
+                if failures:
+                    log.info("sweep_recovered", sweep=name, failures=failures)
+                failures = 0
             if not more:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), interval)
+                    await asyncio.wait_for(self._stopping.wait(), sweep_wait(interval, failures))
+
+
+def sweep_wait(interval: float, failures: int) -> float:
+    """How long a sweep loop waits before its next try: `interval`, doubled with each failure
+    in a row, at most SWEEP_BACKOFF_CAP (or `interval`, when that is longer)."""
+    backoff: float = interval * 2 ** min(failures, 16)
+    return min(backoff, max(interval, SWEEP_BACKOFF_CAP))
 
 
 def _closing(watch: BlockedWatch) -> Callable[[], Awaitable[None]]:
