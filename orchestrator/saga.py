@@ -340,23 +340,7 @@ class Saga:
         The wait is a database timer: it survives restarts and holds while the saga is
         paused. A cancel ends it. It sends nothing and is never compensated."""
         check_sleep(self.name, self.version, name, seconds, until)
-        self._add(
-            StepDefinition(
-                name=name,
-                command=None,
-                compensation=None,
-                pivot=False,
-                timeout=self.timeout,
-                retry=self.retry,
-                compensation_timeout=self.timeout,
-                compensation_retry=self.compensation_retry,
-                guard=guard,
-                on_guard_false=on_guard_false,
-                sleep_seconds=seconds,
-                sleep_until=until,
-            )
-        )
-        return self
+        return self._unsent(name, guard, on_guard_false, sleep_seconds=seconds, sleep_until=until)
 
     def wait(
         self,
@@ -380,6 +364,14 @@ class Saga:
         It sends nothing and is never compensated."""
         check_wait(self._where(name), timeout, on_timeout)
         assert timeout is not None
+        return self._unsent(
+            name, guard, on_guard_false, result=result, wait_timeout=timeout, on_timeout=on_timeout
+        )
+
+    def _unsent(
+        self, name: str, guard: Guard | None, on_guard_false: OnGuardFalse, **kind: Any
+    ) -> Saga:
+        """Add a step that sends nothing (a sleep, a wait): `kind` says which, and how long."""
         self._add(
             StepDefinition(
                 name=name,
@@ -392,9 +384,7 @@ class Saga:
                 compensation_retry=self.compensation_retry,
                 guard=guard,
                 on_guard_false=on_guard_false,
-                result=result,
-                wait_timeout=timeout,
-                on_timeout=on_timeout,
+                **kind,
             )
         )
         return self
