@@ -32,6 +32,7 @@ from adapters.rabbitmq.delivery import MAX_REASON_CHARS, Delivery, json_object, 
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
+from adapters.startup import patiently
 from adapters.tracing.wiring import engine_spans
 from orchestrator import trace
 from orchestrator.definition_rules import NAME_RE
@@ -60,7 +61,7 @@ from orchestrator.starting import start_error
 from orchestrator.versioning import require_loaded
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractRobustConnection
+    from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from adapters.http.serve import HttpServer
@@ -137,25 +138,27 @@ class Orchestrator:
         self._stops.append(db.dispose)
         store = PostgresStore(db)
         try:
-            await require_schema(db)  # un-migrated, or a release behind: `saga migrate`
-            await register_definitions(store, self.registry, redefine=self.settings.dev_redefine)
-            # Unfinished instances finish on their own version: refuse to run without it.
-            require_loaded(await store.versions_in_use(), self.registry)
+            await patiently(
+                "PostgreSQL", lambda: self._prepare(db, store), patience=s.startup_patience
+            )
         except (DefinitionConflict, MissingDefinition, SchemaNotReady):
             await db.dispose()
             if sock is not None:
                 sock.close()
             raise
-        connection = await connect(s.amqp_url)
+        connection = await patiently(
+            "RabbitMQ", lambda: connect(s.amqp_url), patience=s.startup_patience
+        )
         self._stops.append(connection.close)
         # Told when a resource alarm blocks the connection's publishing: /readyz, metrics.
         self.blocking = BlockedWatch(connection)
         self._stops.append(_closing(self.blocking))
         metrics.AMQP_BLOCKED.watch(self.blocking)
-        publish_channel = await open_channel(connection)
-        await self.topology.declare_core(publish_channel)
-        for service in self.topology.services_of(self.registry.commands()):
-            await self.topology.declare_service(publish_channel, service)
+        # A connection reset meanwhile (the broker restarting) fails a step; the connection
+        # comes back by itself, so each step is tried again while the broker is away.
+        publish_channel = await patiently(
+            "RabbitMQ", lambda: self._declare(connection), patience=s.startup_patience
+        )
         publisher: Publisher = RabbitPublisher(publish_channel, self.topology)
         if self.faults is not None:
             publisher = FaultyPublisher(publisher, self.faults)
@@ -183,19 +186,23 @@ class Orchestrator:
 
         self._stops.insert(0, stop_consumers)
         for queue, handler, batch in consumers:
-            channel = await open_channel(connection)
-            consumer = await consume(
-                channel,
-                queue,
-                handler,
-                topology=self.topology,
-                prefetch=s.prefetch,
-                on_dead_letter=metrics.dead_lettered,
-                batch=batch,
-                max_batch=s.batch_size,
-                max_body_bytes=s.max_message_bytes,
-            )
-            started.append(consumer)
+
+            async def consuming(
+                queue: str = queue, handler: Handler = handler, batch: BatchHandler | None = batch
+            ) -> Consumer:
+                return await consume(
+                    await open_channel(connection),
+                    queue,
+                    handler,
+                    topology=self.topology,
+                    prefetch=s.prefetch,
+                    on_dead_letter=metrics.dead_lettered,
+                    batch=batch,
+                    max_batch=s.batch_size,
+                    max_body_bytes=s.max_message_bytes,
+                )
+
+            started.append(await patiently("RabbitMQ", consuming, patience=s.startup_patience))
         self._tasks = [
             asyncio.create_task(self._loop("timers", self._timers, s.timer_interval)),
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),
@@ -239,6 +246,20 @@ class Orchestrator:
         if (spans := self.spans) is not None:
             self._stops.append(lambda: asyncio.to_thread(spans.shutdown))
         return spans
+
+    async def _declare(self, connection: AbstractRobustConnection) -> AbstractRobustChannel:
+        """The channel the engine publishes on, once every exchange and queue is declared."""
+        channel = await open_channel(connection)
+        await self.topology.declare_core(channel)
+        for service in self.topology.services_of(self.registry.commands()):
+            await self.topology.declare_service(channel, service)
+        return channel
+
+    async def _prepare(self, db: AsyncEngine, store: PostgresStore) -> None:
+        await require_schema(db)  # un-migrated, or a release behind: `saga migrate`
+        await register_definitions(store, self.registry, redefine=self.settings.dev_redefine)
+        # Unfinished instances finish on their own version: refuse to run without it.
+        require_loaded(await store.versions_in_use(), self.registry)
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the engine's database (psycopg 3 driver).",
     )
     amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    startup_patience: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a starting process waits for PostgreSQL and RabbitMQ to answer "
+        "(a restart, a deployment coming up) before it gives up; 0 gives up at once.",
+    )
     # -- TLS (adapters/tls.py, docs/security.md): folded into the URLs above on load ---------
     amqp_tls_ca_file: str | None = Field(
         None, description="CA bundle (PEM) to verify RabbitMQ's certificate with; turns TLS on."

@@ -19,6 +19,7 @@ from adapters.participant.worker import ParticipantWorker
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import Topology
 from adapters.settings import Settings
+from adapters.startup import patiently
 from adapters.tracing.setup import enabled, require_sdk, tracer_provider
 
 if TYPE_CHECKING:
@@ -38,25 +39,33 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    connection = await connect(settings.amqp_url)
+    connection = await patiently(
+        "RabbitMQ", lambda: connect(settings.amqp_url), patience=settings.startup_patience
+    )
     topology = Topology(settings.amqp_prefix)
     workers = []
     try:
         for participant in participants:
-            channel = await open_channel(connection)
-            worker = ParticipantWorker(
-                participant if hit is None else FaultyParticipant(participant, hit),
-                channel,
-                topology,
-                clock=lambda: datetime.now(UTC),
-                prefetch=settings.prefetch,
-                detach_after=settings.detach_after,
-                max_detached=settings.max_detached,
-                max_message_bytes=settings.max_message_bytes,
-                spans=spans,
+
+            async def consuming(participant: Participant = participant) -> ParticipantWorker:
+                worker = ParticipantWorker(
+                    participant if hit is None else FaultyParticipant(participant, hit),
+                    await open_channel(connection),
+                    topology,
+                    clock=lambda: datetime.now(UTC),
+                    prefetch=settings.prefetch,
+                    detach_after=settings.detach_after,
+                    max_detached=settings.max_detached,
+                    max_message_bytes=settings.max_message_bytes,
+                    spans=spans,
+                )
+                await worker.start()
+                return worker
+
+            # A connection reset meanwhile fails the step; the connection comes back by itself.
+            workers.append(
+                await patiently("RabbitMQ", consuming, patience=settings.startup_patience)
             )
-            await worker.start()
-            workers.append(worker)
         log.info("participants_started", services=[p.service for p in participants])
         await stop.wait()
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -20,8 +21,13 @@ log = structlog.get_logger(__name__)
 class BrokerUnavailable(ConnectionError):
     """The first connection to RabbitMQ failed: wrong credentials, a vhost that does not
     exist or is not the user's, no broker at that address, or TLS refused. Says which, with
-    the URL's password masked; the process should stop rather than retry (a robust
-    connection reconnects by itself only once it has been connected)."""
+    the URL's password masked. `unreachable`: nothing answered (refused, reset, timed out),
+    which a start-up may wait out (adapters/startup.py); the rest will not mend by waiting
+    (a robust connection reconnects by itself only once it has been connected)."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnection:
@@ -37,8 +43,17 @@ async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnect
         reason = _why(url, exc)
         log.error("amqp_connect_failed", url=redact_text(url), reason=reason)
         raise BrokerUnavailable(
-            f"cannot connect to RabbitMQ at {redact_text(url)}: {reason}"
+            f"cannot connect to RabbitMQ at {redact_text(url)}: {reason}",
+            unreachable=_unreachable(exc),
         ) from None
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Nothing answered, as opposed to a broker (or its TLS) refusing us."""
+    refused = isinstance(exc, (aiormq.exceptions.ProbableAuthenticationError, ssl.SSLError)) or (
+        isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc)
+    )
+    return not refused and isinstance(exc, OSError)
 
 
 def _why(url: str, exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from adapters.logging import configure_logging
 from adapters.participant.serve import serve
 from adapters.postgres.database import ensure_database, make_engine
 from adapters.settings import Settings
+from adapters.startup import patiently
 from examples.shop import schema
 from examples.shop.services import Knobs, build
 
@@ -27,10 +28,11 @@ async def main(services: set[str] | None) -> None:
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
     url = os.environ.get("SHOP_DATABASE_URL", DEFAULT_SHOP_URL)
-    await ensure_database(url)
+    patience = settings.startup_patience
+    await patiently("PostgreSQL", lambda: ensure_database(url), patience=patience)
     engine = make_engine(url, pool_size=settings.db_pool_size, max_overflow=0)
     # Before serving: the first command needs the tables and the barrier (Barrier.install).
-    await schema.create(engine)
+    await patiently("PostgreSQL", lambda: schema.create(engine), patience=patience)
     knobs = Knobs(slow_seconds=float(os.environ.get("SHOP_SLOW_SECONDS", "2.0")))
     participants = [p for p in build(engine, knobs) if services is None or p.service in services]
     try:

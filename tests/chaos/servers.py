@@ -224,7 +224,17 @@ class OwnRabbit:
         await port_open(self.port, timeout=120)
 
     async def ctl(self, *args: str) -> str:
-        return await run([str(RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args], self.env())
+        """rabbitmqctl on the node; tried again when it could not reach the node (exit 69,
+        EX_UNAVAILABLE: its own Erlang VM starts slowly on a loaded machine)."""
+        command = [str(RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args]
+        for attempt in range(3):
+            try:
+                return await run(command, self.env())
+            except RuntimeError as exc:
+                if " exited 69:" not in str(exc) or attempt == 2:
+                    raise
+                log.warning("chaos_rabbitmqctl_retry", args=args, error=str(exc)[:300])
+        raise AssertionError("unreachable")
 
     async def stop_app(self) -> None:
         await self.ctl("stop_app")
