@@ -154,10 +154,14 @@ class Orchestrator:
         self.blocking = BlockedWatch(connection)
         self._stops.append(_closing(self.blocking))
         metrics.AMQP_BLOCKED.watch(self.blocking)
+
         # A connection reset meanwhile (the broker restarting) fails a step; the connection
         # comes back by itself, so each step is tried again while the broker is away.
+        def down() -> bool:
+            return not connection.connected.is_set()
+
         publish_channel = await patiently(
-            "RabbitMQ", lambda: self._declare(connection), patience=s.startup_patience
+            "RabbitMQ", lambda: self._declare(connection), patience=s.startup_patience, down=down
         )
         publisher: Publisher = RabbitPublisher(publish_channel, self.topology)
         if self.faults is not None:
@@ -202,7 +206,9 @@ class Orchestrator:
                     max_body_bytes=s.max_message_bytes,
                 )
 
-            started.append(await patiently("RabbitMQ", consuming, patience=s.startup_patience))
+            started.append(
+                await patiently("RabbitMQ", consuming, patience=s.startup_patience, down=down)
+            )
         self._tasks = [
             asyncio.create_task(self._loop("timers", self._timers, s.timer_interval)),
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),

@@ -28,8 +28,16 @@ FIRST_DELAY = 0.2
 MAX_DELAY = 5.0
 
 
-async def patiently(what: str, call: Callable[[], Awaitable[T]], *, patience: float) -> T:
-    """`call()`, tried again while `what` cannot be reached, for `patience` seconds at most."""
+async def patiently(
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    *,
+    patience: float,
+    down: Callable[[], bool] | None = None,
+) -> T:
+    """`call()`, tried again while `what` cannot be reached, for `patience` seconds at most.
+    `down`: whether the connection a step uses is down now (its failure, whatever it says,
+    is then the outage's: aio-pika words it several ways while it reconnects)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience
     delay = FIRST_DELAY
@@ -37,7 +45,8 @@ async def patiently(what: str, call: Callable[[], Awaitable[T]], *, patience: fl
         try:
             return await call()
         except Exception as exc:
-            if not unreachable(exc) or loop.time() + delay > deadline:
+            outage = unreachable(exc) or (down is not None and down())
+            if not outage or loop.time() + delay > deadline:
                 raise
             log.warning("startup_waiting", waiting_for=what, error=str(exc)[:200], delay=delay)
         await asyncio.sleep(delay)  # backoff between tries of a server that is down
@@ -50,8 +59,6 @@ def unreachable(exc: BaseException) -> bool:
         return exc.unreachable
     if isinstance(exc, aiormq.exceptions.ChannelInvalidStateError):
         return True  # a channel of a connection that is down, to come back by itself
-    if isinstance(exc, RuntimeError) and str(exc).endswith(" closed"):
-        return True  # aiormq asked for a channel of a connection that is down
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "sqlstate", None)
         # No SQLSTATE: the connection itself failed (refused, reset, no route). 08: connection

@@ -43,6 +43,10 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
         "RabbitMQ", lambda: connect(settings.amqp_url), patience=settings.startup_patience
     )
     topology = Topology(settings.amqp_prefix)
+
+    def down() -> bool:
+        return not connection.connected.is_set()
+
     workers = []
     try:
         for participant in participants:
@@ -64,7 +68,9 @@ async def serve(settings: Settings, participants: Sequence[Participant]) -> None
 
             # A connection reset meanwhile fails the step; the connection comes back by itself.
             workers.append(
-                await patiently("RabbitMQ", consuming, patience=settings.startup_patience)
+                await patiently(
+                    "RabbitMQ", consuming, patience=settings.startup_patience, down=down
+                )
             )
         log.info("participants_started", services=[p.service for p in participants])
         await stop.wait()

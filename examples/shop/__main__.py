@@ -2,7 +2,8 @@
 a subset (`--services customers,payments,notifications` leaves `commands.inventory` to the
 shop's Node.js inventory service, examples/node-inventory).
 
-Environment: SHOP_DATABASE_URL (the shop's own database), SHOP_SLOW_SECONDS, the engine's
+Environment: SHOP_DATABASE_URL (the shop's own database), SHOP_SLOW_SECONDS and
+SHOP_LONG_SECONDS (the `slow-` and `long-` orders' stall, examples/shop/services.py), the engine's
 SAGA_AMQP_URL / SAGA_AMQP_PREFIX for the broker, and SAGA_FAULT=after_handler_before_reply[@N]
 for crash tests (`serve` arms it: see adapters/faults.py).
 """
@@ -33,7 +34,10 @@ async def main(services: set[str] | None) -> None:
     engine = make_engine(url, pool_size=settings.db_pool_size, max_overflow=0)
     # Before serving: the first command needs the tables and the barrier (Barrier.install).
     await patiently("PostgreSQL", lambda: schema.create(engine), patience=patience)
-    knobs = Knobs(slow_seconds=float(os.environ.get("SHOP_SLOW_SECONDS", "2.0")))
+    knobs = Knobs(
+        slow_seconds=float(os.environ.get("SHOP_SLOW_SECONDS", "2.0")),
+        long_seconds=float(os.environ.get("SHOP_LONG_SECONDS", "10.0")),
+    )
     participants = [p for p in build(engine, knobs) if services is None or p.service in services]
     try:
         await serve(settings, participants)

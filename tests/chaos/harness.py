@@ -60,6 +60,11 @@ SERVICES = ("customers", "inventory", "payments", "notifications")
 # How long every saga may take to become terminal once the feeding is over: the order
 # saga's step timeout is 30 s, and a lost reply costs one timeout and a retry.
 SETTLE_SECONDS = 150.0
+# The broker's consumer timeout: a `long-` order's stock reservation takes longer; the shop
+# acks a command whose handler runs past DETACH_AFTER_SECONDS, well before it.
+CONSUMER_TIMEOUT_MS = 5000
+LONG_STEP_SECONDS = 8.0
+DETACH_AFTER_SECONDS = 2.0
 
 
 @dataclass
@@ -97,7 +102,9 @@ class Deployment:
 
     def __post_init__(self) -> None:
         self.pg = OwnPostgres(self.workdir / "postgres")
-        self.rabbit = OwnRabbit(self.workdir / "rabbitmq", node_id=self.run_id)
+        self.rabbit = OwnRabbit(
+            self.workdir / "rabbitmq", node_id=self.run_id, consumer_timeout=CONSUMER_TIMEOUT_MS
+        )
 
     async def up(self, arms: dict[str, str]) -> tuple[AsyncEngine, Injector]:
         await asyncio.gather(self.pg.start(), self.rabbit.start())
@@ -138,6 +145,7 @@ class Deployment:
                 "SAGA_PREFETCH": "50",
                 "SHOP_DATABASE_URL": through_proxy,
                 "SHOP_SLOW_SECONDS": "3",
+                "SHOP_LONG_SECONDS": str(LONG_STEP_SECONDS),
                 **(
                     {}
                     if self.profile.max_active is None
@@ -153,7 +161,11 @@ class Deployment:
             self.proxies,
             orchestrators=[f"orchestrator-{i}" for i in range(self.profile.orchestrators)],
             shops=[f"shop-{i}" for i in range(self.profile.shops)],
-            shop_env={"SAGA_AMQP_PREFIX": self.downstream.prefix, "SAGA_PREFETCH": "20"},
+            shop_env={
+                "SAGA_AMQP_PREFIX": self.downstream.prefix,
+                "SAGA_PREFETCH": "20",
+                "SAGA_DETACH_AFTER": str(DETACH_AFTER_SECONDS),
+            },
             seed=self.seed,
         )
         injector.start_all(arms)

@@ -174,6 +174,8 @@ class OwnRabbit:
     dist_port: int = field(default_factory=free_port)
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
+    # The broker's consumer timeout in ms (None: RabbitMQ's 30 minutes), checked every 100 ms.
+    consumer_timeout: int | None = None
 
     @property
     def node(self) -> str:
@@ -206,6 +208,11 @@ class OwnRabbit:
     async def start(self) -> None:
         (self.root / "home").mkdir(parents=True, exist_ok=True)
         (self.root / "enabled_plugins").write_text("[].\n")
+        if self.consumer_timeout is not None:
+            (self.root / "advanced.config").write_text(
+                f"[{{rabbit, [{{consumer_timeout, {self.consumer_timeout}}}, "
+                "{channel_tick_interval, 100}]}].\n"
+            )
         await self._boot()
         log.info("chaos_rabbitmq_started", node=self.node, port=self.port)
 

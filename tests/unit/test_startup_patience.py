@@ -39,8 +39,7 @@ def db_error(sqlstate: str | None) -> OperationalError:
         (ssl.SSLCertVerificationError(), False),
         (aiormq.exceptions.ChannelInvalidStateError("closed"), True),
         (aiormq.exceptions.ConnectionClosed(320, "reset"), True),
-        (RuntimeError('<Connection: "amqp://…"> closed'), True),
-        (RuntimeError("something else"), False),
+        (RuntimeError("Connection was not opened"), False),  # unless the connection is down
         (ValueError("bad"), False),
     ],
 )
@@ -83,3 +82,14 @@ async def test_patience_runs_out() -> None:
     with pytest.raises(ConnectionRefusedError):
         await patiently("PostgreSQL", call, patience=0.05)
     assert 1 < len(calls) < 1000
+
+
+async def test_any_failure_while_the_connection_is_down_is_the_outage() -> None:
+    connected = [False, False, True]
+    call, calls = failing(2, RuntimeError("Connection was not opened"))
+    assert await patiently("RabbitMQ", call, patience=5, down=lambda: not connected.pop(0)) == "up"
+    assert len(calls) == 3
+    call, calls = failing(2, RuntimeError("PRECONDITION_FAILED"))
+    with pytest.raises(RuntimeError):
+        await patiently("RabbitMQ", call, patience=5, down=lambda: False)
+    assert len(calls) == 1
