@@ -34,7 +34,8 @@ async def main(services: set[str] | None) -> None:
     knobs = Knobs(slow_seconds=float(os.environ.get("SHOP_SLOW_SECONDS", "2.0")))
     participants = [p for p in build(engine, knobs) if services is None or p.service in services]
     try:
-        await serve(settings, participants)
+        # Commands expire by the clock of the database the barrier is in, not this host's.
+        await serve(settings, participants, clock_database=engine)
     finally:
         await engine.dispose()
 
