@@ -118,7 +118,6 @@ class Orchestrator:
         self.http: HttpServer | None = None  # serving SAGA_HTTP_BIND, once started
         self.admission: Admission | None = None
         self.blocking: BlockedWatch | None = None  # of the broker connection, once connected
-        self.clock: DatabaseClock | None = None  # the database's, once synced
 
     async def start(self) -> None:
         from adapters.http.serve import http_plan, listen
@@ -227,7 +226,6 @@ class Orchestrator:
         require_loaded(await store.versions_in_use(), self.registry)
         clock = DatabaseClock(database_session(db), max_skew=self.settings.clock_skew_max)
         await clock.sync()
-        self.clock = clock
         metrics.CLOCK_OFFSET.set_function(lambda: clock.offset)
         return clock
 
