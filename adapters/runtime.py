@@ -17,9 +17,9 @@ import structlog
 from adapters import metrics
 from adapters.admission import Admission
 from adapters.archive import DirectoryArchive
-from adapters.clock import utcnow
 from adapters.faults import FaultyPublisher, crash_after, fault_hook
 from adapters.postgres.database import make_engine
+from adapters.postgres.dbclock import DatabaseClock, database_session
 from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
 from adapters.postgres.retries import with_db_retries
 from adapters.postgres.schema import SchemaNotReady, require_schema
@@ -138,7 +138,7 @@ class Orchestrator:
         self._stops.append(db.dispose)
         store = PostgresStore(db)
         try:
-            await patiently(
+            clock = await patiently(
                 "PostgreSQL", lambda: self._prepare(db, store), patience=s.startup_patience
             )
         except (DefinitionConflict, MissingDefinition, SchemaNotReady):
@@ -170,7 +170,7 @@ class Orchestrator:
             store,
             publisher,
             self.registry,
-            clock=utcnow,
+            clock=clock,
             observe=metrics.observe,
             unconsumed=self.command_queues.unconsumed_commands,
             spans=self._engine_spans(),
@@ -213,8 +213,9 @@ class Orchestrator:
             asyncio.create_task(self._loop("timers", self._timers, s.timer_interval)),
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),
             asyncio.create_task(self._watch_command_queues(connection)),
+            asyncio.create_task(clock.keep(self._stopping)),
         ]
-        self._tasks += self._optional_sweeps(db, archive)
+        self._tasks += self._optional_sweeps(db, archive, clock)
         if sock is not None:
             from adapters.http.app import create_app
             from adapters.http.serve import serve
@@ -225,13 +226,27 @@ class Orchestrator:
                 self.engine,
                 unconsumed_queues=self.command_queues.unconsumed_queues,
                 amqp_blocked=lambda: self.blocking.alarm if self.blocking is not None else None,
+                clock_skew=clock.skewed,
             )
             self.http = await serve(app, sock)
             self._stops.insert(0, self.http.stop)
         log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
 
+    async def _prepare(self, db: AsyncEngine, store: PostgresStore) -> DatabaseClock:
+        """Check the database is ready for this release and these definitions, and take its
+        clock: every deadline this process sets and every timer it fires goes by the
+        database's clock, one for every replica whatever their hosts' clocks say."""
+        await require_schema(db)  # un-migrated, or a release behind: `saga migrate`
+        await register_definitions(store, self.registry, redefine=self.settings.dev_redefine)
+        # Unfinished instances finish on their own version: refuse to run without it.
+        require_loaded(await store.versions_in_use(), self.registry)
+        clock = DatabaseClock(database_session(db), max_skew=self.settings.clock_skew_max)
+        await clock.sync()
+        metrics.CLOCK_OFFSET.set_function(lambda: clock.offset)
+        return clock
+
     def _optional_sweeps(
-        self, db: AsyncEngine, archive: DirectoryArchive | None
+        self, db: AsyncEngine, archive: DirectoryArchive | None, clock: DatabaseClock
     ) -> list[asyncio.Task[None]]:
         """The sweeps only some deployments need: semantic locks, retention."""
         s, tasks = self.settings, []
@@ -239,7 +254,7 @@ class Orchestrator:
             # Expires waiting starts on time, and starts those a release left behind.
             tasks.append(asyncio.create_task(self._loop("locks", self._locks, s.timer_interval)))
         if s.retention is not None:
-            sweep = retention_sweep(db, s.retention, archive=archive)
+            sweep = retention_sweep(db, s.retention, archive=archive, clock=clock)
             tasks.append(asyncio.create_task(self._loop("retention", sweep, SWEEP_INTERVAL)))
         return tasks
 
@@ -260,12 +275,6 @@ class Orchestrator:
         for service in self.topology.services_of(self.registry.commands()):
             await self.topology.declare_service(channel, service)
         return channel
-
-    async def _prepare(self, db: AsyncEngine, store: PostgresStore) -> None:
-        await require_schema(db)  # un-migrated, or a release behind: `saga migrate`
-        await register_definitions(store, self.registry, redefine=self.settings.dev_redefine)
-        # Unfinished instances finish on their own version: refuse to run without it.
-        require_loaded(await store.versions_in_use(), self.registry)
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     relay_age: float = Field(
         2.0, ge=0, description="Outbox rows older than this (seconds) are republished by the relay."
     )
+    clock_skew_max: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds this host's wall clock may differ from the database's: beyond "
+        "it `saga run` logs clock_skew, and fails readiness, until it is back within. "
+        "Deadlines and timers go by the database's clock either way "
+        "(adapters/postgres/dbclock.py).",
+    )
     consumer_check_interval: float = Field(
         30.0,
         gt=0,

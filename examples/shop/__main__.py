@@ -40,7 +40,8 @@ async def main(services: set[str] | None) -> None:
     )
     participants = [p for p in build(engine, knobs) if services is None or p.service in services]
     try:
-        await serve(settings, participants)
+        # Commands expire by the clock of the database the barrier is in, not this host's.
+        await serve(settings, participants, clock_database=engine)
     finally:
         await engine.dispose()
 
