@@ -13,7 +13,7 @@ from orchestrator.events import (
     SkipRequested,
     TimersDue,
 )
-from orchestrator.state import SagaStatus, StepState, StepStatus
+from orchestrator.state import TIMEOUT_ERROR, SagaStatus, StepState, StepStatus
 from orchestrator.transition.advance import advance, begin_step
 from orchestrator.transition.dispatch import dispatch
 from orchestrator.transition.scratch import Transition, after, due
@@ -75,12 +75,20 @@ def parked_phase(b: Transition) -> SagaStatus:
 
 
 def parked_actions(b: Transition) -> list[StepState]:
-    """Steps whose action stopped for good past the pivot, or was cut off by the deadline."""
+    """Steps whose action stopped for good past the pivot (or at it, unanswered), or was cut
+    off by the deadline."""
     pivot = b.definition.pivot_index
     return [
         s
         for s in b.steps
-        if (s.status == StepStatus.FAILED and pivot is not None and b.position(s) > pivot)
+        if (
+            s.status == StepStatus.FAILED
+            and pivot is not None
+            and (
+                b.position(s) > pivot
+                or (b.position(s) == pivot and (s.error or {}).get("type") == TIMEOUT_ERROR)
+            )
+        )
         or (
             s.status == StepStatus.RUNNING
             and not s.in_flight
@@ -115,7 +123,7 @@ def skip(b: Transition, event: SkipRequested) -> None:
     if not (parked and step in parked_actions(b)) and not ahead:
         b.refuse(
             f"step {step.name!r} is {step.status.value} and the saga {b.status.value}: only a "
-            "step parked past the pivot, or a pending step of a paused saga, can be skipped"
+            "step parked at or past the pivot, or a pending step of a paused saga, can be skipped"
         )
         return
     b.steps[step.index] = step.moved(

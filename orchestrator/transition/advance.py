@@ -13,7 +13,7 @@ from datetime import timedelta
 from orchestrator.error_info import ErrorInfo
 from orchestrator.event_names import HistoryEvent
 from orchestrator.messages import aware_utc
-from orchestrator.state import SagaStatus, StepState, StepStatus
+from orchestrator.state import TIMEOUT_ERROR, SagaStatus, StepState, StepStatus
 from orchestrator.steps import StepDefinition
 from orchestrator.transition.dispatch import dispatch
 from orchestrator.transition.scratch import Transition
@@ -276,6 +276,21 @@ def failed_for_good(t: Transition, step: StepState, error: ErrorInfo) -> None:
         advance(t)  # a cancel or deadline is compensating already; carry on with it
         return
     pivot = t.definition.pivot_index
+    if pivot is not None and t.position(step) == pivot and error.type == TIMEOUT_ERROR:
+        # The pivot never answered its last attempt: it may have taken effect, and it is never
+        # undone, so undoing what came before it could leave its effect alone (an order
+        # released, its card charged). An operator checks, then retries or skips it.
+        t.finish(
+            SagaStatus.FAILED,
+            error=ErrorInfo(
+                type="pivot_uncertain",
+                step=step.name,
+                message=f"the pivot {step.name!r} may have taken effect: {error.summary}; "
+                "check it, then retry the saga (the participant answers a retry from its "
+                "idempotency key) or skip the step if it took effect",
+            ),
+        )
+        return
     if pivot is not None and t.position(step) > pivot:
         # Past the pivot nothing is undone: an operator must finish this step. The type
         # says whether retrying could have helped (it ran out) or not (refused for good).

@@ -13,9 +13,9 @@ from pydantic import BaseModel, ValidationError
 from orchestrator import time_limits
 from orchestrator.error_info import ErrorInfo
 from orchestrator.event_names import HistoryEvent
-from orchestrator.events import ReplyReceived
+from orchestrator.events import ReplyReceived, command_id
 from orchestrator.messages import Reply
-from orchestrator.state import INVALID_RESULT_ERROR, StepState, StepStatus
+from orchestrator.state import INVALID_RESULT_ERROR, SagaStatus, StepState, StepStatus
 from orchestrator.time_limits import Limits
 from orchestrator.transition.advance import advance
 from orchestrator.transition.retries import action_failed, compensation_failed
@@ -27,6 +27,12 @@ def on_reply(t: Transition, event: ReplyReceived) -> None:
     step = next((s for s in t.steps if s.name == reply.step), None)
     if step is None:
         t.record(HistoryEvent.REPLY_IGNORED, reply.step, {"reason": "unknown step", **_ids(reply)})
+        return
+    answered = earlier_success(t, step, reply)
+    if answered is not None:
+        # Every attempt shares the step's idempotency key: the participant answers the
+        # newer attempt with this same success (its barrier replays it), so it is the step's.
+        succeeded(t, replace(step, command_id=reply.command_id), reply, answered)
         return
     if not step.in_flight or step.command_id != reply.command_id:
         ignore(t, step, reply)
@@ -41,13 +47,7 @@ def on_reply(t: Transition, event: ReplyReceived) -> None:
             # The action took effect: the step keeps the result (its compensation gets it).
             action_failed(t, replace(step, result=reply.result), refused)
         else:
-            t.steps[step.index] = step.moved(
-                StepStatus.SUCCEEDED, result=reply.result, error=None, due_at=None
-            )
-            t.record(
-                HistoryEvent.STEP_SUCCEEDED, step.name, {"attempt": step.attempt, **took(t, step)}
-            )
-            advance(t)
+            succeeded(t, step, reply)
     elif reply.outcome == "success":
         t.steps[step.index] = step.moved(StepStatus.COMPENSATED, due_at=None)
         t.record(
@@ -116,6 +116,37 @@ def took(t: Transition, step: StepState) -> dict[str, float]:
     if step.dispatched_at is None:
         return {}
     return {"seconds": round((t.now - step.dispatched_at).total_seconds(), 3)}
+
+
+def succeeded(t: Transition, step: StepState, reply: Reply, answered: int | None = None) -> None:
+    t.steps[step.index] = step.moved(
+        StepStatus.SUCCEEDED, result=reply.result, error=None, due_at=None
+    )
+    detail: dict[str, Any] = {"attempt": step.attempt, **took(t, step)}
+    if answered is not None:
+        detail["answered_by_attempt"] = answered
+    t.record(HistoryEvent.STEP_SUCCEEDED, step.name, detail)
+    advance(t)
+
+
+def earlier_success(t: Transition, step: StepState, reply: Reply) -> int | None:
+    """The attempt, if `reply` is a success of an earlier attempt of this step's action that
+    came after it timed out, while the step still retries (its next attempt waiting or in
+    flight). A result that fails the step's `result=` model is left to the attempt in flight."""
+    if reply.outcome != "success" or step.status != StepStatus.RUNNING:
+        return None
+    if t.status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+        return None  # parked or paused: an operator's, not a late answer's, to move on
+    if step.item is not None:
+        return None  # a map's item: its map counts its items' answers as they come
+    if step.command_id == reply.command_id:
+        return None
+    if invalid_result(t.spec(step).result, reply) is not None:
+        return None
+    for attempt in range(1, step.attempt + 1):
+        if command_id(t.original.saga_id, step.name, "action", attempt) == reply.command_id:
+            return attempt
+    return None
 
 
 def ignore(t: Transition, step: StepState, reply: Reply) -> None:

@@ -213,16 +213,25 @@ def test_timeout_schedules_a_retry_with_backoff_then_a_new_attempt_with_the_same
     assert second.expires_at == waiting.due_at + timedelta(seconds=30)
     assert run.step("reserve_credit").command_id == second.command_id
 
-    # The first attempt's answer arrives late: recorded, not applied.
+    # The first attempt's failure arrives late: recorded, not applied.
     before = run.state
-    late = run.succeed(command=first)
+    late = run.fail("too late", command=first)
     assert late.state.steps == before.steps
     assert [(h.event, (h.detail or {}).get("reason")) for h in late.history] == [
         ("reply_ignored", "stale attempt")
     ]
-    run.succeed(command=second)
+    # Its success is the step's all the same: every attempt shares the idempotency key, so
+    # the participant answers the second attempt with it too (which is then late).
+    won = run.succeed(command=first)
+    first_entry = won.history[0]
+    assert first_entry.event == "step_succeeded"
+    assert (first_entry.detail or {}).get("answered_by_attempt") == 1
     assert run.step("reserve_credit").status == StepStatus.SUCCEEDED
     assert run.last.step == "reserve_stock"
+    after = run.succeed(command=second)
+    assert [(h.event, (h.detail or {}).get("reason")) for h in after.history] == [
+        ("reply_ignored", "late")
+    ]
 
 
 def test_backoff_grows_between_attempts() -> None:

@@ -302,7 +302,7 @@ def test_skip_of_a_pending_step_of_a_paused_saga() -> None:
         (lambda run: None, "reserve_a", "'reserve_a' is running and the saga running"),
         (lambda run: None, "reserve_b", "'reserve_b' is pending and the saga running"),
         (park_past_the_pivot, "charge", "'charge' is succeeded and the saga failed"),
-        (park_in_compensation, "reserve_b", "only a step parked past the pivot"),
+        (park_in_compensation, "reserve_b", "only a step parked at or past the pivot"),
         (lambda run: run.pause(), "reserve_a", "'reserve_a' is running and the saga paused"),
     ],
 )

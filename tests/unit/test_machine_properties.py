@@ -421,13 +421,23 @@ class SagaRun(RuleBasedStateMachine):
         assert all(s.index >= len(m.definition.steps) for s in items)
 
     def check_failures(self, decision: Decision, before: SagaState | None) -> None:
-        """A step that fails for good while the saga runs parks it past the pivot, and has
-        the saga compensate before."""
+        """A step that fails for good while the saga runs parks it past the pivot (and at the
+        pivot when its last attempt went unanswered), and has the saga compensate before."""
         failed = [h.step or "" for h in decision.history if h.event == "step_failed"]
         if not failed or before is None or phase_of(before) != SagaStatus.RUNNING:
             return
         after = decision.state
-        if self.m.past_pivot(failed[0]):
+        pivot = self.m.definition.pivot_index
+        step = next(s for s in after.steps if s.name == failed[0])
+        if (
+            pivot is not None
+            and self.m.index(failed[0]) == pivot
+            and (step.error or {}).get("type") == "timeout"
+        ):
+            # The pivot never answered: it may have acted, and it is never undone.
+            assert after.status == SagaStatus.FAILED, "an unanswered pivot did not park"
+            assert after.error is not None and after.error["type"] == "pivot_uncertain"
+        elif self.m.past_pivot(failed[0]):
             assert after.status == SagaStatus.FAILED, "a failure past the pivot did not park"
             assert after.error is not None and after.error["step"] == failed[0]
             assert after.error["type"] in ("retries_exhausted", "step_failed")
@@ -582,7 +592,40 @@ class SagaRun(RuleBasedStateMachine):
     def stale_reply(self, data: st.DataObject, outcome: str) -> None:
         old = [s for s in self.m.sent if s.resolution is not None]
         sent = data.draw(st.sampled_from(old))
+        if outcome == "success" and sent in self.late_successes():
+            return  # the step's, not ignored: earlier_attempt_succeeds
         self.ignored(make_reply(sent.command, outcome))
+
+    def late_successes(self) -> list[Sent]:
+        """Earlier attempts of an action still retrying: a success of theirs is the step's."""
+        if self.s.status not in (SagaStatus.RUNNING, SagaStatus.COMPENSATING):
+            return []
+        retrying = {
+            step.name: step.command_id
+            for step in self.s.steps
+            if step.status == StepStatus.RUNNING and step.item is None
+        }
+        return [
+            s
+            for s in self.m.sent
+            if s.resolution in ("timeout", "failure")  # answered for one delivery: another won
+            and s.command.kind == "action"
+            and s.command.step in retrying
+            and retrying[s.command.step] != s.command.command_id
+        ]
+
+    @precondition(lambda self: self.model is not None and bool(self.late_successes()))
+    @rule(data=st.data())
+    def earlier_attempt_succeeds(self, data: st.DataObject) -> None:
+        """A timed-out attempt's success comes in while its step retries: every attempt
+        shares the idempotency key, so the step succeeds with it, whatever is in flight."""
+        sent = data.draw(st.sampled_from(self.late_successes()))
+        last = [s for s in self.m.sent if s.key == sent.key][-1]
+        last.resolution = "success"  # the step's outcome is its last attempt's: success now
+        reply = make_reply(sent.command, "success")
+        self.m.replies.append(reply)
+        decision = self.decide(ReplyReceived(reply))
+        assert decision.history[0].event == "step_succeeded", decision.history
 
     @precondition(lambda self: self.model is not None)
     @rule(
@@ -899,6 +942,12 @@ class SagaRun(RuleBasedStateMachine):
             assert "compensation_deadline_exceeded" in m.history
         elif kind == "deadline_exceeded":
             assert definition.deadline is not None and m.pivot_dispatched()
+            assert not compensations
+        elif kind == "pivot_uncertain":
+            # The pivot's last attempt went unanswered: nothing was undone.
+            assert definition.pivot_index is not None
+            assert m.index(state.error["step"]) == definition.pivot_index
+            assert m.action_outcome(state.error["step"]) == "timeout"
             assert not compensations
         else:
             # A step past the pivot ran out of attempts, or was refused for good.
