@@ -8,7 +8,6 @@ recovery under test is the relay's and the redelivery's, so a `step_timed_out` f
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -28,6 +27,7 @@ from examples.shop.verify import check_effects
 from orchestrator.messages import StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaState
+from tests.e2e.crash_log import fault_point_crashes
 from tests.e2e.history_check import check_history
 from tests.e2e.test_many_orchestrators import outbox_empty, read_history
 from tests.fixtures.polling import eventually
@@ -121,19 +121,6 @@ async def run_and_check(
         assert timed_out == [], "a timeout finished what the crash recovery had to"
     finally:
         await db.dispose()
-
-
-def fault_point_crashes(log: Path) -> list[str]:
-    """The fault points at which a process writing JSON logs to `log` said it crashed."""
-    points = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("event") == "fault_point_crash":
-            points.append(str(entry.get("point")))
-    return points
 
 
 def settings_for(database_url: str, topology: Topology, amqp_url: str) -> Settings:
