@@ -23,6 +23,8 @@ from pathlib import Path
 
 import structlog
 
+from tests.fixtures.must_run import unavailable
+
 log = structlog.get_logger(__name__)
 
 
@@ -61,6 +63,16 @@ def _version(name: str) -> tuple[int, ...]:
 PG_BIN = postgres_bin()
 RABBIT_BIN = Path(os.environ.get("CHAOS_RABBIT_BIN", "/usr/lib/rabbitmq/bin"))
 PG_USER = "postgres"
+
+
+def require_servers() -> None:
+    """Skip a harness test where the servers' programs are missing (fail it in CI)."""
+    absent = [str(p) for p in (PG_BIN / "initdb", RABBIT_BIN / "rabbitmq-server") if not p.exists()]
+    if absent:
+        unavailable(
+            f"{', '.join(absent)} missing: the harness runs servers of its own "
+            "(apt-get install postgresql rabbitmq-server; CHAOS_PG_BIN, CHAOS_RABBIT_BIN)"
+        )
 
 
 def free_port() -> int:

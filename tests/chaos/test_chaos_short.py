@@ -16,19 +16,13 @@ import pytest
 
 from tests.chaos.harness import run
 from tests.chaos.profiles import SHORT
-from tests.chaos.servers import PG_BIN, RABBIT_BIN
-from tests.fixtures.must_run import unavailable
+from tests.chaos.servers import require_servers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 async def test_short_chaos_profile_keeps_every_invariant() -> None:
-    absent = [str(p) for p in (PG_BIN / "initdb", RABBIT_BIN / "rabbitmq-server") if not p.exists()]
-    if absent:
-        unavailable(
-            f"{', '.join(absent)} missing: the harness runs servers of its own "
-            "(apt-get install postgresql rabbitmq-server; CHAOS_PG_BIN, CHAOS_RABBIT_BIN)"
-        )
+    require_servers()
     assert os.geteuid() != 0 or shutil.which("runuser"), "as root, initdb needs runuser"
     seed = int(os.environ.get("SAGA_CHAOS_SEED") or random.SystemRandom().randrange(2**31))
     print(f"\nchaos short: seed {seed} (SAGA_CHAOS_SEED={seed} replays it)")
