@@ -14,15 +14,19 @@ the runtime, the participant worker and the starter relay run unwrapped. With it
 - the starter relay's publisher (`FaultyRelayPublisher`, adapters/starter/):
   `starter_after_commit_before_publish` once it has claimed rows a service committed,
   `starter_after_publish_before_delete` once the broker confirmed them.
+
+Each process arms the points of its role only (`REACHES`): a spec naming a point the process
+never reaches would never crash it, so a crash test would pass without its crash. It is
+refused at start, naming the role and the points it reaches.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import structlog
 
@@ -34,26 +38,45 @@ log = structlog.get_logger(__name__)
 # Called with the name of each fault point the process reaches.
 Hook = Callable[[str], None]
 
-POINTS = frozenset(
-    {
-        "after_commit_before_publish",
-        "after_publish_before_outbox_delete",
-        "after_commit_before_ack",
-        "after_handler_before_reply",
-        "starter_after_commit_before_publish",
-        "starter_after_publish_before_delete",
-    }
-)
+Role = Literal["orchestrator", "participant", "starter"]
+
+# The points each kind of process reaches: `saga run` (publisher and handlers), a process
+# hosting participants (`adapters.participant.serve`), a starter relay.
+REACHES: Mapping[Role, frozenset[str]] = {
+    "orchestrator": frozenset(
+        {
+            "after_commit_before_publish",
+            "after_publish_before_outbox_delete",
+            "after_commit_before_ack",
+        }
+    ),
+    "participant": frozenset({"after_handler_before_reply"}),
+    "starter": frozenset(
+        {"starter_after_commit_before_publish", "starter_after_publish_before_delete"}
+    ),
+}
+POINTS = frozenset().union(*REACHES.values())
 
 
-def fault_hook(spec: str | None) -> Hook | None:
-    """The hook SAGA_FAULT asks for, or None without one. A bad spec raises at once."""
+def fault_hook(spec: str | None, role: Role) -> Hook | None:
+    """The hook SAGA_FAULT asks for in a process of `role`, or None without one. A bad spec
+    (an unknown point, one this role never reaches, a count below 1) raises at once."""
     if not spec:
         return None
     point, _, nth = spec.partition("@")
     if point not in POINTS:
         raise ValueError(f"unknown fault point {point!r}; known: {', '.join(sorted(POINTS))}")
-    remaining = int(nth) if nth else 1
+    if point not in REACHES[role]:
+        raise ValueError(
+            f"SAGA_FAULT={spec}: a {role} process never reaches {point!r}, so it would never "
+            f"crash; a {role} reaches {', '.join(sorted(REACHES[role]))}"
+        )
+    try:
+        remaining = int(nth) if nth else 1
+    except ValueError:
+        raise ValueError(
+            f"fault count must be a whole number in {spec!r}, e.g. {point}@3"
+        ) from None
     if remaining < 1:
         raise ValueError(f"fault count must be >= 1 in {spec!r}")
 

@@ -111,7 +111,7 @@ class Orchestrator:
             self.registry, self.topology, metrics.command_queue_consumers
         )
         # Crash points for tests (SAGA_FAULT): wrappers around the publisher and the handlers.
-        self.faults = fault_hook(settings.fault)
+        self.faults = fault_hook(settings.fault, "orchestrator")
         self._tasks: list[asyncio.Task[None]] = []
         self._stops: list[Callable[[], Awaitable[Any]]] = []
         self._stopping = asyncio.Event()

@@ -24,8 +24,8 @@ python_ok "$PY" || PY=python3
 
 # What is missing: the servers and Python are needed; the rest only by some tests (the
 # dashboard's browser tests, the Node.js participant, the TLS tests' certificates, pgrep,
-# libfaketime for the clock-skew test).
-needed=() optional=()
+# libfaketime for the clock-skew test, promtool for the alert rules).
+needed=() optional=() lean=()
 pg_answers || [ -n "$(pg_cluster)" ] || needed+=(postgresql)
 rabbit_answers || command -v rabbitmq-server >/dev/null || needed+=(rabbitmq-server)
 [ -x .venv/bin/python ] || python_ok "$PY" || needed+=(python3 python3-venv)
@@ -35,19 +35,32 @@ command -v node >/dev/null && command -v npm >/dev/null || optional+=(nodejs npm
 command -v openssl >/dev/null || optional+=(openssl)
 command -v pgrep >/dev/null || optional+=(procps)  # the bench's CPU meter
 compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || optional+=(faketime)
-packages=("${needed[@]}" "${optional[@]}")
-if [ ${#packages[@]} -gt 0 ]; then
+# Debian ships promtool only in `prometheus` (a 19 MB download, 96 MB installed, a few small
+# JavaScript packages for its web UI); without its recommended node exporter.
+command -v promtool >/dev/null || lean+=(prometheus)
+packages=("${needed[@]}" "${optional[@]}") missing=("${needed[@]}" "${optional[@]}" "${lean[@]}")
+if [ ${#missing[@]} -gt 0 ]; then
   if can_install; then
-    echo "installing ${packages[*]} ..."
+    echo "installing ${missing[*]} ..."
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
-  elif [ ${#needed[@]} -gt 0 ]; then
-    echo "error: ${needed[*]} missing. Run this script as root to install them, or run:" >&2
-    echo "  sudo apt-get update && sudo apt-get install -y ${packages[*]}" >&2
-    exit 1
+    export DEBIAN_FRONTEND=noninteractive
+    if [ ${#packages[@]} -gt 0 ]; then apt-get install -y -qq "${packages[@]}" >/dev/null; fi
+    if [ ${#lean[@]} -gt 0 ]; then
+      apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
+      # Only its promtool is wanted: where systemd runs, the package's own Prometheus server
+      # would start (a container's policy-rc.d usually keeps it from starting at all).
+      if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+    fi
   else
-    echo "note: some tests need ${optional[*]}:" \
-      "sudo apt-get install -y ${optional[*]}" >&2
+    if [ ${#needed[@]} -gt 0 ]; then
+      echo "error: ${needed[*]} missing. Run this script as root to install them, or run:" >&2
+    else
+      echo "note: some tests need ${missing[*]}; to install them:" >&2
+    fi
+    echo "  sudo apt-get update" >&2
+    [ ${#packages[@]} -eq 0 ] || echo "  sudo apt-get install -y ${packages[*]}" >&2
+    [ ${#lean[@]} -eq 0 ] || echo "  sudo apt-get install -y --no-install-recommends ${lean[*]}" >&2
+    [ ${#needed[@]} -eq 0 ] || exit 1
   fi
 fi
 python_ok "$PY" || PY=python3

@@ -46,7 +46,7 @@ async def serve(
     barrier's, PostgreSQL); its clock is read before consuming and every 30 s after, and a
     host clock off it by more than SAGA_CLOCK_SKEW_MAX is logged (`clock_skew`). Without one,
     this host's clock: keep it synchronised (NTP)."""
-    hit = fault_hook(settings.fault)  # before connecting: a bad spec fails at once
+    hit = fault_hook(settings.fault, "participant")  # before connecting: a bad spec fails at once
     provider, spans = _handler_spans(participants)  # so do misconfigured OTEL_* variables
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

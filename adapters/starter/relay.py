@@ -361,7 +361,7 @@ async def relaying(
     rows still waiting are relayed by the next relay to run on the table.
 
     `SAGA_FAULT` (tests only, adapters/faults.py) arms a crash point around its publishes."""
-    hit = fault_hook(os.environ.get("SAGA_FAULT"))
+    hit = fault_hook(os.environ.get("SAGA_FAULT"), "starter")
     broker = Broker(amqp_url, prefix, timeout=publish_timeout)
     publisher: Publisher = broker if hit is None else FaultyRelayPublisher(broker, hit)
     relay = Relay(

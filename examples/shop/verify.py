@@ -19,6 +19,7 @@ ACTIONS = [
     "payments.charge",
     "notifications.order_confirmed",
 ]
+NOTIFY = "notifications.order_confirmed"
 UNDO = {
     "customers.reserve_credit": "customers.release_credit",
     "inventory.reserve": "inventory.release",
@@ -34,7 +35,9 @@ async def ledger(shop: AsyncEngine, saga_ids: list[object]) -> Counter[tuple[str
 
 
 async def check_effects(shop: AsyncEngine, sagas: dict[str, SagaState]) -> list[str]:
-    """Problems: double effects, missing effects of completed orders, missing compensations."""
+    """Problems: double effects, missing effects of completed orders, undos of completed
+    ones, missing compensations, and undone (compensated, cancelled) orders charged or
+    notified. A saga not finished cleanly (parked, running) is a problem too."""
     counts = await ledger(shop, [s.saga_id for s in sagas.values()])
     problems = [f"{sid} {cmd} applied {n} times" for (sid, cmd), n in counts.items() if n > 1]
     for key, state in sagas.items():
@@ -55,6 +58,8 @@ async def check_effects(shop: AsyncEngine, sagas: dict[str, SagaState]) -> list[
             ]
             if "payments.charge" in done:
                 problems.append(f"{key}: {state.status} but the card was charged")
+            if NOTIFY in done:
+                problems.append(f"{key}: {state.status} but the customer was notified")
         else:
             problems.append(f"{key}: not finished cleanly ({state.status})")
     return problems

@@ -16,17 +16,63 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
 
+from tests.fixtures.must_run import unavailable
+
 log = structlog.get_logger(__name__)
 
-PG_BIN = Path(os.environ.get("CHAOS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def postgres_bin(root: Path = Path("/usr/lib/postgresql")) -> Path:
+    """Where PostgreSQL's server programs (initdb, pg_ctl) are: CHAOS_PG_BIN; else
+    `pg_config --bindir` if initdb is there; else the newest `root`/<version>/bin that holds
+    initdb (Debian's layout, one directory per installed major version); else `root`, which
+    holds no initdb either (the chaos test says what it needs).
+
+    `pg_config` alone is not enough on Debian: it is postgresql-common's wrapper around the
+    newest version's pg_config, which comes with that version's client package, not its
+    server; without one it is libpq-dev's, naming libpq's version; or it is not installed."""
+    if configured := os.environ.get("CHAOS_PG_BIN"):
+        return Path(configured)
+    found = shutil.which("pg_config")
+    if found is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(
+                [found, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            )
+            bindir = Path(done.stdout.strip())
+            if (bindir / "initdb").exists():
+                return bindir
+    servers = [d for d in root.glob("*/bin") if (d / "initdb").exists()]
+    return max(servers, key=lambda d: _version(d.parent.name)) if servers else root
+
+
+def _version(name: str) -> tuple[int, ...]:
+    """'15' -> (15,), '9.6' -> (9, 6); a name that is no version sorts first."""
+    try:
+        return tuple(int(part) for part in name.split("."))
+    except ValueError:
+        return ()
+
+
+PG_BIN = postgres_bin()
 RABBIT_BIN = Path(os.environ.get("CHAOS_RABBIT_BIN", "/usr/lib/rabbitmq/bin"))
 PG_USER = "postgres"
+
+
+def require_servers() -> None:
+    """Skip a harness test where the servers' programs are missing (fail it in CI)."""
+    absent = [str(p) for p in (PG_BIN / "initdb", RABBIT_BIN / "rabbitmq-server") if not p.exists()]
+    if absent:
+        unavailable(
+            f"{', '.join(absent)} missing: the harness runs servers of its own "
+            "(apt-get install postgresql rabbitmq-server; CHAOS_PG_BIN, CHAOS_RABBIT_BIN)"
+        )
 
 
 def free_port() -> int:

@@ -9,19 +9,13 @@ import pytest
 from tests.chaos.harness import run
 from tests.chaos.plants import PLANTS, UNREACHED
 from tests.chaos.profiles import PROOF
-from tests.chaos.servers import PG_BIN, RABBIT_BIN
+from tests.chaos.servers import require_servers
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(
-        not (PG_BIN / "initdb").exists() or not (RABBIT_BIN / "rabbitmq-server").exists(),
-        reason="needs PostgreSQL's and RabbitMQ's server binaries to run servers of its own",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 
 async def test_every_planted_bug_fails_the_run() -> None:
+    require_servers()
     result = await run(PROOF, seed=7, plant=PLANTS)
     problems = result.verdict.problems()
     print(result.text, *result.notes, sep="\n")

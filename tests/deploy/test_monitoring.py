@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import promql_parser
-import pytest
 import yaml
 
 from tests.deploy import code_facts as facts
 from tests.deploy import manifests as m
+from tests.fixtures.must_run import unavailable
 
 MONITORING = facts.DEPLOY / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"
@@ -119,8 +119,10 @@ def test_every_runbook_link_lands_on_a_heading_of_the_docs() -> None:
             assert fragment in anchors, link
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
+    if shutil.which("promtool") is None:
+        unavailable("promtool not installed: apt-get install --no-install-recommends prometheus")
+
     def check(path: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["promtool", "check", "rules", str(path)],

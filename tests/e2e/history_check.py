@@ -1,6 +1,8 @@
 """What the history of a finished run must show however many orchestrators raced over it and
-however often they died: each transition recorded once. A pure check over `saga_history`
-rows, so a test can also hand it a doctored history and see it complain."""
+however often they died: each transition recorded once, nothing after the end. A pure check
+over `saga_history` rows, so a test can also hand it a doctored history and see it complain
+(tests/unit/test_history_check_catches.py). For sagas that end once: an operator's retry of
+a parked saga, or a parent undoing a completed child, ends a saga twice by design."""
 
 from __future__ import annotations
 
@@ -26,6 +28,17 @@ ONCE_PER_ATTEMPT = {
     "compensation_retry_scheduled": "compensation",
 }
 TERMINAL = {"saga_completed", "saga_compensated", "saga_cancelled", "saga_failed"}
+# What may follow the terminal entry: the finishing transaction's bookkeeping, and what came
+# too late and was refused or ignored. Never a transition: no dispatch, no answer taken.
+AFTER_END = {
+    "locks_released",
+    "parent_answered",
+    "reply_ignored",
+    "cancel_refused",
+    "signal_refused",
+    "start_repeated",
+    "operator_action_refused",
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,12 @@ def _check_saga(saga_id: UUID, history: list[Entry], status: str) -> list[str]:
     ends = [e.event for e in history if e.event in TERMINAL]
     if ends != [f"saga_{status}"]:
         problems.append(f"status {status} but terminal entries {ends}")
+    end = next((n for n, e in enumerate(history) if e.event in TERMINAL), len(history))
+    problems += [
+        f"{e.event} {e.step} at seq {e.seq} after the saga ended"
+        for e in history[end + 1 :]
+        if e.event not in AFTER_END | TERMINAL
+    ]
 
     dispatched: set[tuple[str, str | None, int | None]] = set()
     once: Counter[tuple[str, str | None, int | None]] = Counter()

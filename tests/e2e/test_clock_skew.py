@@ -36,20 +36,23 @@ from examples.processes import Processes
 from orchestrator.messages import StartSaga
 from tests.e2e.chore_saga import CHORE_SECONDS, TIMEOUT
 from tests.e2e.test_many_orchestrators import consumer_count
+from tests.fixtures.must_run import unavailable
 from tests.fixtures.polling import eventually
 from tests.fixtures.settings import process_env
 
 # Debian's `faketime` package (deploy/setup-local.sh installs it as root).
 LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.timeout(90),
-    pytest.mark.skipif(
-        not LIBFAKETIME,
-        reason="libfaketime is not installed: `apt-get install faketime` (deploy/setup-local.sh "
-        "installs it as root, else prints the command)",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+
+@pytest.fixture(autouse=True)
+def libfaketime_installed() -> None:
+    if not LIBFAKETIME:
+        unavailable(
+            "libfaketime is not installed: `apt-get install faketime` (deploy/setup-local.sh "
+            "installs it as root, else prints the command)"
+        )
+
 
 SAGAS = 20
 AHEAD = 120.0

@@ -1,9 +1,14 @@
 """Real processes, real crashes: `saga run` is killed with SIGKILL mid-flight (by the test, and
 at each named fault point), restarted, and every saga still ends as it should, with no effect
-applied twice by the example shop."""
+applied twice by the example shop, the outbox drained and a history of each transition once.
+
+No step may time out: the order saga's steps time out after 30 s, inside the minute the test
+waits, and a timeout and its retry would finish a saga whose command a crash lost. The
+recovery under test is the relay's and the redelivery's, so a `step_timed_out` fails it."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,6 +27,9 @@ from examples.shop.verify import check_effects
 from orchestrator.messages import StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaState
+from tests.e2e.crash_log import fault_point_crashes
+from tests.e2e.history_check import check_history
+from tests.e2e.test_many_orchestrators import outbox_empty, read_history
 from tests.fixtures.polling import eventually
 from tests.fixtures.settings import process_env
 
@@ -78,12 +86,15 @@ async def run_and_check(
     settings: Settings,
     plan: list[PlannedOrder],
     crash: Callable[[PostgresStore], Awaitable[None]],
+    fault: str | None = None,
 ) -> None:
+    """Run `plan` through the orchestrator (its first life armed with SAGA_FAULT=`fault`, the
+    shop never) and the shop, `crash` it, restart it, and check how everything ended."""
     db = make_engine(settings.database_url, pool_size=2)
     try:
         await schema.create(db)
         await schema.seed(db, CUSTOMERS, STOCK)
-        procs.start_orchestrator()
+        procs.start_orchestrator(extra_env={"SAGA_FAULT": fault} if fault else None)
         procs.start_shop()
         await wait_for_consumers(settings, QUEUES)
         await send_requests(
@@ -98,6 +109,16 @@ async def run_and_check(
         wrong = {o.key: states[o.key].status for o in plan if states[o.key].status != o.expect}
         assert wrong == {}, procs.log_tail("orchestrator")
         assert await check_effects(db, states) == []
+        await eventually(lambda: outbox_empty(db), message="the outbox drained")
+        history = await read_history(db)
+        statuses = {s.saga_id: s.status.value for s in states.values()}
+        assert check_history(history, statuses) == []
+        timed_out = [
+            f"{e.saga_id} {e.event} {e.step}"
+            for e in history
+            if e.event in ("step_timed_out", "compensation_timed_out")
+        ]
+        assert timed_out == [], "a timeout finished what the crash recovery had to"
     finally:
         await db.dispose()
 
@@ -135,14 +156,17 @@ async def test_crash_at_fault_point_then_restart(
     procs: Processes, database_url: str, topology: Topology, amqp_url: str, point: str
 ) -> None:
     plan = orders(20)
-    procs.env["SAGA_FAULT"] = f"{point}@15"
 
     async def crash(_store: PostgresStore) -> None:
         async def died() -> bool:
             return not procs.alive("orchestrator")
 
         await eventually(died, timeout=30, message=f"the orchestrator to die at {point}")
-        procs.procs.pop("orchestrator")
-        del procs.env["SAGA_FAULT"]
+        dead = procs.procs.pop("orchestrator")
+        assert dead.returncode == -signal.SIGKILL, procs.log_tail("orchestrator")
+        assert fault_point_crashes(procs.log_dir / "orchestrator.log") == [point]
+        assert procs.alive("shop"), "the shop must not crash at the orchestrator's point"
 
-    await run_and_check(procs, settings_for(database_url, topology, amqp_url), plan, crash)
+    await run_and_check(
+        procs, settings_for(database_url, topology, amqp_url), plan, crash, fault=f"{point}@15"
+    )

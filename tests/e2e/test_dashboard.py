@@ -42,6 +42,7 @@ from orchestrator import Retry, Saga
 from orchestrator.definition import GuardContext
 from orchestrator.messages import Command
 from orchestrator.ports import HistoryRecord
+from tests.fixtures.must_run import unavailable
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system
 from tests.integration.hosted import host
@@ -156,10 +157,7 @@ class Lab:
 def browser() -> Iterator[WebDriver]:
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
-        why = f"{', '.join(missing)} missing: apt-get install chromium chromium-driver"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the dashboard's browser tests must run in CI: {why}")
-        pytest.skip(why)
+        unavailable(f"{', '.join(missing)} missing: apt-get install chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in (

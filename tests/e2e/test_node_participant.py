@@ -45,21 +45,24 @@ from orchestrator.messages import Exchange, StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaState
 from tests.e2e.test_exactly_once import log_events
+from tests.fixtures.must_run import unavailable
 from tests.fixtures.polling import eventually
 from tests.fixtures.settings import process_env
 from tests.fixtures.wire_schemas import HEADERS, body_errors, header_errors, metadata
 
 NODE = shutil.which("node")
 NODE_DIR = Path(__file__).parents[2] / "examples" / "node-inventory"
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        NODE is None,
-        reason="node is not installed: `bash deploy/setup-local.sh` installs it as root, "
-        "else prints the command",
-    ),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+
+
+@pytest.fixture(autouse=True)
+def node_installed() -> None:
+    if NODE is None:
+        unavailable(
+            "node is not installed: `bash deploy/setup-local.sh` installs it as root, "
+            "else prints the command"
+        )
+
 
 PYTHON_SERVICES = ("customers", "payments", "notifications")
 QUEUES = ["saga.requests", "saga.replies"] + [

@@ -23,6 +23,7 @@ from examples.processes import Processes
 from examples.shop.orders import saga_key
 from examples.shop.schema import orders
 from orchestrator.ports import SagaQuery
+from tests.e2e.crash_log import fault_point_crashes
 from tests.e2e.order_service import order_id, rolled_back
 from tests.fixtures.polling import eventually
 from tests.fixtures.settings import process_env
@@ -97,6 +98,7 @@ async def test_sigkilled_between_commit_publish_and_delete_each_committed_order_
         if code == 0:
             break  # every order placed and relayed before the point was reached
         assert code == -signal.SIGKILL, procs.log_tail(f"service-{life}")
+        assert fault_point_crashes(procs.log_dir / f"service-{life}.log") == [point]
         deaths[point] += 1
     assert await run_life(procs, "service-last", None) == 0, procs.log_tail("service-last")
     print(f"deaths: {dict(deaths)}")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.must_run import unavailable
+
 
 @dataclass(frozen=True)
 class Certs:
@@ -54,7 +56,7 @@ def _signed(name: str, cn: str, san: str | None, cwd: Path) -> None:
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is needed to make test certificates")
+        unavailable("the openssl command line is needed to make test certificates")
     cwd = tmp_path_factory.mktemp("certs")
     _ca("ca", cwd)
     _ca("other-ca", cwd)

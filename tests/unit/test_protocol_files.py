@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from adapters.protocol import ASYNCAPI, SCHEMA_SUFFIX, documents, write
 from adapters.rabbitmq.topology import COMMAND_QUEUE_PREFIX, EXCHANGE_TYPES, Topology
 from orchestrator.messages import CancelSaga, Reply, StartSaga
+from tests.fixtures.must_run import unavailable
 from tests.fixtures.wire_schemas import PROTOCOL, body_errors
 
 ROOT = Path(__file__).parents[2]
@@ -177,7 +178,7 @@ def test_the_asyncapi_document_names_the_topology_and_every_schema() -> None:
 
 def test_the_asyncapi_document_is_valid_asyncapi_3() -> None:
     if not ASYNCAPI_SPEC.exists():
-        pytest.skip(
+        unavailable(
             "the AsyncAPI 3.0 JSON Schema comes with examples/node-inventory's npm packages: "
             "run `npm ci` there (deploy/setup-local.sh does where node is installed)"
         )
