@@ -10,14 +10,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from adapters.faults import REACHES
 from tests.chaos.profiles import Profile
 
-# The points each kind of process reaches (adapters/faults.py): an orchestrator never runs the
-# starter's relay, so its points would never fire there.
-ORCHESTRATOR_POINTS = sorted(
-    {"after_commit_before_publish", "after_publish_before_outbox_delete", "after_commit_before_ack"}
-)
-PARTICIPANT_POINT = "after_handler_before_reply"
+# The points each kind of process reaches (adapters/faults.py).
+ORCHESTRATOR_POINTS = sorted(REACHES["orchestrator"])
+(PARTICIPANT_POINT,) = REACHES["participant"]
 
 OUTAGES = (
     "broker stop_app",
