@@ -61,7 +61,15 @@ def unreachable(exc: BaseException) -> bool:
         return True  # a channel of a connection that is down, to come back by itself
     if isinstance(exc, DBAPIError):
         code = getattr(exc.orig, "sqlstate", None)
-        # No SQLSTATE: the connection itself failed (refused, reset, no route). 08: connection
-        # exceptions; 57P01-03: shutting down, crashed, starting up.
-        return code is None or code.startswith("08") or code in ("57P01", "57P02", "57P03")
+        if code is None:
+            # A failed connection attempt carries no SQLSTATE, only the text: the server's own
+            # FATAL refusal (a role, database or password that will not mend by waiting)
+            # unless it is starting up, shutting down, recovering or full; otherwise the
+            # connection itself failed (refused, reset, no route).
+            text = str(exc.orig)
+            if "FATAL:" in text:
+                return "the database system is" in text or "too many clients" in text
+            return True
+        # 08: connection exceptions; 57P01-03: shutting down, crashed, starting up.
+        return code.startswith("08") or code in ("57P01", "57P02", "57P03")
     return isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError)

@@ -65,6 +65,9 @@ class Injector:
         self._armed: dict[str, str] = {}
         self._crashes_before: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # One outage of a server at a time: a stop_app landing while the node still boots
+        # from a kill -9 cannot reach it, and would be a harness failure, not a finding.
+        self._server_busy = {"broker": asyncio.Lock(), "db": asyncio.Lock()}
 
     # -- processes ------------------------------------------------------------------------
     def start(self, name: str, arm: str | None = None) -> None:
@@ -156,17 +159,8 @@ class Injector:
                 detail = f"{victim} down {fault.down_for:.1f}s" + (
                     f", restarted with SAGA_FAULT={fault.arm}" if fault.arm else ""
                 )
-            elif kind == "broker stop_app":
-                await self.rabbit.stop_app()
-                await asyncio.sleep(fault.down_for)  # the schedule: the broker's downtime
-                await self.rabbit.start_app()
-                detail = f"down {time.time() - began:.1f}s"
-            elif kind == "broker kill -9":
-                await self.rabbit.kill9_and_start(fault.down_for)
-                detail = f"down {time.time() - began:.1f}s (boot included)"
-            elif kind.startswith("db restart"):
-                await self.postgres.restart(kind.rsplit(" ", 1)[1])
-                detail = f"down {time.time() - began:.1f}s"
+            elif kind.startswith(("broker ", "db restart")):
+                began, detail = await self._outage(fault)
             elif kind == "proxy reset":
                 count = sum(p.reset_all() for p in self._targets(fault.target))
                 detail = f"{fault.target}: {count} connections reset"
@@ -193,6 +187,23 @@ class Injector:
             return
         self.records.append(Record(kind, began, time.time(), detail))
         log.info("chaos_fault", kind=kind, detail=detail)
+
+    async def _outage(self, fault: Fault) -> tuple[float, str]:
+        """A server down and back; when it began (once the server's last outage was over)
+        and what to say of it."""
+        kind = fault.kind
+        async with self._server_busy["db" if kind.startswith("db ") else "broker"]:
+            began = time.time()
+            if kind == "broker stop_app":
+                await self.rabbit.stop_app()
+                await asyncio.sleep(fault.down_for)  # the schedule: the broker's downtime
+                await self.rabbit.start_app()
+                return began, f"down {time.time() - began:.1f}s"
+            if kind == "broker kill -9":
+                await self.rabbit.kill9_and_start(fault.down_for)
+                return began, f"down {time.time() - began:.1f}s (boot included)"
+            await self.postgres.restart(kind.rsplit(" ", 1)[1])
+            return began, f"down {time.time() - began:.1f}s"
 
     async def _running(self, names: list[str], patience: float = 30.0) -> list[str]:
         """The members of `names` running now and not armed; if none (all down after earlier

@@ -16,13 +16,18 @@ from adapters.startup import patiently, unreachable
 
 
 class PgError(Exception):
-    def __init__(self, sqlstate: str | None) -> None:
-        super().__init__("pg")
+    def __init__(self, sqlstate: str | None, text: str) -> None:
+        super().__init__(text)
         self.sqlstate = sqlstate
 
 
-def db_error(sqlstate: str | None) -> OperationalError:
-    return OperationalError("SELECT 1", {}, PgError(sqlstate))
+def db_error(sqlstate: str | None, text: str = "pg") -> OperationalError:
+    return OperationalError("SELECT 1", {}, PgError(sqlstate, text))
+
+
+def refused(why: str) -> OperationalError:
+    """How psycopg words a connection attempt the server answered: no SQLSTATE, its text."""
+    return db_error(None, f'connection to server at "127.0.0.1", port 5432 failed: FATAL:  {why}')
 
 
 @pytest.mark.parametrize(
@@ -30,7 +35,12 @@ def db_error(sqlstate: str | None) -> OperationalError:
     [
         (BrokerUnavailable("refused", unreachable=True), True),
         (BrokerUnavailable("wrong password"), False),
-        (db_error(None), True),  # the connection itself failed
+        (db_error(None, "connection failed: Connection refused"), True),
+        (refused('role "nosuchrole" does not exist'), False),
+        (refused('database "nosuchdb" does not exist'), False),
+        (refused('password authentication failed for user "app"'), False),
+        (refused("the database system is starting up"), True),
+        (refused("sorry, too many clients already"), True),
         (db_error("57P03"), True),  # the database system is starting up
         (db_error("08006"), True),
         (db_error("28P01"), False),  # password authentication failed
