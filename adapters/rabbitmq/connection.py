@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from urllib.parse import unquote, urlsplit
 
-import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.common import FieldTable
 
+from adapters.amqp_urls import node_urls
+from adapters.rabbitmq.nodes import NodesConnection
 from adapters.redaction import redact_text
 from adapters.tls import amqp_ssl_context
 
@@ -20,25 +22,45 @@ log = structlog.get_logger(__name__)
 class BrokerUnavailable(ConnectionError):
     """The first connection to RabbitMQ failed: wrong credentials, a vhost that does not
     exist or is not the user's, no broker at that address, or TLS refused. Says which, with
-    the URL's password masked; the process should stop rather than retry (a robust
-    connection reconnects by itself only once it has been connected)."""
+    the URL's password masked (for each node, when SAGA_AMQP_URL lists several); the process
+    should stop rather than retry (a robust connection reconnects by itself only once it has
+    been connected)."""
 
 
 async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnection:
     """A connection that reconnects by itself and then restores its channels, declarations
     and consumers. `name` shows up in the broker's connection list. An `amqps` URL connects
-    with TLS (adapters/tls.py). Raises `BrokerUnavailable` at once if it cannot connect."""
+    with TLS (adapters/tls.py). `url` may list the nodes of a cluster, comma-separated
+    (adapters/amqp_urls.py): the first connection goes to the first node that answers,
+    starting at a random one, and a lost node is left for the next (adapters/rabbitmq/nodes.py).
+    Raises `BrokerUnavailable` at once if no node can be connected to."""
     client_properties: FieldTable | None = {"connection_name": name} if name else None
-    try:
-        return await aio_pika.connect_robust(
-            url, client_properties=client_properties, ssl_context=amqp_ssl_context(url)
-        )
-    except (aiormq.exceptions.AMQPError, OSError) as exc:
-        reason = _why(url, exc)
-        log.error("amqp_connect_failed", url=redact_text(url), reason=reason)
-        raise BrokerUnavailable(
-            f"cannot connect to RabbitMQ at {redact_text(url)}: {reason}"
-        ) from None
+    urls = node_urls(url)
+    start = random.randrange(len(urls))  # spread the processes over the nodes
+    ring = urls[start:] + urls[:start]
+    reasons: list[str] = []
+    for i, first in enumerate(ring):
+        connection: NodesConnection | None = None
+        try:
+            connection = NodesConnection(
+                ring[i:] + ring[:i],
+                client_properties=client_properties,
+                ssl_context=amqp_ssl_context(first),  # a missing CA file is an OSError
+            )
+            await connection.connect()
+        except (aiormq.exceptions.AMQPError, OSError) as exc:
+            reason = _why(first, exc)
+            log.error("amqp_connect_failed", url=redact_text(first), reason=reason)
+            reasons.append(f"{redact_text(first)}: {reason}" if len(ring) > 1 else reason)
+            if connection is not None:
+                await connection.close()
+            continue
+        return connection
+    if len(ring) == 1:
+        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_text(url)}: {reasons[0]}")
+    raise BrokerUnavailable(
+        f"cannot connect to any of the {len(ring)} RabbitMQ nodes: " + "; ".join(reasons)
+    )
 
 
 def _why(url: str, exc: BaseException) -> str:
