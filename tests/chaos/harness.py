@@ -6,6 +6,10 @@ a steady stream of orders, the seeded fault schedule, then the invariants and th
                          ──▶ proxy ──▶ own RabbitMQ node  ◀── relay (duplicates, reorders,
                                                               drops) between the prefixes
     harness (feeder, checks) ─────────▶ both servers directly
+
+A profile with `rabbit_nodes` > 1 runs a RabbitMQ cluster of its own instead of one node
+(tests/chaos/cluster.py), which everyone, processes and harness, reaches through the list of
+its nodes in SAGA_AMQP_URL, not through the proxy: a dead node is left for another.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from examples.processes import Processes
 from examples.shop import schema
 from orchestrator.ports import SagaQuery
 from tests.chaos import figures
+from tests.chaos.cluster import OwnRabbitCluster
 from tests.chaos.injector import Injector, Record
 from tests.chaos.invariants import Verdict, verify
 from tests.chaos.profiles import Profile
@@ -95,22 +100,35 @@ class Deployment:
 
     def __post_init__(self) -> None:
         self.pg = OwnPostgres(self.workdir / "postgres")
-        self.rabbit = OwnRabbit(self.workdir / "rabbitmq", node_id=self.run_id)
+        self.cluster = (
+            OwnRabbitCluster(self.workdir / "rabbitmq", self.run_id, self.profile.rabbit_nodes)
+            if self.profile.rabbit_nodes > 1
+            else None
+        )
+        self.rabbit = (
+            self.cluster.nodes[0]
+            if self.cluster is not None
+            else OwnRabbit(self.workdir / "rabbitmq", node_id=self.run_id)
+        )
+
+    @property
+    def broker_url(self) -> str:
+        """The harness's own way to the broker: the node, or the list of the cluster's."""
+        return self.cluster.url() if self.cluster is not None else self.rabbit.url()
 
     async def up(self) -> tuple[AsyncEngine, Injector]:
-        await asyncio.gather(self.pg.start(), self.rabbit.start())
+        await asyncio.gather(self.pg.start(), (self.cluster or self.rabbit).start())
         await upgrade(self.pg.url("chaos"))
         db = self.db = make_engine(self.pg.url("chaos"), pool_size=3)
         await schema.create(db)
         await schema.seed(db, CUSTOMERS, STOCK)
-        self.proxies = {
-            "postgres": FaultyProxy("postgres", self.pg.port),
-            "rabbitmq": FaultyProxy("rabbitmq", self.rabbit.port),
-        }
+        self.proxies = {"postgres": FaultyProxy("postgres", self.pg.port)}
+        if self.cluster is None:
+            self.proxies["rabbitmq"] = FaultyProxy("rabbitmq", self.rabbit.port)
         for proxy in self.proxies.values():
             await proxy.start()
         self.relay = DroppingRelay(
-            self.rabbit.url(),
+            self.broker_url,
             self.upstream,
             self.downstream,
             SERVICES,
@@ -125,7 +143,11 @@ class Deployment:
         self.procs = Processes(
             env={
                 "SAGA_DATABASE_URL": through_proxy,
-                "SAGA_AMQP_URL": self.rabbit.url(port=self.proxies["rabbitmq"].listen_port),
+                "SAGA_AMQP_URL": (
+                    self.broker_url
+                    if self.cluster is not None
+                    else self.rabbit.url(port=self.proxies["rabbitmq"].listen_port)
+                ),
                 "SAGA_AMQP_PREFIX": self.upstream.prefix,
                 "SAGA_LOG_FORMAT": "json",
                 "SAGA_HTTP_BIND": "",
@@ -153,10 +175,11 @@ class Deployment:
             shops=[f"shop-{i}" for i in range(self.profile.shops)],
             shop_env={"SAGA_AMQP_PREFIX": self.downstream.prefix, "SAGA_PREFETCH": "20"},
             seed=self.seed,
+            cluster=self.cluster,
         )
         injector.start_all()
-        await _consuming(self.rabbit.url(), self.upstream, self.downstream, self.profile)
-        self.requests = Requests(self.rabbit.url(), self.upstream)
+        await _consuming(self.broker_url, self.upstream, self.downstream, self.profile)
+        self.requests = Requests(self.broker_url, self.upstream)
         return db, injector
 
     async def down(self, *, failed: bool) -> None:
@@ -177,7 +200,7 @@ class Deployment:
             await proxy.stop()
         if self.db is not None:
             await self.db.dispose()
-        await self.rabbit.stop()
+        await (self.cluster or self.rabbit).stop()
         await self.pg.stop()
 
 
@@ -220,7 +243,7 @@ async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
 
         states = {s.key: s for s in await PostgresStore(db).find(SagaQuery(limit=len(orders) * 2))}
         dead = await _dead_letters(
-            deployment.rabbit.url(), [deployment.upstream, deployment.downstream]
+            deployment.broker_url, [deployment.upstream, deployment.downstream]
         )
         verdict = await verify(db, orders, states, await read_history(db), dead)
         verdict = replace(verdict, outcomes_must_hold=not profile.injects_faults)
@@ -249,6 +272,7 @@ async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
         )
         text += "\n\n" + figures.timeline(terminal, injector.records, began_wall)
         notes = [
+            *(f"{r.kind}: {r.detail}" for r in injector.records if r.kind == "node kill -9"),
             *(f"skipped: {s}" for s in injector.skipped),
             *(
                 f"{e.name} exited by itself (rc {e.returncode}):\n{e.log_tail}"

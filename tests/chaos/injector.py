@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from examples.processes import Processes
+from tests.chaos.cluster import OwnRabbitCluster
 from tests.chaos.proxy import FaultyProxy
 from tests.chaos.schedule import Fault
 from tests.chaos.servers import OwnPostgres, OwnRabbit
@@ -53,6 +54,7 @@ class Injector:
     records: list[Record] = field(default_factory=list)
     unexpected: list[Exit] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    cluster: OwnRabbitCluster | None = None  # the profile's RabbitMQ cluster, if it has one
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed + 2)
@@ -114,7 +116,7 @@ class Injector:
             task.add_done_callback(self._tasks.discard)
         await asyncio.gather(*list(self._tasks))
 
-    async def _inject(self, fault: Fault) -> None:
+    async def _inject(self, fault: Fault) -> None:  # noqa: PLR0915 (a branch per fault kind)
         began = time.time()
         detail = ""
         kind = fault.kind
@@ -144,6 +146,8 @@ class Injector:
             elif kind == "broker kill -9":
                 await self.rabbit.kill9_and_start(fault.down_for)
                 detail = f"down {time.time() - began:.1f}s (boot included)"
+            elif kind == "node kill -9":
+                began, detail = await self._kill_node(fault)  # began: after any wait its turn
             elif kind.startswith("db restart"):
                 await self.postgres.restart(kind.rsplit(" ", 1)[1])
                 detail = f"down {time.time() - began:.1f}s"
@@ -173,6 +177,11 @@ class Injector:
             return
         self.records.append(Record(kind, began, time.time(), detail))
         log.info("chaos_fault", kind=kind, detail=detail)
+
+    async def _kill_node(self, fault: Fault) -> tuple[float, str]:
+        if self.cluster is None:
+            raise ValueError("node kill -9 needs a cluster: Profile.rabbit_nodes > 1")
+        return await self.cluster.kill_busiest_leader(fault.down_for)
 
     async def _running(self, names: list[str], patience: float = 30.0) -> list[str]:
         """The members of `names` running now; if none (all down after earlier kills),
