@@ -1,4 +1,6 @@
-"""The wall clock the adapters give the engine and the participant workers: aware, in UTC."""
+"""This host's wall clock, aware, in UTC: for a participant worker without a database whose
+clock it could go by. `saga run`, the CLI's operator actions and participants with a database
+go by the database's clock (adapters/postgres/dbclock.py)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ The engine knows nothing of Prometheus: it reports what happened through its `ob
 callback (orchestrator.unit_of_work.Observer) and `observe` below turns that into counts and step
 latencies. The consumers report dead-lettered messages through `dead_lettered`, the command
 queue check (adapters/rabbitmq/command_queues.py) what it counted through
-`command_queue_consumers`.
+`command_queue_consumers`; `saga run` points `CLOCK_OFFSET` at its database clock's offset.
 
 What only the database knows (sagas by status, outbox lag, due timers, ...) is read at scrape
 time: `await refresh_gauges(engine)` and then `render()` (adapters/http/observability.py).
@@ -140,6 +140,13 @@ STARTS_HELD = Gauge(
     "saga_starts_held",
     "Start messages this process holds unacked, waiting until fewer than SAGA_MAX_ACTIVE "
     "sagas are running or compensating (admission control); more wait in saga.requests.",
+    registry=REGISTRY,
+)
+CLOCK_OFFSET = Gauge(
+    "saga_clock_offset_seconds",
+    "This host's wall clock minus the database's, in seconds, as measured at the last sync "
+    "(every 30 s; positive: the host runs ahead). Deadlines and timers go by the database's "
+    "clock; beyond SAGA_CLOCK_SKEW_MAX /readyz answers 503 (adapters/postgres/dbclock.py).",
     registry=REGISTRY,
 )
 COMMAND_QUEUE_CONSUMERS = Gauge(

@@ -17,9 +17,9 @@ import structlog
 from adapters import metrics
 from adapters.admission import Admission
 from adapters.archive import DirectoryArchive
-from adapters.clock import utcnow
 from adapters.faults import FaultyPublisher, crash_after, fault_hook
 from adapters.postgres.database import make_engine
+from adapters.postgres.dbclock import DatabaseClock, database_session
 from adapters.postgres.retention import SWEEP_INTERVAL, retention_sweep
 from adapters.postgres.retries import with_db_retries
 from adapters.postgres.schema import SchemaNotReady, require_schema
@@ -32,6 +32,7 @@ from adapters.rabbitmq.delivery import MAX_REASON_CHARS, Delivery, json_object, 
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import CANCELS_QUEUE, REQUESTS_QUEUE, Topology
 from adapters.settings import Settings
+from adapters.startup import patiently
 from adapters.tracing.wiring import engine_spans
 from orchestrator import trace
 from orchestrator.definition_rules import NAME_RE
@@ -60,7 +61,7 @@ from orchestrator.starting import start_error
 from orchestrator.versioning import require_loaded
 
 if TYPE_CHECKING:
-    from aio_pika.abc import AbstractRobustConnection
+    from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from adapters.http.serve import HttpServer
@@ -137,25 +138,31 @@ class Orchestrator:
         self._stops.append(db.dispose)
         store = PostgresStore(db)
         try:
-            await require_schema(db)  # un-migrated, or a release behind: `saga migrate`
-            await register_definitions(store, self.registry, redefine=self.settings.dev_redefine)
-            # Unfinished instances finish on their own version: refuse to run without it.
-            require_loaded(await store.versions_in_use(), self.registry)
+            clock = await patiently(
+                "PostgreSQL", lambda: self._prepare(db, store), patience=s.startup_patience
+            )
         except (DefinitionConflict, MissingDefinition, SchemaNotReady):
             await db.dispose()
             if sock is not None:
                 sock.close()
             raise
-        connection = await connect(s.amqp_url)
+        connection = await patiently(
+            "RabbitMQ", lambda: connect(s.amqp_url), patience=s.startup_patience
+        )
         self._stops.append(connection.close)
         # Told when a resource alarm blocks the connection's publishing: /readyz, metrics.
         self.blocking = BlockedWatch(connection)
         self._stops.append(_closing(self.blocking))
         metrics.AMQP_BLOCKED.watch(self.blocking)
-        publish_channel = await open_channel(connection)
-        await self.topology.declare_core(publish_channel)
-        for service in self.topology.services_of(self.registry.commands()):
-            await self.topology.declare_service(publish_channel, service)
+
+        # A connection reset meanwhile (the broker restarting) fails a step; the connection
+        # comes back by itself, so each step is tried again while the broker is away.
+        def down() -> bool:
+            return not connection.connected.is_set()
+
+        publish_channel = await patiently(
+            "RabbitMQ", lambda: self._declare(connection), patience=s.startup_patience, down=down
+        )
         publisher: Publisher = RabbitPublisher(publish_channel, self.topology)
         if self.faults is not None:
             publisher = FaultyPublisher(publisher, self.faults)
@@ -163,7 +170,7 @@ class Orchestrator:
             store,
             publisher,
             self.registry,
-            clock=utcnow,
+            clock=clock,
             observe=metrics.observe,
             unconsumed=self.command_queues.unconsumed_commands,
             spans=self._engine_spans(),
@@ -183,25 +190,32 @@ class Orchestrator:
 
         self._stops.insert(0, stop_consumers)
         for queue, handler, batch in consumers:
-            channel = await open_channel(connection)
-            consumer = await consume(
-                channel,
-                queue,
-                handler,
-                topology=self.topology,
-                prefetch=s.prefetch,
-                on_dead_letter=metrics.dead_lettered,
-                batch=batch,
-                max_batch=s.batch_size,
-                max_body_bytes=s.max_message_bytes,
+
+            async def consuming(
+                queue: str = queue, handler: Handler = handler, batch: BatchHandler | None = batch
+            ) -> Consumer:
+                return await consume(
+                    await open_channel(connection),
+                    queue,
+                    handler,
+                    topology=self.topology,
+                    prefetch=s.prefetch,
+                    on_dead_letter=metrics.dead_lettered,
+                    batch=batch,
+                    max_batch=s.batch_size,
+                    max_body_bytes=s.max_message_bytes,
+                )
+
+            started.append(
+                await patiently("RabbitMQ", consuming, patience=s.startup_patience, down=down)
             )
-            started.append(consumer)
         self._tasks = [
             asyncio.create_task(self._loop("timers", self._timers, s.timer_interval)),
             asyncio.create_task(self._loop("relay", self._relay, s.relay_interval)),
             asyncio.create_task(self._watch_command_queues(connection)),
+            asyncio.create_task(clock.keep(self._stopping)),
         ]
-        self._tasks += self._optional_sweeps(db, archive)
+        self._tasks += self._optional_sweeps(db, archive, clock)
         if sock is not None:
             from adapters.http.app import create_app
             from adapters.http.serve import serve
@@ -212,13 +226,27 @@ class Orchestrator:
                 self.engine,
                 unconsumed_queues=self.command_queues.unconsumed_queues,
                 amqp_blocked=lambda: self.blocking.alarm if self.blocking is not None else None,
+                clock_skew=clock.skewed,
             )
             self.http = await serve(app, sock)
             self._stops.insert(0, self.http.stop)
         log.info("orchestrator_started", sagas=self.registry.names(), prefix=s.amqp_prefix or None)
 
+    async def _prepare(self, db: AsyncEngine, store: PostgresStore) -> DatabaseClock:
+        """Check the database is ready for this release and these definitions, and take its
+        clock: every deadline this process sets and every timer it fires goes by the
+        database's clock, one for every replica whatever their hosts' clocks say."""
+        await require_schema(db)  # un-migrated, or a release behind: `saga migrate`
+        await register_definitions(store, self.registry, redefine=self.settings.dev_redefine)
+        # Unfinished instances finish on their own version: refuse to run without it.
+        require_loaded(await store.versions_in_use(), self.registry)
+        clock = DatabaseClock(database_session(db), max_skew=self.settings.clock_skew_max)
+        await clock.sync()
+        metrics.CLOCK_OFFSET.set_function(lambda: clock.offset)
+        return clock
+
     def _optional_sweeps(
-        self, db: AsyncEngine, archive: DirectoryArchive | None
+        self, db: AsyncEngine, archive: DirectoryArchive | None, clock: DatabaseClock
     ) -> list[asyncio.Task[None]]:
         """The sweeps only some deployments need: semantic locks, retention."""
         s, tasks = self.settings, []
@@ -226,7 +254,7 @@ class Orchestrator:
             # Expires waiting starts on time, and starts those a release left behind.
             tasks.append(asyncio.create_task(self._loop("locks", self._locks, s.timer_interval)))
         if s.retention is not None:
-            sweep = retention_sweep(db, s.retention, archive=archive)
+            sweep = retention_sweep(db, s.retention, archive=archive, clock=clock)
             tasks.append(asyncio.create_task(self._loop("retention", sweep, SWEEP_INTERVAL)))
         return tasks
 
@@ -239,6 +267,14 @@ class Orchestrator:
         if (spans := self.spans) is not None:
             self._stops.append(lambda: asyncio.to_thread(spans.shutdown))
         return spans
+
+    async def _declare(self, connection: AbstractRobustConnection) -> AbstractRobustChannel:
+        """The channel the engine publishes on, once every exchange and queue is declared."""
+        channel = await open_channel(connection)
+        await self.topology.declare_core(channel)
+        for service in self.topology.services_of(self.registry.commands()):
+            await self.topology.declare_service(channel, service)
+        return channel
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         "comma-separated: a connection goes to one and moves on when that node goes away "
         "(adapters/amqp_urls.py).",
     )
+    startup_patience: float = Field(
+        60.0,
+        ge=0,
+        description="Seconds a starting process waits for PostgreSQL and RabbitMQ to answer "
+        "(a restart, a deployment coming up) before it gives up; 0 gives up at once.",
+    )
     # -- TLS (adapters/tls.py, docs/security.md): folded into the URLs above on load ---------
     amqp_tls_ca_file: str | None = Field(
         None, description="CA bundle (PEM) to verify RabbitMQ's certificate with; turns TLS on."
@@ -110,6 +116,14 @@ class Settings(BaseSettings):
     relay_interval: float = Field(1.0, gt=0, description="Seconds between outbox sweeps.")
     relay_age: float = Field(
         2.0, ge=0, description="Outbox rows older than this (seconds) are republished by the relay."
+    )
+    clock_skew_max: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds this host's wall clock may differ from the database's: beyond "
+        "it `saga run` logs clock_skew, and fails readiness, until it is back within. "
+        "Deadlines and timers go by the database's clock either way "
+        "(adapters/postgres/dbclock.py).",
     )
     consumer_check_interval: float = Field(
         30.0,

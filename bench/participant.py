@@ -72,7 +72,7 @@ async def main() -> None:
     )
     try:
         barrier = await create(engine)
-        await serve(settings, [build(barrier)])
+        await serve(settings, [build(barrier)], clock_database=engine)
     finally:
         await engine.dispose()
 

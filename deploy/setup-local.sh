@@ -23,7 +23,8 @@ PY=${PYTHON:-python3.11}
 python_ok "$PY" || PY=python3
 
 # What is missing: the servers and Python are needed; the rest only by some tests (the
-# dashboard's browser tests, the Node.js participant, the TLS tests' certificates, pgrep).
+# dashboard's browser tests, the Node.js participant, the TLS tests' certificates, pgrep,
+# libfaketime for the clock-skew test).
 needed=() optional=()
 pg_answers || [ -n "$(pg_cluster)" ] || needed+=(postgresql)
 rabbit_answers || command -v rabbitmq-server >/dev/null || needed+=(rabbitmq-server)
@@ -33,6 +34,7 @@ command -v chromium >/dev/null && command -v chromedriver >/dev/null \
 command -v node >/dev/null && command -v npm >/dev/null || optional+=(nodejs npm)
 command -v openssl >/dev/null || optional+=(openssl)
 command -v pgrep >/dev/null || optional+=(procps)  # the bench's CPU meter
+compgen -G '/usr/lib/*/faketime/libfaketime.so.1' >/dev/null || optional+=(faketime)
 packages=("${needed[@]}" "${optional[@]}")
 if [ ${#packages[@]} -gt 0 ]; then
   if can_install; then

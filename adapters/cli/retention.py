@@ -55,7 +55,7 @@ def prune(
     age = _age(older_than)
     config = cs.settings()
     if dry_run:
-        sagas, inbox = cs.run(_count(config.database_url, age))
+        sagas, inbox = cs.run(_count(config, age))
         typer.echo(f"would delete {sagas} sagas and {inbox} held cancels (dry run)")
         return
     target = None if archive is None else _archive(archive, config)
@@ -63,7 +63,7 @@ def prune(
     say_err = archive == "-"
     archived = [0]
     try:
-        done = cs.run(_prune(config.database_url, age, batch, target, archived))
+        done = cs.run(_prune(config, age, batch, target, archived))
     except ArchiveFailed as exc:
         typer.secho(
             f"error: {exc}: that batch was not deleted; the prune stopped after deleting "
@@ -117,26 +117,29 @@ def _age(text: str) -> timedelta:
     return age
 
 
-async def _count(url: str, age: timedelta) -> tuple[int, int]:
-    db = make_engine(url, pool_size=1)
+async def _count(config: Settings, age: timedelta) -> tuple[int, int]:
+    db = make_engine(config.database_url, pool_size=1)
     try:
         await require_schema(db)
-        return await retention.prunable(db, age)
+        now = (await cs.database_clock(config, db))()
+        return await retention.prunable(db, age, now)
     finally:
         await db.dispose()
 
 
 async def _prune(
-    url: str, age: timedelta, batch: int, archive: Archive | None, pruned: list[int]
+    config: Settings, age: timedelta, batch: int, archive: Archive | None, pruned: list[int]
 ) -> Pruned:
-    """The prune; `pruned[0]` counts the sagas deleted, should it stop half-way."""
+    """The prune; `pruned[0]` counts the sagas deleted, should it stop half-way. The age
+    counts back from the database's time, the clock `saga run` stamped the sagas with."""
 
     def count(n: int) -> None:
         pruned[0] += n
 
-    db = make_engine(url, pool_size=1)
+    db = make_engine(config.database_url, pool_size=1)
     try:
         await require_schema(db)
-        return await retention.prune(db, age, batch=batch, archive=archive, on_batch=count)
+        now = (await cs.database_clock(config, db))()
+        return await retention.prune(db, age, batch=batch, now=now, archive=archive, on_batch=count)
     finally:
         await db.dispose()

@@ -33,6 +33,9 @@ from orchestrator.errors import (
 from orchestrator.state import SagaState
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from adapters.postgres.dbclock import DatabaseClock
     from orchestrator.registry import Registry
 
 T = TypeVar("T")
@@ -180,7 +183,6 @@ async def with_engine(
     decides is published like any transition (outbox, confirms). Lost races are retried
     (`fn` runs again), unless `retry` is False: a bulk action, whose batches committed
     before a failure must not be listed and judged again as if untouched."""
-    from adapters.clock import utcnow
     from adapters.postgres.database import make_engine
     from adapters.postgres.retries import with_db_retries
     from adapters.postgres.schema import require_schema
@@ -196,6 +198,7 @@ async def with_engine(
         db = make_engine(config.database_url, pool_size=1)
         cleanup.push_async_callback(db.dispose)
         await require_schema(db)  # before connecting to the broker
+        clock = await database_clock(config, db)
         connection = await connect(config.amqp_url)
         cleanup.push_async_callback(connection.close)
         channel = await open_channel(connection)
@@ -209,7 +212,7 @@ async def with_engine(
             PostgresStore(db),
             publisher,
             load_modules(config.modules),
-            clock=utcnow,
+            clock=clock,
             spans=spans,
         )
         try:
@@ -219,6 +222,17 @@ async def with_engine(
             # behind, a relay would send it a second time.
             with contextlib.suppress(Exception):
                 await engine.forget_published()
+
+
+async def database_clock(config: Settings, db: AsyncEngine) -> DatabaseClock:
+    """The database's clock, synced once: what a command's decisions go by, as `saga run`'s
+    do (adapters/postgres/dbclock.py). A host clock off by more than SAGA_CLOCK_SKEW_MAX is
+    logged (`clock_skew`), and the command goes on by the database's."""
+    from adapters.postgres.dbclock import DatabaseClock, database_session
+
+    clock = DatabaseClock(database_session(db), max_skew=config.clock_skew_max)
+    await clock.sync()
+    return clock
 
 
 def loaded_definitions(config: Settings) -> Registry:

@@ -43,13 +43,16 @@ def create_app(
     probes: observability.Probes | None = None,
     unconsumed_queues: observability.Unconsumed | None = None,
     amqp_blocked: observability.Alarm | None = None,
+    clock_skew: observability.Alarm | None = None,
     registry: Registry | None = None,
 ) -> FastAPI:
     """The app for `settings`; `engine` None makes a read-only app (writes answer 503).
     `unconsumed_queues`: the command queues without a consumer at the last check, which
     `/readyz` lists (`saga run` passes its check's). `amqp_blocked`: the alarm the broker
     blocks the engine's publishing for, if any, which makes `/readyz` 503 (`saga run` passes
-    its connection's). `registry`: the definitions that tell
+    its connection's). `clock_skew`: how far the host's clock is off the database's, when
+    beyond SAGA_CLOCK_SKEW_MAX, which makes `/readyz` 503 too (`saga run` passes its database
+    clock's). `registry`: the definitions that tell
     a saga's wait steps apart (default: the engine's; none for a read-only app). Raises
     ValueError for malformed SAGA_API_TOKENS."""
     # /docs and /redoc with Swagger UI's and ReDoc's files served from here, not a CDN: the
@@ -73,6 +76,7 @@ def create_app(
     app.state.probes = probes
     app.state.unconsumed_queues = unconsumed_queues
     app.state.amqp_blocked = amqp_blocked
+    app.state.clock_skew = clock_skew
     problems.install(app)
     _describe_problems(app)
     app.include_router(reads.router)

@@ -15,6 +15,10 @@ failed, not how: the reason goes to the log).
   `saga run` for (adapters/rabbitmq/blocking.py). While it names an alarm, `/readyz` is 503
   with check `rabbitmq_publishing` saying which: starts sent to this replica would be stored
   but not dispatched, so a load balancer should send them elsewhere.
+- `clock_skew` (optional): an `Alarm`, how far this host's wall clock is off the database's
+  when beyond SAGA_CLOCK_SKEW_MAX (adapters/postgres/dbclock.py). While it says so, `/readyz`
+  is 503 with check `clock`: the engine goes by the database's clock, but a host whose time
+  is that wrong needs someone to fix it.
 """
 
 from __future__ import annotations
@@ -50,8 +54,10 @@ Check = Callable[[], Awaitable[None]]
 Unconsumed = Callable[[], Sequence[str]]
 """The names of the command queues without a consumer at the last check."""
 Alarm = Callable[[], str | None]
-"""The resource alarm the broker blocks the process's publishing connection for, or None."""
+"""What is wrong with the process (the resource alarm the broker blocks its publishing
+connection for, the skew of its host's clock), or None."""
 PUBLISHING = "rabbitmq_publishing"
+CLOCK = "clock"
 
 
 async def check_postgres(engine: AsyncEngine) -> None:
@@ -146,7 +152,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Postgres and RabbitMQ answer, and RabbitMQ does not block publishing",
+    summary="Postgres and RabbitMQ answer, RabbitMQ does not block publishing, and the "
+    "host's clock agrees with the database's",
     responses={
         200: {"description": "Every check passed."},
         503: {"description": "A check failed", "content": {PROBLEM_JSON: {}}},
@@ -158,6 +165,9 @@ async def readyz(request: Request) -> JSONResponse:
     if alarm is not None:
         blocked = alarm()
         checks[PUBLISHING] = "ok" if blocked is None else f"blocked by the broker: {blocked}"
+    skew: Alarm | None = getattr(request.app.state, "clock_skew", None)
+    if skew is not None:
+        checks[CLOCK] = skew() or "ok"
     failed = {name: why for name, why in checks.items() if why != "ok"}
     # A warning, not a failed check: the participants' fault, not this process's.
     unconsumed: Unconsumed | None = getattr(request.app.state, "unconsumed_queues", None)

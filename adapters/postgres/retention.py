@@ -202,13 +202,17 @@ def retention_sweep(
     older_than: timedelta,
     batch: int = DEFAULT_BATCH,
     archive: Archive | None = None,
+    *,
+    clock: Callable[[], datetime],
 ) -> Callable[[], Awaitable[bool]]:
     """One batch of sagas (and of held cancels) per call, for `saga run`'s sweep loop: True
     when a batch came back full, so the loop goes again at once. With an archive, a batch it
-    could not write raises (logged by the loop) and is tried again at the next sweep."""
+    could not write raises (logged by the loop) and is tried again at the next sweep.
+    `clock`: what the cutoff counts back from (`saga run`'s database clock, which also wrote
+    the sagas' `updated_at`)."""
 
     async def sweep() -> bool:
-        cutoff = cutoff_for(older_than)
+        cutoff = cutoff_for(older_than, clock())
         sagas = await prune_batch(engine, cutoff, batch, archive)
         inbox = await prune_inbox_batch(engine, cutoff, batch)
         if sagas or inbox:

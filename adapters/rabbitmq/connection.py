@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from urllib.parse import unquote, urlsplit
 
 import aiormq
@@ -22,9 +23,14 @@ log = structlog.get_logger(__name__)
 class BrokerUnavailable(ConnectionError):
     """The first connection to RabbitMQ failed: wrong credentials, a vhost that does not
     exist or is not the user's, no broker at that address, or TLS refused. Says which, with
-    the URL's password masked (for each node, when SAGA_AMQP_URL lists several); the process
-    should stop rather than retry (a robust connection reconnects by itself only once it has
-    been connected)."""
+    the URL's password masked (for each node, when SAGA_AMQP_URL lists several).
+    `unreachable`: no node answered (refused, reset, timed out), which a start-up may wait
+    out (adapters/startup.py); the rest will not mend by waiting (a robust connection
+    reconnects by itself only once it has been connected)."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnection:
@@ -39,6 +45,7 @@ async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnect
     start = random.randrange(len(urls))  # spread the processes over the nodes
     ring = urls[start:] + urls[:start]
     reasons: list[str] = []
+    unreachable: list[bool] = []
     for i, first in enumerate(ring):
         connection: NodesConnection | None = None
         try:
@@ -52,15 +59,29 @@ async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnect
             reason = _why(first, exc)
             log.error("amqp_connect_failed", url=redact_text(first), reason=reason)
             reasons.append(f"{redact_text(first)}: {reason}" if len(ring) > 1 else reason)
+            unreachable.append(_unreachable(exc))
             if connection is not None:
                 await connection.close()
             continue
         return connection
+    # Worth waiting for only if no node answered: one that refused us will refuse again.
     if len(ring) == 1:
-        raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_text(url)}: {reasons[0]}")
+        raise BrokerUnavailable(
+            f"cannot connect to RabbitMQ at {redact_text(url)}: {reasons[0]}",
+            unreachable=unreachable[0],
+        )
     raise BrokerUnavailable(
-        f"cannot connect to any of the {len(ring)} RabbitMQ nodes: " + "; ".join(reasons)
+        f"cannot connect to any of the {len(ring)} RabbitMQ nodes: " + "; ".join(reasons),
+        unreachable=all(unreachable),
     )
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Nothing answered, as opposed to a broker (or its TLS) refusing us."""
+    refused = isinstance(exc, (aiormq.exceptions.ProbableAuthenticationError, ssl.SSLError)) or (
+        isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc)
+    )
+    return not refused and isinstance(exc, OSError)
 
 
 def _why(url: str, exc: BaseException) -> str:

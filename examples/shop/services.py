@@ -14,7 +14,9 @@ result model, so their compensations carry none; nor does an undo of a timed-out
 
 Behaviour comes from the data, like a real shop: a customer without enough credit or with a
 declined card, a SKU out of stock. Knobs for demos and tests ride on the order id:
-`slow-…` orders stall in inventory.reserve (time to cancel them mid-flight), `flaky-…`
+`slow-…` orders stall in inventory.reserve (time to cancel them mid-flight), `long-…` orders
+take `long_seconds` there (longer than a broker's consumer timeout, say), `hung-…` orders hang
+there on their first attempt until the step's time limit cancels the handler, `flaky-…`
 orders fail their first notification attempt (a transient error that is retried) and
 `unreachable-…` orders can never be notified (past the pivot: the saga is parked). (The
 shop's fraud desk, examples/shop/fraud_desk.py, rejects `suspect-…` orders above 1000.)
@@ -48,6 +50,7 @@ from orchestrator.messages import Command
 @dataclass(frozen=True)
 class Knobs:
     slow_seconds: float = 2.0
+    long_seconds: float = 10.0
 
 
 def build(engine: AsyncEngine, knobs: Knobs | None = None) -> list[Participant]:
@@ -167,11 +170,16 @@ def inventory_service(barrier: Barrier, knobs: Knobs) -> Participant:
 
     @inventory_svc.handler("inventory.reserve")
     async def reserve(cmd: Command) -> dict[str, Any] | None:
-        if str(cmd.payload["order_id"]).startswith("slow-"):
-            # The knob: a slow warehouse system. Waited for before the barrier's transaction,
-            # as any slow outside call should be: an open transaction would hold a pooled
-            # connection and pin the database's xmin for the whole wait.
+        # The knobs: a slow warehouse system, or one that never answers. Waited for before
+        # the barrier's transaction, as any slow outside call should be: an open transaction
+        # would hold a pooled connection and pin the database's xmin for the whole wait.
+        order_id = str(cmd.payload["order_id"])
+        if order_id.startswith("slow-"):
             await asyncio.sleep(knobs.slow_seconds)
+        elif order_id.startswith("long-"):
+            await asyncio.sleep(knobs.long_seconds)
+        elif order_id.startswith("hung-") and cmd.attempt == 1:
+            await asyncio.Event().wait()  # until the step's start-to-close timeout
         return await reserve_stock(cmd)
 
     @inventory_svc.handler("inventory.release")

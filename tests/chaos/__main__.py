@@ -1,6 +1,6 @@
-"""`python -m tests.chaos --profile short|long [--seed N] [--keep]`: one chaos run, its table,
-and exit status 1 when an invariant failed (the seed is printed first, to replay the
-schedule)."""
+"""`python -m tests.chaos --profile short|long [--seed N] [--keep] [--plant BUG]`: one chaos
+run, its table, and exit status 1 when an invariant failed (the seed is printed first, to
+replay the schedule)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from adapters import eventloop
 from adapters.logging import configure_logging
 from tests.chaos.harness import Result, run
+from tests.chaos.plants import PLANTS
 from tests.chaos.profiles import PROFILES
 
 
@@ -19,6 +20,13 @@ def main() -> int:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument("--seed", type=int, help="replay a run's fault schedule and workload")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--plant",
+        action="append",
+        default=[],
+        choices=sorted(PLANTS),
+        help="plant a bug the verdict must catch (repeatable; tests/chaos/plants.py)",
+    )
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     profile = PROFILES[args.profile]
@@ -27,7 +35,7 @@ def main() -> int:
     # log to files in the work directory (--keep keeps it).
     configure_logging("console", "critical")
     print(f"chaos {profile.name}: seed {seed} (--seed {seed} replays it)", flush=True)
-    result = eventloop.run(run(profile, seed, keep=args.keep))
+    result = eventloop.run(run(profile, seed, keep=args.keep, plant=frozenset(args.plant)))
     report(result)
     return 0 if result.ok else 1
 

@@ -47,12 +47,17 @@ class OwnRabbitCluster:
     root: Path
     cluster_id: str
     size: int = 3
+    consumer_timeout: int | None = None  # each node's, as OwnRabbit takes it
     nodes: list[OwnRabbit] = field(init=False)
     killed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.nodes = [
-            OwnRabbit(self.root / f"node-{i}", node_id=f"{self.cluster_id}-{i}")
+            OwnRabbit(
+                self.root / f"node-{i}",
+                node_id=f"{self.cluster_id}-{i}",
+                consumer_timeout=self.consumer_timeout,
+            )
             for i in range(self.size)
         ]
         # One node outage at a time: a second kill while the first node is still away (or its

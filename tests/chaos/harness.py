@@ -30,15 +30,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.postgres.database import make_engine
 from adapters.postgres.migrate import upgrade
 from adapters.postgres.store import PostgresStore
-from adapters.postgres.tables import saga_history
+from adapters.postgres.tables import outbox, saga_history
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.topology import DEAD_QUEUE, REPLIES_QUEUE, REQUESTS_QUEUE, Topology
 from examples.demo import CUSTOMERS, STOCK
 from examples.processes import Processes
 from examples.shop import schema
 from orchestrator.ports import SagaQuery
-from tests.chaos import figures
+from orchestrator.state import SagaStatus
+from tests.chaos import figures, plants
 from tests.chaos.cluster import OwnRabbitCluster
+from tests.chaos.excuses import Timed, explain
 from tests.chaos.injector import Injector, Record
 from tests.chaos.invariants import Verdict, verify
 from tests.chaos.profiles import Profile
@@ -46,7 +48,7 @@ from tests.chaos.proxy import FaultyProxy
 from tests.chaos.relay import DroppingRelay
 from tests.chaos.schedule import plan
 from tests.chaos.servers import OwnPostgres, OwnRabbit
-from tests.chaos.workload import Requests, feed, plan_orders
+from tests.chaos.workload import Order, Requests, feed, plan_orders
 from tests.e2e.history_check import TERMINAL
 from tests.e2e.test_many_orchestrators import (
     consumer_count,
@@ -63,6 +65,11 @@ SERVICES = ("customers", "inventory", "payments", "notifications")
 # How long every saga may take to become terminal once the feeding is over: the order
 # saga's step timeout is 30 s, and a lost reply costs one timeout and a retry.
 SETTLE_SECONDS = 150.0
+# The broker's consumer timeout: a `long-` order's stock reservation takes longer; the shop
+# acks a command whose handler runs past DETACH_AFTER_SECONDS, well before it.
+CONSUMER_TIMEOUT_MS = 5000
+LONG_STEP_SECONDS = 8.0
+DETACH_AFTER_SECONDS = 2.0
 
 
 @dataclass
@@ -101,14 +108,21 @@ class Deployment:
     def __post_init__(self) -> None:
         self.pg = OwnPostgres(self.workdir / "postgres")
         self.cluster = (
-            OwnRabbitCluster(self.workdir / "rabbitmq", self.run_id, self.profile.rabbit_nodes)
+            OwnRabbitCluster(
+                self.workdir / "rabbitmq",
+                self.run_id,
+                self.profile.rabbit_nodes,
+                consumer_timeout=CONSUMER_TIMEOUT_MS,
+            )
             if self.profile.rabbit_nodes > 1
             else None
         )
         self.rabbit = (
             self.cluster.nodes[0]
             if self.cluster is not None
-            else OwnRabbit(self.workdir / "rabbitmq", node_id=self.run_id)
+            else OwnRabbit(
+                self.workdir / "rabbitmq", node_id=self.run_id, consumer_timeout=CONSUMER_TIMEOUT_MS
+            )
         )
 
     @property
@@ -116,7 +130,7 @@ class Deployment:
         """The harness's own way to the broker: the node, or the list of the cluster's."""
         return self.cluster.url() if self.cluster is not None else self.rabbit.url()
 
-    async def up(self) -> tuple[AsyncEngine, Injector]:
+    async def up(self, arms: dict[str, str]) -> tuple[AsyncEngine, Injector]:
         await asyncio.gather(self.pg.start(), (self.cluster or self.rabbit).start())
         await upgrade(self.pg.url("chaos"))
         db = self.db = make_engine(self.pg.url("chaos"), pool_size=3)
@@ -158,6 +172,7 @@ class Deployment:
                 "SAGA_PREFETCH": "50",
                 "SHOP_DATABASE_URL": through_proxy,
                 "SHOP_SLOW_SECONDS": "3",
+                "SHOP_LONG_SECONDS": str(LONG_STEP_SECONDS),
                 **(
                     {}
                     if self.profile.max_active is None
@@ -173,11 +188,15 @@ class Deployment:
             self.proxies,
             orchestrators=[f"orchestrator-{i}" for i in range(self.profile.orchestrators)],
             shops=[f"shop-{i}" for i in range(self.profile.shops)],
-            shop_env={"SAGA_AMQP_PREFIX": self.downstream.prefix, "SAGA_PREFETCH": "20"},
+            shop_env={
+                "SAGA_AMQP_PREFIX": self.downstream.prefix,
+                "SAGA_PREFETCH": "20",
+                "SAGA_DETACH_AFTER": str(DETACH_AFTER_SECONDS),
+            },
             seed=self.seed,
             cluster=self.cluster,
         )
-        injector.start_all()
+        injector.start_all(arms)
         await _consuming(self.broker_url, self.upstream, self.downstream, self.profile)
         self.requests = Requests(self.broker_url, self.upstream)
         return db, injector
@@ -204,7 +223,11 @@ class Deployment:
         await self.pg.stop()
 
 
-async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
+async def run(
+    profile: Profile, seed: int, keep: bool = False, plant: frozenset[str] = frozenset()
+) -> Result:
+    """One run of `profile`; `plant` names bugs to plant (tests/chaos/plants.py)."""
+    plants.check(plant)
     began_run = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="saga-chaos-"))
     deployment = Deployment(profile, seed, workdir)
@@ -217,14 +240,18 @@ async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
             return time.monotonic()
 
         mark = time.monotonic()
-        db, injector = await deployment.up()
+        orchestrators = [f"orchestrator-{i}" for i in range(profile.orchestrators)]
+        db, injector = await deployment.up(plants.arms(orchestrators, plant))
         mark = phase("servers and processes up", mark)
         assert deployment.requests is not None and deployment.relay is not None
-        orders = plan_orders(profile.sagas, deployment.run_id, profile.random_cancels, seed)
+        orders = plants.plan(
+            plan_orders(profile.sagas, deployment.run_id, profile.random_cancels, seed), plant
+        )
         stop = asyncio.Event()
         supervisor = asyncio.create_task(injector.supervise(stop))
         began, began_wall = time.monotonic(), time.time()
         chaos = asyncio.create_task(injector.run(plan(profile, seed), began, stop))
+        planted = asyncio.create_task(plants.stop_a_participant(injector, profile.warmup, plant))
         fed = await feed(
             deployment.requests,
             db,
@@ -235,18 +262,14 @@ async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
             seed=seed,
         )
         await chaos
+        await planted
         mark = phase("feeding (faults included)", began)
         await _settle(db, len(orders))
         stop.set()
         await supervisor
         mark = phase("settling", mark)
 
-        states = {s.key: s for s in await PostgresStore(db).find(SagaQuery(limit=len(orders) * 2))}
-        dead = await _dead_letters(
-            deployment.broker_url, [deployment.upstream, deployment.downstream]
-        )
-        verdict = await verify(db, orders, states, await read_history(db), dead)
-        verdict = replace(verdict, outcomes_must_hold=not profile.injects_faults)
+        verdict = await _judge(deployment, db, injector, orders, plant)
         terminal = await _terminal_times(db)
         phase("checking", mark)
         last_fault = max((r.ended for r in injector.records), default=began_wall)
@@ -257,8 +280,9 @@ async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
             ("starts/cancels published again", str(deployment.requests.resent)),
             (
                 "relay: copies / requeued / lost replies",
-                f"{profile.copies} / {deployment.relay.dropped} / {deployment.relay.lost}",
+                f"{profile.copies} / {deployment.relay.dropped} / {len(deployment.relay.lost)}",
             ),
+            ("armed fault points fired", str(len(injector.fired))),
             ("processes that exited by themselves", str(len(injector.unexpected))),
             ("faults that could not be injected", str(len(injector.skipped))),
             *phases,
@@ -278,7 +302,10 @@ async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
                 f"{e.name} exited by itself (rc {e.returncode}):\n{e.log_tail}"
                 for e in injector.unexpected
             ),
-            *(f"outcome of {k}: {v}" for k, v in list(verdict.unexpected_outcomes.items())[:20]),
+            *(
+                f"outcome of {k}: {v}, {verdict.excused.get(k, 'NOT explained by any fault')}"
+                for k, v in list(verdict.unexpected_outcomes.items())[:20]
+            ),
         ]
         result = Result(
             seed,
@@ -297,6 +324,37 @@ async def run(profile: Profile, seed: int, keep: bool = False) -> Result:
         await deployment.down(failed=not ok)
         if ok and not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _judge(
+    deployment: Deployment,
+    db: AsyncEngine,
+    injector: Injector,
+    orders: list[Order],
+    plant: frozenset[str],
+) -> Verdict:
+    """The invariants over the data (tests/chaos/invariants.py), and what the run saw."""
+    assert deployment.relay is not None
+    states = {s.key: s for s in await PostgresStore(db).find(SagaQuery(limit=len(orders) * 2))}
+    if "ledger" in plant:
+        completed = [s.saga_id for s in states.values() if s.status == SagaStatus.COMPLETED]
+        await plants.double_an_effect(db, completed)
+    dead = await _dead_letters(deployment.broker_url, [deployment.upstream, deployment.downstream])
+    verdict = await verify(db, orders, states, await read_history(db), dead)
+    unexpected_ids = {k: str(states[k].saga_id) for k in verdict.unexpected_outcomes}
+    return replace(
+        verdict,
+        excused=explain(
+            verdict.unexpected_outcomes,
+            await _timelines(db, unexpected_ids),
+            injector.records,
+            deployment.relay.lost,
+        ),
+        exits=[f"{e.name} (rc {e.returncode})" for e in injector.unexpected],
+        unfired=injector.unfired,
+        not_injected=list(injector.skipped),
+        outbox_left=await _outbox_rows(db),
+    )
 
 
 async def _settle(db: AsyncEngine, count: int) -> None:
@@ -348,6 +406,36 @@ async def _dead_letters(amqp_url: str, topologies: list[Topology]) -> list[str]:
         return found
     finally:
         await connection.close()
+
+
+async def _timelines(
+    db: AsyncEngine, saga_ids: dict[str, str]
+) -> dict[str, tuple[str, list[Timed]]]:
+    """key -> (saga id, its history with wall-clock times), for the sagas of `saga_ids`."""
+    h = saga_history.c
+    key_of = {v: k for k, v in saga_ids.items()}
+    found: dict[str, tuple[str, list[Timed]]] = {k: (v, []) for k, v in saga_ids.items()}
+    if not saga_ids:
+        return found
+    async with db.connect() as conn:
+        rows = await conn.execute(
+            sa.select(h.saga_id, h.at, h.event, h.step, h.detail)
+            .where(h.saga_id.in_(list(saga_ids.values())))
+            .order_by(h.saga_id, h.seq)
+        )
+        for r in rows:
+            attempt = (r.detail or {}).get("attempt")
+            found[key_of[str(r.saga_id)]][1].append(
+                Timed(
+                    r.at.timestamp(), r.event, r.step, attempt if isinstance(attempt, int) else None
+                )
+            )
+    return found
+
+
+async def _outbox_rows(db: AsyncEngine) -> int:
+    async with db.connect() as conn:
+        return int(await conn.scalar(sa.select(sa.func.count()).select_from(outbox)) or 0)
 
 
 async def _terminal_times(db: AsyncEngine) -> list[float]:

@@ -3,6 +3,10 @@ the deployment's processes running: a killed process is started again after its 
 (armed with a named fault point when the schedule says so), a process that died at its fault
 point is started again unarmed, and one that exited by itself is started again and reported.
 
+An armed point counts as fired only when its process died of SIGKILL after logging
+`fault_point_crash` for it; a scheduled kill never picks an armed process (it waits for the
+point to fire), so an armed point that never fires is a finding (`unfired`), not bad luck.
+
 Every fault is recorded with the wall-clock time it began and ended (the database's
 timestamps are wall-clock too), for the recovery figures."""
 
@@ -54,12 +58,14 @@ class Injector:
     records: list[Record] = field(default_factory=list)
     unexpected: list[Exit] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    fired: list[str] = field(default_factory=list)  # "name point", each armed point that fired
     cluster: OwnRabbitCluster | None = None  # the profile's RabbitMQ cluster, if it has one
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed + 2)
         self._down: set[str] = set()
         self._armed: dict[str, str] = {}
+        self._crashes_before: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- processes ------------------------------------------------------------------------
@@ -71,12 +77,25 @@ class Injector:
             self.procs.start_orchestrator(name, extra_env=extra)
         if arm:
             self._armed[name] = arm
+            self._crashes_before[name] = self._crash_lines(name)
         else:
             self._armed.pop(name, None)
 
-    def start_all(self) -> None:
+    def _crash_lines(self, name: str) -> int:
+        """`fault_point_crash` lines in the process's log (it appends across restarts)."""
+        path = self.procs.log_dir / f"{name}.log"
+        if not path.exists():
+            return 0
+        return sum(b"fault_point_crash" in line for line in path.read_bytes().splitlines())
+
+    @property
+    def unfired(self) -> list[str]:
+        """Armed points whose process is still running: they never fired."""
+        return [f"{name} armed with SAGA_FAULT={arm}" for name, arm in self._armed.items()]
+
+    def start_all(self, arms: dict[str, str] | None = None) -> None:
         for name in [*self.orchestrators, *self.shops]:
-            self.start(name)
+            self.start(name, (arms or {}).get(name))
 
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart whatever died without being killed by the schedule, until `stop`."""
@@ -87,7 +106,8 @@ class Injector:
                     continue
                 died = time.time()
                 arm = self._armed.pop(name, None)
-                if arm is not None and proc.returncode == -9:
+                logged = self._crash_lines(name) > self._crashes_before.pop(name, 0)
+                if arm is not None and proc.returncode == -9 and logged:
                     kind = (
                         "orchestrator fault point"
                         if name in self.orchestrators
@@ -95,6 +115,7 @@ class Injector:
                     )
                     self.procs.procs.pop(name)
                     self.start(name)
+                    self.fired.append(f"{name} {arm}")
                     self.records.append(Record(kind, died, time.time(), f"{name} {arm}"))
                 else:
                     tail = self.procs.log_tail(name, 40)
@@ -116,7 +137,7 @@ class Injector:
             task.add_done_callback(self._tasks.discard)
         await asyncio.gather(*list(self._tasks))
 
-    async def _inject(self, fault: Fault) -> None:  # noqa: PLR0915 (a branch per fault kind)
+    async def _inject(self, fault: Fault) -> None:
         began = time.time()
         detail = ""
         kind = fault.kind
@@ -125,13 +146,12 @@ class Injector:
                 names = self.orchestrators if kind == "orchestrator kill" else self.shops
                 alive = await self._running(names)
                 if not alive:
-                    self.skipped.append(f"{kind} at {fault.at:.1f}s: none running for 30 s")
+                    self.skipped.append(f"{kind} at {fault.at:.1f}s: none unarmed for 30 s")
                     return
                 began = time.time()
                 victim = self._rng.choice(alive)
                 self._down.add(victim)
                 self.procs.kill(victim)
-                self._armed.pop(victim, None)
                 await asyncio.sleep(fault.down_for)  # the schedule: how long it stays dead
                 self.start(victim, fault.arm)
                 self._down.discard(victim)
@@ -184,11 +204,15 @@ class Injector:
         return await self.cluster.kill_busiest_leader(fault.down_for)
 
     async def _running(self, names: list[str], patience: float = 30.0) -> list[str]:
-        """The members of `names` running now; if none (all down after earlier kills),
-        those running once one is back, so a kill is late rather than skipped."""
+        """The members of `names` running now and not armed; if none (all down after earlier
+        kills, or armed), those once one is back, so a kill is late rather than skipped."""
         deadline = time.monotonic() + patience
         while True:
-            alive = [n for n in names if n not in self._down and self.procs.alive(n)]
+            alive = [
+                n
+                for n in names
+                if n not in self._down and n not in self._armed and self.procs.alive(n)
+            ]
             if alive or time.monotonic() > deadline:
                 return alive
             await asyncio.sleep(0.1)  # poll: the restart is another task's

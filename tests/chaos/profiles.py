@@ -5,6 +5,7 @@ machine); `long` is the one whose figures docs/guarantees.md publishes. `overloa
 no fault: it offers starts well past what the machine carries, with no client-side cap, so
 that the engine's own admission control (SAGA_MAX_ACTIVE) is what keeps the run sane;
 `overload-unlimited` is the same with admission control off, to show what it prevents.
+`proof` is a small run with no fault, for the planted bugs (tests/chaos/plants.py).
 `cluster` runs on a three-node RabbitMQ cluster and kills its nodes, one after the other."""
 
 from __future__ import annotations
@@ -45,25 +46,8 @@ class Profile:
     random_cancels: float
     # SAGA_MAX_ACTIVE for the orchestrators: None leaves the default.
     max_active: int | None = None
-
-    @property
-    def injects_faults(self) -> bool:
-        return any(
-            (
-                self.orchestrator_kills,
-                self.participant_kills,
-                self.broker_stop_app,
-                self.broker_kill9,
-                self.db_fast,
-                self.db_immediate,
-                self.proxy_resets,
-                self.proxy_stalls,
-                self.latency_windows,
-                self.drop_rate,
-                self.lost_replies,
-                self.node_kills,
-            )
-        )
+    # The first kill of each kind restarts its process armed, at the start of the faults.
+    arm_first: bool = False
 
     # Seconds of steady load before the first fault and after the last one.
     warmup: float = 4.0
@@ -76,7 +60,7 @@ class Profile:
 
 SHORT = Profile(
     name="short",
-    sagas=240,
+    sagas=300,
     rate=12.0,
     max_in_flight=200,
     orchestrators=2,
@@ -84,19 +68,20 @@ SHORT = Profile(
     orchestrator_kills=3,
     participant_kills=2,
     armed_restarts=0.4,
-    broker_stop_app=0,
+    broker_stop_app=1,
     broker_kill9=1,
     db_fast=0,
     db_immediate=1,
     proxy_resets=1,
-    proxy_stalls=0,
+    proxy_stalls=1,
     latency_windows=1,
     copies=2,
     drop_rate=0.02,
-    lost_replies=0,
+    lost_replies=3,
     random_cancels=0.1,
     warmup=3.0,
     cooldown=4.0,
+    arm_first=True,
 )
 
 LONG = Profile(
@@ -120,6 +105,7 @@ LONG = Profile(
     drop_rate=0.02,
     lost_replies=12,
     random_cancels=0.1,
+    arm_first=True,
 )
 
 OVERLOAD = Profile(
@@ -146,6 +132,18 @@ OVERLOAD = Profile(
     max_active=150,
 )
 OVERLOAD_UNLIMITED = replace(OVERLOAD, name="overload-unlimited", max_active=0)
+
+# No fault at all: the run the planted bugs go into (tests/chaos/plants.py).
+PROOF = replace(
+    OVERLOAD,
+    name="proof",
+    sagas=60,
+    rate=15.0,
+    max_in_flight=200,
+    max_active=None,
+    warmup=1.0,
+    cooldown=1.0,
+)
 
 # A three-node RabbitMQ cluster under a steady stream of orders: the node leading the busiest
 # queues is killed, booted again and rejoins, then another node is killed (docs/guarantees.md,
@@ -177,4 +175,4 @@ CLUSTER = Profile(
     node_kills=2,
 )
 
-PROFILES = {p.name: p for p in (SHORT, LONG, OVERLOAD, OVERLOAD_UNLIMITED, CLUSTER)}
+PROFILES = {p.name: p for p in (SHORT, LONG, OVERLOAD, OVERLOAD_UNLIMITED, PROOF, CLUSTER)}

@@ -15,12 +15,15 @@ What "dropped" can mean with at-least-once delivery, honestly:
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Sequence
 
 from adapters.rabbitmq.delivery import Delivery
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
+from tests.chaos.excuses import LostReply
 from tests.e2e.chaos import ChaosRelay
 
 
@@ -47,7 +50,7 @@ class DroppingRelay(ChaosRelay):
         self.lose_budget = lose_replies
         self.lose_rate = lose_rate
         self.dropped = 0
-        self.lost = 0
+        self.lost: list[LostReply] = []
         self._drops = random.Random(seed + 1)
 
     async def _forward_command(self, publisher: RabbitPublisher, delivery: Delivery) -> None:
@@ -60,7 +63,8 @@ class DroppingRelay(ChaosRelay):
         roll = self._drops.random()
         if self.lose_budget > 0 and roll < self.lose_rate and b'"heartbeat"' not in delivery.body:
             self.lose_budget -= 1
-            self.lost += 1
+            reply = json.loads(delivery.body)
+            self.lost.append(LostReply(str(reply["saga_id"]), str(reply["step"]), time.time()))
             return  # acknowledged, never forwarded: the step's timeout must notice
         if roll < self.drop_rate:
             self.dropped += 1

@@ -10,10 +10,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from adapters.faults import POINTS
 from tests.chaos.profiles import Profile
 
-ORCHESTRATOR_POINTS = sorted(POINTS - {"after_handler_before_reply"})
+# The points each kind of process reaches (adapters/faults.py): an orchestrator never runs the
+# starter's relay, so its points would never fire there.
+ORCHESTRATOR_POINTS = sorted(
+    {"after_commit_before_publish", "after_publish_before_outbox_delete", "after_commit_before_ack"}
+)
 PARTICIPANT_POINT = "after_handler_before_reply"
 
 OUTAGES = (
@@ -64,16 +67,20 @@ def plan(profile: Profile, seed: int) -> list[Fault]:
     def anywhere() -> float:
         return rng.uniform(begin, end)
 
-    for _ in range(profile.orchestrator_kills):
+    # With `arm_first`, the first kill of each kind restarts its process armed: every run of
+    # the profile proves an orchestrator point and a participant point fire.
+    for i in range(profile.orchestrator_kills):
         arm = None
-        if rng.random() < profile.armed_restarts:
+        if (i == 0 and profile.arm_first) or rng.random() < profile.armed_restarts:
             arm = f"{rng.choice(ORCHESTRATOR_POINTS)}@{rng.randint(3, 40)}"
-        faults.append(Fault(anywhere(), "orchestrator kill", rng.uniform(0.2, 2.0), arm=arm))
-    for _ in range(profile.participant_kills):
+        at = begin if i == 0 and profile.arm_first else anywhere()
+        faults.append(Fault(at, "orchestrator kill", rng.uniform(0.2, 2.0), arm=arm))
+    for i in range(profile.participant_kills):
         arm = None
-        if rng.random() < profile.armed_restarts:
+        if (i == 0 and profile.arm_first) or rng.random() < profile.armed_restarts:
             arm = f"{PARTICIPANT_POINT}@{rng.randint(5, 80)}"
-        faults.append(Fault(anywhere(), "participant kill", rng.uniform(0.2, 2.0), arm=arm))
+        at = begin if i == 0 and profile.arm_first else anywhere()
+        faults.append(Fault(at, "participant kill", rng.uniform(0.2, 2.0), arm=arm))
     for _ in range(profile.proxy_resets):
         faults.append(Fault(anywhere(), "proxy reset", target=_target(rng)))
     for _ in range(profile.latency_windows):

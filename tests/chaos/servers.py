@@ -174,6 +174,8 @@ class OwnRabbit:
     dist_port: int = field(default_factory=free_port)
     process: asyncio.subprocess.Process | None = None
     starts: int = 0
+    # The broker's consumer timeout in ms (None: RabbitMQ's 30 minutes), checked every 100 ms.
+    consumer_timeout: int | None = None
 
     @property
     def node(self) -> str:
@@ -206,6 +208,11 @@ class OwnRabbit:
     async def start(self) -> None:
         (self.root / "home").mkdir(parents=True, exist_ok=True)
         (self.root / "enabled_plugins").write_text("[].\n")
+        if self.consumer_timeout is not None:
+            (self.root / "advanced.config").write_text(
+                f"[{{rabbit, [{{consumer_timeout, {self.consumer_timeout}}}, "
+                "{channel_tick_interval, 100}]}].\n"
+            )
         await self._boot()
         log.info("chaos_rabbitmq_started", node=self.node, port=self.port)
 
@@ -224,7 +231,17 @@ class OwnRabbit:
         await port_open(self.port, timeout=120)
 
     async def ctl(self, *args: str) -> str:
-        return await run([str(RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args], self.env())
+        """rabbitmqctl on the node; tried again when it could not reach the node (exit 69,
+        EX_UNAVAILABLE: its own Erlang VM starts slowly on a loaded machine)."""
+        command = [str(RABBIT_BIN / "rabbitmqctl"), "-n", self.node, *args]
+        for attempt in range(3):
+            try:
+                return await run(command, self.env())
+            except RuntimeError as exc:
+                if " exited 69:" not in str(exc) or attempt == 2:
+                    raise
+                log.warning("chaos_rabbitmqctl_retry", args=args, error=str(exc)[:300])
+        raise AssertionError("unreachable")
 
     async def stop_app(self) -> None:
         await self.ctl("stop_app")

@@ -1,12 +1,15 @@
 """What a chaos run asks of the engine: order sagas of every outcome, offered at a steady rate,
 some of them cancelled mid-flight.
 
-Two sagas run side by side: the order saga v3 (`sagas/order.py`, credit and stock reserved in
-a parallel group, reservation ids and the charge passed on) and v1 of the same saga, pinned
+Two sagas run side by side: the order saga's latest version (`sagas/order.py`, credit and
+stock reserved in a parallel group, reservation ids and the charge passed on; amounts stay
+below its fraud review) and v1 of the same saga, pinned
 by the start (`"version": 1`; the same steps one after the other, nothing passed on). The
 shop's behaviour rides on the order (examples/shop/services.py): customers without credit or
 with a declined card, a SKU out of stock, `flaky-` notifications that fail once, `slow-`
-stock reservations that stall (the window a cancel must land in).
+stock reservations that stall (the window a cancel must land in), `long-` ones that take
+longer than the broker's consumer timeout and `hung-` ones that hang until the step's time
+limit cancels them.
 
 Cancels: every `slow-` order is cancelled once its stock reservation is seen in flight, and a
 share of the normal orders at a random moment after its start. A cancel that arrives after
@@ -59,6 +62,10 @@ SCENARIOS = [
     Scenario("card declined", 0.08, "cust-declined", "SKU-BOOK", "", COMPENSATED),
     Scenario("out of stock", 0.06, "cust-ok", "SKU-RARE", "", COMPENSATED),
     Scenario("no credit", 0.06, "cust-poor", "SKU-BOOK", "", COMPENSATED),
+    # The participant's time limit cancels the hung first attempt; the retry completes.
+    Scenario("hung handler", 0.01, "cust-ok", "SKU-BOOK", "hung-", COMPLETED),
+    # Longer than the harness broker's consumer timeout (harness.py): acked once detached.
+    Scenario("longer than the consumer timeout", 0.02, "cust-ok", "SKU-BOOK", "long-", COMPLETED),
     Scenario(
         "cancelled while stalled",
         0.05,

@@ -94,8 +94,23 @@ async def test_nodes_that_do_not_answer_are_skipped_at_the_first_connection(
 
 async def test_no_node_answering_fails_at_once_naming_each(amqp_url: str) -> None:
     dead = [free_port(), free_port()]
-    with pytest.raises(BrokerUnavailable, match="cannot connect to any of the 2 RabbitMQ nodes"):
+    with pytest.raises(
+        BrokerUnavailable, match="cannot connect to any of the 2 RabbitMQ nodes"
+    ) as e:
         await connect(listing(amqp_url, dead))
+    assert all(f":{port}/: " in str(e.value) for port in dead)
+    assert e.value.unreachable, "nothing answered: a start-up may wait for the nodes"
+
+
+async def test_a_node_that_refuses_us_is_not_waited_for(amqp_url: str) -> None:
+    """One node answered, refusing the login: waiting for the others would not mend that."""
+    wrong = urlsplit(amqp_url)._replace(
+        netloc=f"guest:not-the-password@{urlsplit(amqp_url).hostname}"
+    )
+    live = with_port(wrong.geturl(), urlsplit(amqp_url).port or 5672)
+    with pytest.raises(BrokerUnavailable, match="access refused") as e:
+        await connect(f"{with_port(wrong.geturl(), free_port())},{live}")
+    assert not e.value.unreachable
 
 
 async def test_the_starter_publishes_through_a_list_whose_first_node_is_gone(

@@ -106,6 +106,24 @@ async def test_readyz_lists_unconsumed_queues_as_a_warning_beside_a_failed_check
     assert problem["detail"] == f"postgres check failed: {problem['checks']['postgres']}"
 
 
+async def test_readyz_fails_while_the_host_clock_is_off_the_databases(
+    db: AsyncEngine, amqp_url: str
+) -> None:
+    app = app_with(db, amqp_url)
+    skew: list[str | None] = [None]
+    app.state.clock_skew = lambda: skew[0]
+    response = await get(app, "/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"]["clock"] == "ok"
+
+    skew[0] = "this host's clock is 120.0 s ahead of the database's (SAGA_CLOCK_SKEW_MAX is 5 s)"
+    response = await get(app, "/readyz")
+    assert response.status_code == 503
+    problem = response.json()
+    assert problem["checks"] == {"postgres": "ok", "rabbitmq": "ok", "clock": skew[0]}
+    assert problem["detail"] == f"clock check failed: {skew[0]}"
+
+
 async def test_a_check_that_hangs_fails_by_its_timeout(db: AsyncEngine, amqp_url: str) -> None:
     async def hangs() -> None:
         await asyncio.sleep(60)  # a check that never answers: the timeout must cut it off
