@@ -57,7 +57,9 @@ async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnect
             await connection.connect()
         except (aiormq.exceptions.AMQPError, OSError) as exc:
             reason = _why(first, exc)
-            log.error("amqp_connect_failed", url=redact_text(first), reason=reason)
+            # One node of several not answering is not yet a failure: the next may.
+            report = log.error if len(ring) == 1 else log.warning
+            report("amqp_connect_failed", url=redact_text(first), reason=reason)
             reasons.append(f"{redact_text(first)}: {reason}" if len(ring) > 1 else reason)
             unreachable.append(_unreachable(exc))
             if connection is not None:
