@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from adapters.amqp_urls import node_urls
 from adapters.durations import parse_duration
 from adapters.redaction import redact_text
 from adapters.tls import amqp_url_with_tls, database_url_with_tls
@@ -26,7 +27,12 @@ class Settings(BaseSettings):
         "postgresql+psycopg://postgres@127.0.0.1:5432/saga",
         description="SQLAlchemy URL of the engine's database (psycopg 3 driver).",
     )
-    amqp_url: str = Field("amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ URL.")
+    amqp_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        description="RabbitMQ URL; for a cluster without a load balancer, every node's URL, "
+        "comma-separated: a connection goes to one and moves on when that node goes away "
+        "(adapters/amqp_urls.py).",
+    )
     startup_patience: float = Field(
         60.0,
         ge=0,
@@ -188,6 +194,12 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_nodes(cls, value: str) -> str:
+        node_urls(value)  # one URL or several of one cluster; raises saying what to write
+        return value
+
     @field_validator("retention", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
@@ -221,12 +233,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _tls_into_urls(self) -> Settings:
         # In the URLs, every consumer of them (migrations, CLI, health checks) gets TLS too.
-        self.amqp_url = amqp_url_with_tls(
-            self.amqp_url,
-            ca_file=self.amqp_tls_ca_file,
-            cert_file=self.amqp_tls_cert_file,
-            key_file=self.amqp_tls_key_file,
-            verify=self.amqp_tls_verify,
+        self.amqp_url = ",".join(
+            amqp_url_with_tls(
+                url,
+                ca_file=self.amqp_tls_ca_file,
+                cert_file=self.amqp_tls_cert_file,
+                key_file=self.amqp_tls_key_file,
+                verify=self.amqp_tls_verify,
+            )
+            for url in node_urls(self.amqp_url)
         )
         self.database_url = database_url_with_tls(
             self.database_url,

@@ -39,7 +39,9 @@ def relay(
     amqp_url: Annotated[
         str | None,
         typer.Option(
-            "--amqp-url", help="RabbitMQ URL; SAGA_AMQP_URL (and SAGA_AMQP_PREFIX) by default."
+            "--amqp-url",
+            help="RabbitMQ URL (a cluster's nodes' URLs, comma-separated); SAGA_AMQP_URL "
+            "(and SAGA_AMQP_PREFIX) by default.",
         ),
     ] = None,
     batch: Annotated[

@@ -37,6 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters import metrics
+from adapters.amqp_urls import node_urls
 
 log = structlog.get_logger(__name__)
 
@@ -66,8 +67,29 @@ async def check_postgres(engine: AsyncEngine) -> None:
 
 async def check_rabbitmq(amqp_url: str, *, timeout: float = CHECK_TIMEOUT) -> None:
     """A fresh connection and a channel on it: the broker accepts this process's login and
-    hands out channels."""
-    connection = await aio_pika.connect(amqp_url, timeout=timeout)
+    hands out channels. When SAGA_AMQP_URL lists a cluster's nodes, one node that does is
+    enough (the process's own connection moves to a live node): all are asked at once, and
+    the check fails, with the error that came first, only when every node failed."""
+    checks = [asyncio.ensure_future(_check_node(url, timeout)) for url in node_urls(amqp_url)]
+    try:
+        failure: BaseException | None = None
+        for check in asyncio.as_completed(checks):
+            try:
+                await check
+            except Exception as exc:
+                failure = failure or exc
+            else:
+                return
+        assert failure is not None
+        raise failure
+    finally:
+        for check in checks:
+            check.cancel()
+        await asyncio.gather(*checks, return_exceptions=True)
+
+
+async def _check_node(url: str, timeout: float) -> None:
+    connection = await aio_pika.connect(url, timeout=timeout)
     try:
         channel = await connection.channel()
         await channel.close()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from urllib.parse import unquote, urlsplit
 
-import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pamqp.common import FieldTable
 
+from adapters.amqp_urls import node_urls
+from adapters.rabbitmq.nodes import NodesConnection
 from adapters.redaction import redact_text
 from adapters.tls import amqp_ssl_context
 
@@ -21,9 +23,10 @@ log = structlog.get_logger(__name__)
 class BrokerUnavailable(ConnectionError):
     """The first connection to RabbitMQ failed: wrong credentials, a vhost that does not
     exist or is not the user's, no broker at that address, or TLS refused. Says which, with
-    the URL's password masked. `unreachable`: nothing answered (refused, reset, timed out),
-    which a start-up may wait out (adapters/startup.py); the rest will not mend by waiting
-    (a robust connection reconnects by itself only once it has been connected)."""
+    the URL's password masked (for each node, when SAGA_AMQP_URL lists several).
+    `unreachable`: no node answered (refused, reset, timed out), which a start-up may wait
+    out (adapters/startup.py); the rest will not mend by waiting (a robust connection
+    reconnects by itself only once it has been connected)."""
 
     def __init__(self, message: str, *, unreachable: bool = False) -> None:
         super().__init__(message)
@@ -33,19 +36,46 @@ class BrokerUnavailable(ConnectionError):
 async def connect(url: str, *, name: str | None = None) -> AbstractRobustConnection:
     """A connection that reconnects by itself and then restores its channels, declarations
     and consumers. `name` shows up in the broker's connection list. An `amqps` URL connects
-    with TLS (adapters/tls.py). Raises `BrokerUnavailable` at once if it cannot connect."""
+    with TLS (adapters/tls.py). `url` may list the nodes of a cluster, comma-separated
+    (adapters/amqp_urls.py): the first connection goes to the first node that answers,
+    starting at a random one, and a lost node is left for the next (adapters/rabbitmq/nodes.py).
+    Raises `BrokerUnavailable` at once if no node can be connected to."""
     client_properties: FieldTable | None = {"connection_name": name} if name else None
-    try:
-        return await aio_pika.connect_robust(
-            url, client_properties=client_properties, ssl_context=amqp_ssl_context(url)
-        )
-    except (aiormq.exceptions.AMQPError, OSError) as exc:
-        reason = _why(url, exc)
-        log.error("amqp_connect_failed", url=redact_text(url), reason=reason)
+    urls = node_urls(url)
+    start = random.randrange(len(urls))  # spread the processes over the nodes
+    ring = urls[start:] + urls[:start]
+    reasons: list[str] = []
+    unreachable: list[bool] = []
+    for i, first in enumerate(ring):
+        connection: NodesConnection | None = None
+        try:
+            connection = NodesConnection(
+                ring[i:] + ring[:i],
+                client_properties=client_properties,
+                ssl_context=amqp_ssl_context(first),  # a missing CA file is an OSError
+            )
+            await connection.connect()
+        except (aiormq.exceptions.AMQPError, OSError) as exc:
+            reason = _why(first, exc)
+            # One node of several not answering is not yet a failure: the next may.
+            report = log.error if len(ring) == 1 else log.warning
+            report("amqp_connect_failed", url=redact_text(first), reason=reason)
+            reasons.append(f"{redact_text(first)}: {reason}" if len(ring) > 1 else reason)
+            unreachable.append(_unreachable(exc))
+            if connection is not None:
+                await connection.close()
+            continue
+        return connection
+    # Worth waiting for only if no node answered: one that refused us will refuse again.
+    if len(ring) == 1:
         raise BrokerUnavailable(
-            f"cannot connect to RabbitMQ at {redact_text(url)}: {reason}",
-            unreachable=_unreachable(exc),
-        ) from None
+            f"cannot connect to RabbitMQ at {redact_text(url)}: {reasons[0]}",
+            unreachable=unreachable[0],
+        )
+    raise BrokerUnavailable(
+        f"cannot connect to any of the {len(ring)} RabbitMQ nodes: " + "; ".join(reasons),
+        unreachable=all(unreachable),
+    )
 
 
 def _unreachable(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
+from adapters.amqp_urls import node_urls
 from adapters.rabbitmq.connection import connect, open_channel
 from adapters.rabbitmq.publisher import RabbitPublisher
 from adapters.rabbitmq.topology import Topology
@@ -32,6 +33,7 @@ class Broker:
     def __init__(
         self, amqp_url: str, prefix: str = "", *, timeout: float = PUBLISH_TIMEOUT
     ) -> None:
+        node_urls(amqp_url)  # a malformed list fails here, saying what to write, not per publish
         self.amqp_url = amqp_url
         self.topology = Topology(prefix)
         self.timeout = timeout

@@ -356,7 +356,8 @@ async def relaying(
     publish_timeout: float = PUBLISH_TIMEOUT,
 ) -> AsyncIterator[Relay]:
     """Run a relay as a background task of this process for the length of the block: on
-    `database` (your engine, or its URL), to the broker at `amqp_url` under `prefix` (the
+    `database` (your engine, or its URL), to the broker at `amqp_url` (one node's URL, or
+    the nodes of a cluster comma-separated, as SAGA_AMQP_URL takes them) under `prefix` (the
     engine's SAGA_AMQP_PREFIX). On leaving, the round under way finishes and the relay stops;
     rows still waiting are relayed by the next relay to run on the table.
 

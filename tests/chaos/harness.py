@@ -6,6 +6,10 @@ a steady stream of orders, the seeded fault schedule, then the invariants and th
                          ──▶ proxy ──▶ own RabbitMQ node  ◀── relay (duplicates, reorders,
                                                               drops) between the prefixes
     harness (feeder, checks) ─────────▶ both servers directly
+
+A profile with `rabbit_nodes` > 1 runs a RabbitMQ cluster of its own instead of one node
+(tests/chaos/cluster.py), which everyone, processes and harness, reaches through the list of
+its nodes in SAGA_AMQP_URL, not through the proxy: a dead node is left for another.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from examples.shop import schema
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaStatus
 from tests.chaos import figures, plants
+from tests.chaos.cluster import OwnRabbitCluster
 from tests.chaos.excuses import Timed, explain
 from tests.chaos.injector import Injector, Record
 from tests.chaos.invariants import Verdict, verify
@@ -102,24 +107,42 @@ class Deployment:
 
     def __post_init__(self) -> None:
         self.pg = OwnPostgres(self.workdir / "postgres")
-        self.rabbit = OwnRabbit(
-            self.workdir / "rabbitmq", node_id=self.run_id, consumer_timeout=CONSUMER_TIMEOUT_MS
+        self.cluster = (
+            OwnRabbitCluster(
+                self.workdir / "rabbitmq",
+                self.run_id,
+                self.profile.rabbit_nodes,
+                consumer_timeout=CONSUMER_TIMEOUT_MS,
+            )
+            if self.profile.rabbit_nodes > 1
+            else None
+        )
+        self.rabbit = (
+            self.cluster.nodes[0]
+            if self.cluster is not None
+            else OwnRabbit(
+                self.workdir / "rabbitmq", node_id=self.run_id, consumer_timeout=CONSUMER_TIMEOUT_MS
+            )
         )
 
+    @property
+    def broker_url(self) -> str:
+        """The harness's own way to the broker: the node, or the list of the cluster's."""
+        return self.cluster.url() if self.cluster is not None else self.rabbit.url()
+
     async def up(self, arms: dict[str, str]) -> tuple[AsyncEngine, Injector]:
-        await asyncio.gather(self.pg.start(), self.rabbit.start())
+        await asyncio.gather(self.pg.start(), (self.cluster or self.rabbit).start())
         await upgrade(self.pg.url("chaos"))
         db = self.db = make_engine(self.pg.url("chaos"), pool_size=3)
         await schema.create(db)
         await schema.seed(db, CUSTOMERS, STOCK)
-        self.proxies = {
-            "postgres": FaultyProxy("postgres", self.pg.port),
-            "rabbitmq": FaultyProxy("rabbitmq", self.rabbit.port),
-        }
+        self.proxies = {"postgres": FaultyProxy("postgres", self.pg.port)}
+        if self.cluster is None:
+            self.proxies["rabbitmq"] = FaultyProxy("rabbitmq", self.rabbit.port)
         for proxy in self.proxies.values():
             await proxy.start()
         self.relay = DroppingRelay(
-            self.rabbit.url(),
+            self.broker_url,
             self.upstream,
             self.downstream,
             SERVICES,
@@ -134,7 +157,11 @@ class Deployment:
         self.procs = Processes(
             env={
                 "SAGA_DATABASE_URL": through_proxy,
-                "SAGA_AMQP_URL": self.rabbit.url(port=self.proxies["rabbitmq"].listen_port),
+                "SAGA_AMQP_URL": (
+                    self.broker_url
+                    if self.cluster is not None
+                    else self.rabbit.url(port=self.proxies["rabbitmq"].listen_port)
+                ),
                 "SAGA_AMQP_PREFIX": self.upstream.prefix,
                 "SAGA_LOG_FORMAT": "json",
                 "SAGA_HTTP_BIND": "",
@@ -167,10 +194,11 @@ class Deployment:
                 "SAGA_DETACH_AFTER": str(DETACH_AFTER_SECONDS),
             },
             seed=self.seed,
+            cluster=self.cluster,
         )
         injector.start_all(arms)
-        await _consuming(self.rabbit.url(), self.upstream, self.downstream, self.profile)
-        self.requests = Requests(self.rabbit.url(), self.upstream)
+        await _consuming(self.broker_url, self.upstream, self.downstream, self.profile)
+        self.requests = Requests(self.broker_url, self.upstream)
         return db, injector
 
     async def down(self, *, failed: bool) -> None:
@@ -191,7 +219,7 @@ class Deployment:
             await proxy.stop()
         if self.db is not None:
             await self.db.dispose()
-        await self.rabbit.stop()
+        await (self.cluster or self.rabbit).stop()
         await self.pg.stop()
 
 
@@ -268,6 +296,7 @@ async def run(
         )
         text += "\n\n" + figures.timeline(terminal, injector.records, began_wall)
         notes = [
+            *(f"{r.kind}: {r.detail}" for r in injector.records if r.kind == "node kill -9"),
             *(f"skipped: {s}" for s in injector.skipped),
             *(
                 f"{e.name} exited by itself (rc {e.returncode}):\n{e.log_tail}"
@@ -310,9 +339,7 @@ async def _judge(
     if "ledger" in plant:
         completed = [s.saga_id for s in states.values() if s.status == SagaStatus.COMPLETED]
         await plants.double_an_effect(db, completed)
-    dead = await _dead_letters(
-        deployment.rabbit.url(), [deployment.upstream, deployment.downstream]
-    )
+    dead = await _dead_letters(deployment.broker_url, [deployment.upstream, deployment.downstream])
     verdict = await verify(db, orders, states, await read_history(db), dead)
     unexpected_ids = {k: str(states[k].saga_id) for k in verdict.unexpected_outcomes}
     return replace(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from examples.processes import Processes
+from tests.chaos.cluster import OwnRabbitCluster
 from tests.chaos.proxy import FaultyProxy
 from tests.chaos.schedule import Fault
 from tests.chaos.servers import OwnPostgres, OwnRabbit
@@ -58,6 +59,7 @@ class Injector:
     unexpected: list[Exit] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     fired: list[str] = field(default_factory=list)  # "name point", each armed point that fired
+    cluster: OwnRabbitCluster | None = None  # the profile's RabbitMQ cluster, if it has one
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed + 2)
@@ -159,6 +161,8 @@ class Injector:
                 detail = f"{victim} down {fault.down_for:.1f}s" + (
                     f", restarted with SAGA_FAULT={fault.arm}" if fault.arm else ""
                 )
+            elif kind == "node kill -9":
+                began, detail = await self._kill_node(fault)  # began: after any wait its turn
             elif kind.startswith(("broker ", "db restart")):
                 began, detail = await self._outage(fault)
             elif kind == "proxy reset":
@@ -204,6 +208,11 @@ class Injector:
                 return began, f"down {time.time() - began:.1f}s (boot included)"
             await self.postgres.restart(kind.rsplit(" ", 1)[1])
             return began, f"down {time.time() - began:.1f}s"
+
+    async def _kill_node(self, fault: Fault) -> tuple[float, str]:
+        if self.cluster is None:
+            raise ValueError("node kill -9 needs a cluster: Profile.rabbit_nodes > 1")
+        return await self.cluster.kill_busiest_leader(fault.down_for)
 
     async def _running(self, names: list[str], patience: float = 30.0) -> list[str]:
         """The members of `names` running now and not armed; if none (all down after earlier

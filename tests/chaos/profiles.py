@@ -5,7 +5,8 @@ machine); `long` is the one whose figures docs/guarantees.md publishes. `overloa
 no fault: it offers starts well past what the machine carries, with no client-side cap, so
 that the engine's own admission control (SAGA_MAX_ACTIVE) is what keeps the run sane;
 `overload-unlimited` is the same with admission control off, to show what it prevents.
-`proof` is a small run with no fault, for the planted bugs (tests/chaos/plants.py)."""
+`proof` is a small run with no fault, for the planted bugs (tests/chaos/plants.py).
+`cluster` runs on a three-node RabbitMQ cluster and kills its nodes, one after the other."""
 
 from __future__ import annotations
 
@@ -51,6 +52,10 @@ class Profile:
     # Seconds of steady load before the first fault and after the last one.
     warmup: float = 4.0
     cooldown: float = 6.0
+    # RabbitMQ nodes: more than one is a cluster (tests/chaos/cluster.py), reached through
+    # SAGA_AMQP_URL's list of nodes rather than the proxy; `node_kills` SIGKILLs its nodes.
+    rabbit_nodes: int = 1
+    node_kills: int = 0
 
 
 SHORT = Profile(
@@ -140,4 +145,34 @@ PROOF = replace(
     cooldown=1.0,
 )
 
-PROFILES = {p.name: p for p in (SHORT, LONG, OVERLOAD, OVERLOAD_UNLIMITED, PROOF)}
+# A three-node RabbitMQ cluster under a steady stream of orders: the node leading the busiest
+# queues is killed, booted again and rejoins, then another node is killed (docs/guarantees.md,
+# "Node loss"). No other fault, so what the table shows is the cost of losing a node.
+CLUSTER = Profile(
+    name="cluster",
+    sagas=360,
+    rate=6.0,
+    # Three nodes replicating every message on two cores: fewer unfinished sagas than the
+    # other profiles allow, so that a queue never holds more than a step's timeout of work.
+    max_in_flight=60,
+    orchestrators=2,
+    shops=1,
+    orchestrator_kills=0,
+    participant_kills=0,
+    armed_restarts=0.0,
+    broker_stop_app=0,
+    broker_kill9=0,
+    db_fast=0,
+    db_immediate=0,
+    proxy_resets=0,
+    proxy_stalls=0,
+    latency_windows=0,
+    copies=2,
+    drop_rate=0.0,
+    lost_replies=0,
+    random_cancels=0.1,
+    rabbit_nodes=3,
+    node_kills=2,
+)
+
+PROFILES = {p.name: p for p in (SHORT, LONG, OVERLOAD, OVERLOAD_UNLIMITED, PROOF, CLUSTER)}

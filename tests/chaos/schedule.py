@@ -23,6 +23,7 @@ OUTAGES = (
     "db restart fast",
     "db restart immediate",
     "proxy stall",
+    "node kill -9",
 )
 
 
@@ -48,6 +49,7 @@ def plan(profile: Profile, seed: int) -> list[Fault]:
         + ["db restart fast"] * profile.db_fast
         + ["db restart immediate"] * profile.db_immediate
         + ["proxy stall"] * profile.proxy_stalls
+        + ["node kill -9"] * profile.node_kills
     )
     rng.shuffle(outages)
     faults: list[Fault] = []

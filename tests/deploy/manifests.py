@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shlex
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,7 +16,9 @@ import yaml
 from tests.deploy import code_facts as facts
 
 K8S = facts.DEPLOY / "k8s"
+K8S_RABBITMQ = K8S / "rabbitmq"
 COMPOSE = facts.DEPLOY / "compose.yaml"
+COMPOSE_CLUSTER = facts.DEPLOY / "compose.cluster.yaml"
 SCHEMAS = Path(__file__).parent / "schemas"
 
 
@@ -23,17 +26,41 @@ def load_yaml_docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
-def k8s_resources() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+def k8s_resources(directory: Path = K8S) -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     docs: list[dict[str, Any]] = []
     for name in kustomization["resources"]:
-        docs.extend(load_yaml_docs(K8S / name))
+        docs.extend(load_yaml_docs(directory / name))
     return docs
 
 
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+def compose(path: Path = COMPOSE) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
     return loaded
+
+
+def compose_over(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`docker compose -f base -f override`'s services, as compose merges them: a mapping's
+    keys (environment, depends_on) one by one, volumes by their target path, anything else
+    replaced."""
+    merged: dict[str, Any] = clone(base)
+    for name, service in override.get("services", {}).items():
+        into = merged["services"].setdefault(name, {})
+        for key, value in service.items():
+            if key in ("environment", "depends_on") and isinstance(into.get(key), dict):
+                into[key] = {**into[key], **value}
+            elif key == "volumes" and key in into:
+                by_target = {v.split(":")[1]: v for v in [*into[key], *value]}
+                into[key] = list(by_target.values())
+            else:
+                into[key] = clone(value)
+    merged.setdefault("volumes", {}).update(override.get("volumes") or {})
+    return merged
+
+
+def with_defaults(text: str) -> str:
+    """`text` with compose's `${VAR:-default}` replaced by its default."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", text)
 
 
 def clone(value: Any) -> Any:
