@@ -188,4 +188,4 @@ class DatabaseClock:
         elif was_skewed:
             log.info("clock_skew_cleared", **figures)
         elif self.last is None:
-            log.info("clock_synced", **figures)
+            log.debug("clock_synced", **figures)  # routine: a CLI command would print it
