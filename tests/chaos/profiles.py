@@ -148,29 +148,15 @@ PROOF = replace(
 # A three-node RabbitMQ cluster under a steady stream of orders: the node leading the busiest
 # queues is killed, booted again and rejoins, then another node is killed (docs/guarantees.md,
 # "Node loss"). No other fault, so what the table shows is the cost of losing a node.
-CLUSTER = Profile(
+CLUSTER = replace(
+    OVERLOAD,
     name="cluster",
     sagas=360,
     rate=6.0,
     # Three nodes replicating every message on two cores: fewer unfinished sagas than the
     # other profiles allow, so that a queue never holds more than a step's timeout of work.
     max_in_flight=60,
-    orchestrators=2,
-    shops=1,
-    orchestrator_kills=0,
-    participant_kills=0,
-    armed_restarts=0.0,
-    broker_stop_app=0,
-    broker_kill9=0,
-    db_fast=0,
-    db_immediate=0,
-    proxy_resets=0,
-    proxy_stalls=0,
-    latency_windows=0,
-    copies=2,
-    drop_rate=0.0,
-    lost_replies=0,
-    random_cancels=0.1,
+    max_active=None,
     rabbit_nodes=3,
     node_kills=2,
 )
