@@ -192,7 +192,16 @@ class Barrier:
                 return await self._action(command, fn)
             return await self._compensation(command, fn)
 
+        guarded.answered = self.answered  # type: ignore[attr-defined]
         return guarded
+
+    async def answered(self, command: Command) -> bool:
+        """Whether the barrier holds an answer for the command's step and kind (another
+        delivery or attempt settled it): the handler would replay it without acting, so even
+        an expired command may be answered with it (the participant does: see `expired`)."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(self._select, _key(command, command.kind))).first()
+        return row is not None
 
     async def prune(self, older_than: timedelta, batch: int = 10_000) -> int:
         """Delete rows written more than `older_than` ago, `batch` rows per transaction (short

@@ -135,7 +135,7 @@ class Participant:
                 f"it handles {self.commands()}",
                 retryable=False,
             )
-        if self.expired(command, now):
+        if self.expired(command, now) and not await _answered(handler, command):
             # The orchestrator has stopped waiting (or soon will): acting now would act on a
             # decision that may no longer hold. A retry gets a fresh command and deadline.
             bound.warning("participant_command_expired", expires_at=command.expires_at.isoformat())
@@ -188,6 +188,14 @@ class Participant:
             outcome="success",
             result=result,
         )
+
+
+async def _answered(handler: Any, command: Command) -> bool:
+    """A guarded handler (Barrier.guard) whose barrier settled this step already: an expired
+    command is answered from it all the same. Refusing it would hide an effect an earlier
+    attempt applied (its charge stands while the saga, told "expired", undoes the rest)."""
+    answered = getattr(handler, "answered", None)
+    return answered is not None and bool(await answered(command))
 
 
 def _failure(command: Command, type: str, message: str, *, retryable: bool = True) -> Reply:

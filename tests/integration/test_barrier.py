@@ -400,3 +400,24 @@ async def test_install_twice_and_concurrently_is_fine(
     cmd = command()
     await barrier.guard(Handler())(cmd)
     assert await others[0].guard(Handler())(cmd) == {"done": True}, "a separate, working table"
+
+
+async def test_an_expired_retry_of_a_settled_action_is_answered_from_the_barrier(
+    barrier: Barrier, engine: AsyncEngine
+) -> None:
+    """Attempt 1 charged and its answer was lost; attempt 2 reaches the participant expired.
+    Refusing it ("expired") would have the saga undo the rest while the charge stands: the
+    barrier's answer is given instead, and nothing runs again. An expired command the barrier
+    knows nothing of is still refused."""
+    payments = Participant("payments")
+    handler = Handler({"charge_id": "c-1"})
+    payments.handler("payments.charge")(barrier.guard(handler))
+    first = command()
+    assert (await payments.handle(first, datetime.now(UTC))).outcome == "success"
+    late = datetime.now(UTC) + timedelta(hours=1)  # past every command's expires_at
+    retry = await payments.handle(command(saga_id=first.saga_id, attempt=2), late)
+    assert (retry.outcome, retry.result) == ("success", {"charge_id": "c-1"})
+    assert handler.calls == 1 and await applied(engine, first.saga_id) == 1
+    unknown = await payments.handle(command(), late)
+    assert unknown.outcome == "failure" and unknown.error is not None
+    assert unknown.error.type == "expired" and handler.calls == 1
