@@ -142,9 +142,19 @@ class StreamArchive:
             with contextlib.suppress(OSError, ValueError):  # a pipe or a terminal: no fsync
                 os.fsync(self._stream.fileno())
         except (OSError, ValueError) as exc:
+            _discard(self._stream)
             raise ArchiveFailed(
                 f"cannot write the archive to standard output: {_why(exc)}"
             ) from exc
+
+
+def _discard(stream: BinaryIO) -> None:
+    """Send what the refused write left buffered nowhere: flushed again at exit, it would fail
+    again and turn the command's exit status 1 into Python's 120."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _fsync_directory(directory: Path) -> None:
