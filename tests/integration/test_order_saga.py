@@ -19,8 +19,11 @@ from sagas.order import order_v1 as order_saga  # sequential: these tests follow
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, drain, order_input, running_system
 
-# The order saga with short timeouts, for the timeout path (same commands, same participants).
-fast = Saga("order_fast", version=1, input=OrderPlaced, timeout=0.4)
+# The order saga's commands with a short timeout on the charge, for the timeout path (same
+# participants). Only the charge's: the steps the shop answers keep the default, which a loaded
+# machine's participants meet. Not a pivot here: a pivot that times out parks the saga
+# (docs/architecture.md), and this path compensates what came before.
+fast = Saga("order_fast", version=1, input=OrderPlaced)
 fast.remote(
     "reserve_credit", command="customers.reserve_credit", compensation="customers.release_credit"
 )
@@ -28,10 +31,11 @@ fast.remote("reserve_stock", command="inventory.reserve", compensation="inventor
 fast.remote(
     "charge_payment",
     command="payments.charge",
-    pivot=True,
+    compensation=None,
+    timeout=0.4,
     retry=Retry(max_attempts=2, initial_interval=0.1, max_interval=0.2),
 )
-fast.remote("notify_customer", command="notifications.order_confirmed")
+fast.remote("notify_customer", command="notifications.order_confirmed", compensation=None)
 
 
 @pytest.fixture
