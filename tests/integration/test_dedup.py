@@ -210,8 +210,9 @@ async def test_a_reply_of_an_older_attempt_is_stale(system: System) -> None:
     assert ("step_timed_out", "route") in events(history)
     first, second = dispatched(history, "route")[1], dispatched(history, "route")[2]
 
-    # Attempt 1 answers at last, while attempt 2 is in flight: stale.
-    await send_reply(system, reply_to(saga.saga_id, "route", first))
+    # Attempt 1 fails at last, while attempt 2 is in flight: stale. (A late success of attempt
+    # 1 would be the step's: every attempt's effect is the same, under one idempotency key.)
+    await send_reply(system, reply_to(saga.saga_id, "route", first, outcome="failure"))
     await history_until(system, saga.saga_id, ignored, "the stale reply recorded")
     await send_reply(system, reply_to(saga.saga_id, "route", second))
     state = await system.wait_status("t-stale", "completed")
