@@ -48,6 +48,7 @@ from orchestrator.state import FINISHED
 from tests.e2e.history_check import Entry, check_history
 from tests.e2e.test_many_orchestrators import consumer_count
 from tests.fixtures.databases import drop_database
+from tests.fixtures.fleet import FLEET
 from tests.fixtures.names import owned_name
 from tests.fixtures.polling import eventually
 from tests.fixtures.postgres import SERVER_URL
@@ -60,7 +61,7 @@ from tests.upgrade.releases import (
     previous_release,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(240)]
 
 ORDERS = 160
 WINDOW = 40  # unfinished sagas at most
