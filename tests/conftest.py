@@ -4,7 +4,12 @@ import os
 
 import structlog
 
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.rabbitmq", "tests.fixtures.polling"]
+pytest_plugins = [
+    "tests.fixtures.postgres",
+    "tests.fixtures.rabbitmq",
+    "tests.fixtures.polling",
+    "tests.fixtures.alone",
+]
 
 # `saga run` serves HTTP on 127.0.0.1:8080 by default; tests run many orchestrators at once
 # (in-process and as subprocesses, which inherit this), so only the tests of the HTTP

@@ -11,17 +11,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from adapters.archive import ArchiveFailed, ArchiveUnusable, DirectoryArchive, StreamArchive
 from adapters.cli import support as cs
 from adapters.durations import parse_duration
-from adapters.postgres import retention
-from adapters.postgres.database import make_engine
-from adapters.postgres.retention import DEFAULT_BATCH, Pruned
-from adapters.postgres.schema import require_schema
 
 if TYPE_CHECKING:
-    from adapters.postgres.retention import Archive
+    from adapters.postgres.retention import Archive, Pruned
     from adapters.settings import Settings
+
+# Sagas per transaction unless --batch says otherwise. Not adapters.postgres.retention's
+# DEFAULT_BATCH (the sweep's, also 1000): importing the PostgreSQL adapter here would cost
+# every `saga` command its import, --help included; the prune imports it when it runs.
+BATCH = 1000
 
 
 def prune(
@@ -34,7 +34,7 @@ def prune(
     ],
     batch: Annotated[
         int, typer.Option(min=1, max=100_000, help="Sagas deleted per transaction.")
-    ] = DEFAULT_BATCH,
+    ] = BATCH,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count what would go; delete nothing.")
     ] = False,
@@ -52,6 +52,8 @@ def prune(
     """Delete completed, compensated and cancelled sagas that ended longer ago than
     --older-than, with their steps and history, and held cancels as old. Parked (failed),
     paused and running sagas stay, whatever their age."""
+    from adapters.archive import ArchiveFailed, DirectoryArchive
+
     age = _age(older_than)
     config = cs.settings()
     if dry_run:
@@ -87,6 +89,8 @@ def prune(
 def _archive(raw: str, config: Settings) -> Archive:
     """Where --archive writes; a directory it cannot write, or a terminal, exits 2 before
     anything is pruned."""
+    from adapters.archive import ArchiveUnusable, DirectoryArchive, StreamArchive
+
     registry = cs.loaded_definitions(config)  # to show wait steps as status does
     if raw == "-":
         if sys.stdout.isatty():
@@ -118,6 +122,10 @@ def _age(text: str) -> timedelta:
 
 
 async def _count(config: Settings, age: timedelta) -> tuple[int, int]:
+    from adapters.postgres import retention
+    from adapters.postgres.database import make_engine
+    from adapters.postgres.schema import require_schema
+
     db = make_engine(config.database_url, pool_size=1)
     try:
         await require_schema(db)
@@ -132,6 +140,9 @@ async def _prune(
 ) -> Pruned:
     """The prune; `pruned[0]` counts the sagas deleted, should it stop half-way. The age
     counts back from the database's time, the clock `saga run` stamped the sagas with."""
+    from adapters.postgres import retention
+    from adapters.postgres.database import make_engine
+    from adapters.postgres.schema import require_schema
 
     def count(n: int) -> None:
         pruned[0] += n

@@ -13,8 +13,9 @@ import pytest
 
 from tests.chaos.ci_run import passing_run
 from tests.chaos.profiles import CLUSTER
+from tests.fixtures.fleet import FLEET
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(480)]
 
 
 async def test_losing_rabbitmq_nodes_one_after_the_other_keeps_every_invariant() -> None:

@@ -16,8 +16,9 @@ import pytest
 from tests.chaos.ci_run import passing_run
 from tests.chaos.profiles import SHORT
 from tests.chaos.schedule import plan
+from tests.fixtures.fleet import FLEET
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(480)]
 
 
 async def test_short_chaos_profile_keeps_every_invariant() -> None:

@@ -10,8 +10,9 @@ from tests.chaos.harness import run
 from tests.chaos.plants import PLANTS, UNREACHED
 from tests.chaos.profiles import PROOF
 from tests.chaos.servers import require_servers
+from tests.fixtures.fleet import FLEET
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(240)]
 
 
 async def test_every_planted_bug_fails_the_run() -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+from tests.fixtures.fleet import FLEET
+
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(150)]
 
 KINDS = {
     *("get", "find_key", "find_key_any", "history", "http_get", "list"),

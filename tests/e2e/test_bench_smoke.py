@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.bench_cli import run_bench
+from tests.fixtures.fleet import FLEET
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(120)]
 
 
 def test_bench_runs_and_every_saga_ends(tmp_path: Path) -> None:

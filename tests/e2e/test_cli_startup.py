@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,6 +18,7 @@ from adapters.postgres.migrate import upgrade
 from adapters.postgres.schema import scripts
 from adapters.rabbitmq.topology import Topology
 from tests.fixtures.databases import drop_database
+from tests.fixtures.names import owned_name
 from tests.fixtures.postgres import SERVER_URL
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -53,7 +53,7 @@ def refusal(done: subprocess.CompletedProcess[str]) -> list[str]:
 @pytest.fixture
 async def new_database() -> AsyncIterator[str]:
     """The URL of a database that does not exist yet; dropped afterwards."""
-    url = SERVER_URL.set(database=f"saga_new_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    url = SERVER_URL.set(database=owned_name("saga_new"))
     rendered = url.render_as_string(hide_password=False)
     try:
         yield rendered

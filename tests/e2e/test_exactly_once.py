@@ -42,10 +42,11 @@ from orchestrator.messages import CancelSaga, StartSaga
 from orchestrator.ports import SagaQuery
 from orchestrator.state import SagaState, StepStatus
 from tests.e2e.chaos import ChaosRelay
+from tests.fixtures.fleet import FLEET
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import MakeTopology
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(240)]
 
 SERVICES = ("customers", "inventory", "payments", "notifications")
 COPIES = 3

@@ -53,11 +53,12 @@ from tests.e2e.test_many_orchestrators import (
     log_events,
     read_history,
 )
+from tests.fixtures.fleet import FLEET
 from tests.fixtures.polling import eventually
 from tests.fixtures.rabbitmq import leftovers
 from tests.fixtures.settings import process_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(180)]
 
 ORCHESTRATORS = 4
 SAGAS = 200

@@ -25,6 +25,7 @@ from examples.shop.schema import orders
 from orchestrator.ports import SagaQuery
 from tests.e2e.crash_log import fault_point_crashes
 from tests.e2e.order_service import order_id, rolled_back
+from tests.fixtures.fleet import FLEET
 from tests.fixtures.polling import eventually
 from tests.fixtures.settings import process_env
 from tests.integration.harness import System
@@ -36,7 +37,7 @@ from tests.integration.starter_harness import (
     spy,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(120)]
 
 ORDERS = 200
 POINTS = ("starter_after_commit_before_publish", "starter_after_publish_before_delete")

@@ -1,12 +1,17 @@
 """Time limits that hold, on real PostgreSQL and RabbitMQ: a hung handler is cancelled at its
 start-to-close timeout and the saga compensates; a long handler that heartbeats completes once
-whatever the broker's consumer timeout; a channel the broker closes is logged and resumed."""
+whatever the broker's consumer timeout; a channel the broker closes is logged and resumed.
+
+The tests of the consumer timeout run on a RabbitMQ node of their own (tests/chaos/servers.py)
+booted with a short one: the setting is the whole node's, and other tests use the shared broker
+at the same time."""
 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +30,7 @@ from adapters.rabbitmq.connection import open_channel
 from adapters.rabbitmq.topology import Topology
 from orchestrator import Retry, Saga
 from orchestrator.messages import Command
+from tests.chaos.servers import OwnRabbit
 from tests.fixtures.polling import eventually
 from tests.integration.harness import System, running_system
 from tests.integration.hosted import detail, dispatched, events, host
@@ -107,33 +113,33 @@ async def effect_rows(engine: AsyncEngine) -> list[tuple[str, str]]:
         return [(r.job_id, r.step) for r in rows]
 
 
-def rabbit_env(name: str, value: int | None = None) -> int:
-    """Read (or set, then read) one of RabbitMQ's `rabbit` application settings."""
-    if value is not None:
-        _rabbitmqctl(f"application:set_env(rabbit, {name}, {value}).")
-    out = _rabbitmqctl(f"application:get_env(rabbit, {name}).")
-    return int(out.strip().removeprefix("{ok,").removesuffix("}"))
-
-
-def _rabbitmqctl(expression: str) -> str:
-    done = subprocess.run(
-        ["rabbitmqctl", "eval", expression], check=True, capture_output=True, text=True, timeout=60
+@pytest.fixture
+async def impatient_broker(tmp_path: Path) -> AsyncIterator[OwnRabbit]:
+    """A RabbitMQ node that closes a channel whose delivery stays unacked 1.5 s, checked every
+    100 ms."""
+    node = OwnRabbit(
+        tmp_path / "rabbitmq", uuid.uuid4().hex[:8], consumer_timeout=CONSUMER_TIMEOUT_MS
     )
-    return done.stdout
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 @pytest.fixture
-def short_consumer_timeout() -> Iterator[None]:
-    """The broker closes a channel whose delivery stays unacked 1.5 s, checked every 100 ms
-    (for channels opened from now on); restored afterwards."""
-    timeout, tick = rabbit_env("consumer_timeout"), rabbit_env("channel_tick_interval")
-    try:
-        assert rabbit_env("consumer_timeout", CONSUMER_TIMEOUT_MS) == CONSUMER_TIMEOUT_MS
-        assert rabbit_env("channel_tick_interval", 100) == 100
-        yield
-    finally:
-        rabbit_env("consumer_timeout", timeout)
-        rabbit_env("channel_tick_interval", tick)
+async def impatient_system(database_url: str, impatient_broker: OwnRabbit) -> AsyncIterator[System]:
+    """The system on the impatient node (which is thrown away with everything declared on it)."""
+    topology = Topology(f"t-{uuid.uuid4().hex[:8]}.")
+    async with running_system(database_url, topology, impatient_broker.url(), SAGAS) as sys_:
+        yield sys_
+
+
+async def set_consumer_timeout(node: OwnRabbit, ms: int) -> None:
+    """The node's consumer timeout for channels opened from now on."""
+    await node.ctl("eval", f"application:set_env(rabbit, consumer_timeout, {ms}).")
+    out = await node.ctl("eval", "application:get_env(rabbit, consumer_timeout).")
+    assert out.strip() == f"{{ok,{ms}}}", out
 
 
 # -- a hung handler ---------------------------------------------------------------------------
@@ -284,8 +290,9 @@ async def worker(system: System, participant: Participant, **options: Any) -> Pa
 
 
 async def test_steps_longer_than_the_consumer_timeout_complete_exactly_once(
-    system: System, effects: tuple[AsyncEngine, Barrier], short_consumer_timeout: None
+    impatient_system: System, effects: tuple[AsyncEngine, Barrier]
 ) -> None:
+    system = impatient_system
     engine, barrier = effects
     calls: list[tuple[str, str]] = []
     with capture_logs() as logs:
@@ -307,11 +314,12 @@ async def test_steps_longer_than_the_consumer_timeout_complete_exactly_once(
 
 
 async def test_a_channel_the_broker_closes_is_logged_and_the_worker_resumes(
-    system: System, effects: tuple[AsyncEngine, Barrier], short_consumer_timeout: None
+    impatient_system: System, impatient_broker: OwnRabbit, effects: tuple[AsyncEngine, Barrier]
 ) -> None:
     """With nothing detached, the broker's consumer timeout closes the channel under a long
     command, again at each redelivery: the worker says why each time, and consumes again.
     Once the broker's timeout is long again, the command completes once."""
+    system = impatient_system
     engine, barrier = effects
     calls: list[tuple[str, str]] = []
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
@@ -325,7 +333,7 @@ async def test_a_channel_the_broker_closes_is_logged_and_the_worker_resumes(
             lambda: _value([e for e in logs if e["event"] == "participant_command_cancelled"]),
             message="the worker said its command was cut off",
         )
-        rabbit_env("consumer_timeout", 1_800_000)  # channels reopened from now on
+        await set_consumer_timeout(impatient_broker, 1_800_000)  # channels reopened from now on
         state = await system.wait_status("held", "completed", "compensated", "failed", timeout=40)
         assert state.status == "completed", events(await system.history(state.saga_id))
         await system.start_order("ping-2", {"job_id": "p2"}, saga="quick")

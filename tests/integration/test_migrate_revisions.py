@@ -52,9 +52,13 @@ async def test_several_migrators_at_once_build_the_schema_once(database_url: str
         try:
             async with engine.connect() as conn:
                 version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
-                # Each revision committed on its own; the session lock was given back.
+                # Each revision committed on its own; the session lock was given back. Only
+                # this database's: other tests migrate theirs on the same server meanwhile.
                 locks = await conn.scalar(
-                    text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database"
+                        " = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )
                 )
         finally:
             await engine.dispose()

@@ -36,3 +36,26 @@ def test_the_cli_imports_and_helps_without_examples() -> None:
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+_DATABASE_LIBRARIES = """
+import sys
+from adapters.cli.app import app
+
+print(sorted({m.split(".")[0] for m in sys.modules} & {"sqlalchemy", "psycopg", "alembic"}))
+"""
+
+
+def test_the_cli_imports_no_database_library_before_a_command_needs_it() -> None:
+    """`saga --help` and the commands over the HTTP API (`--url`) never touch the database:
+    a command that does imports the PostgreSQL adapter when it runs. Every `saga` process
+    would pay the import otherwise (about half its start-up)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DATABASE_LIBRARIES],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,8 @@ from orchestrator.state import FINISHED
 from tests.e2e.history_check import Entry, check_history
 from tests.e2e.test_many_orchestrators import consumer_count
 from tests.fixtures.databases import drop_database
+from tests.fixtures.fleet import FLEET
+from tests.fixtures.names import owned_name
 from tests.fixtures.polling import eventually
 from tests.fixtures.postgres import SERVER_URL
 from tests.fixtures.rabbitmq import leftovers
@@ -61,7 +61,7 @@ from tests.upgrade.releases import (
     previous_release,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, FLEET, pytest.mark.timeout(240)]
 
 ORDERS = 160
 WINDOW = 40  # unfinished sagas at most
@@ -131,7 +131,7 @@ def previous(tmp_path_factory: pytest.TempPathFactory) -> Release:
 @pytest.fixture
 async def database_url() -> AsyncIterator[str]:
     """An empty database of its own: the template is at this release's head already."""
-    name = f"saga_test_upgrade_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    name = owned_name("saga_test_upgrade")
     url = SERVER_URL.set(database=name).render_as_string(hide_password=False)
     yield url
     await drop_database(url)
