@@ -2,10 +2,9 @@
 
 A process started while its database or broker is down (restarting, failing over, not yet up
 beside it in a fresh deployment), or losing its connection before it is all set up, waits for
-it, `SAGA_STARTUP_PATIENCE` seconds at most,
-logging `startup_waiting` at each try; past that it stops, saying why. What waiting cannot
-mend stops it at once: wrong credentials, a database or vhost that does not exist, a schema
-that is not migrated.
+it, `SAGA_STARTUP_PATIENCE` seconds at most, logging `startup_waiting` at each try; past that
+it stops, saying why. What waiting cannot mend stops it at once: wrong credentials, a
+database or vhost that does not exist, a schema that is not migrated.
 """
 
 from __future__ import annotations

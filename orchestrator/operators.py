@@ -13,7 +13,7 @@ from orchestrator.events import (
     SkipRequested,
     TimersDue,
 )
-from orchestrator.state import TIMEOUT_ERROR, SagaStatus, StepState, StepStatus
+from orchestrator.state import SagaStatus, StepState, StepStatus
 from orchestrator.transition.advance import advance, begin_step
 from orchestrator.transition.dispatch import dispatch
 from orchestrator.transition.scratch import Transition, after, due
@@ -84,10 +84,7 @@ def parked_actions(b: Transition) -> list[StepState]:
         if (
             s.status == StepStatus.FAILED
             and pivot is not None
-            and (
-                b.position(s) > pivot
-                or (b.position(s) == pivot and (s.error or {}).get("type") == TIMEOUT_ERROR)
-            )
+            and (b.position(s) > pivot or b.unanswered_pivot(s, (s.error or {}).get("type")))
         )
         or (
             s.status == StepStatus.RUNNING

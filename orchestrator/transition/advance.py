@@ -13,7 +13,7 @@ from datetime import timedelta
 from orchestrator.error_info import ErrorInfo
 from orchestrator.event_names import HistoryEvent
 from orchestrator.messages import aware_utc
-from orchestrator.state import TIMEOUT_ERROR, SagaStatus, StepState, StepStatus
+from orchestrator.state import SagaStatus, StepState, StepStatus
 from orchestrator.steps import StepDefinition
 from orchestrator.transition.dispatch import dispatch
 from orchestrator.transition.scratch import Transition
@@ -276,10 +276,9 @@ def failed_for_good(t: Transition, step: StepState, error: ErrorInfo) -> None:
         advance(t)  # a cancel or deadline is compensating already; carry on with it
         return
     pivot = t.definition.pivot_index
-    if pivot is not None and t.position(step) == pivot and error.type == TIMEOUT_ERROR:
-        # The pivot never answered its last attempt: it may have taken effect, and it is never
-        # undone, so undoing what came before it could leave its effect alone (an order
-        # released, its card charged). An operator checks, then retries or skips it.
+    if t.unanswered_pivot(step, error.type):
+        # Undoing what came before it could leave its effect alone (an order released, its
+        # card charged). An operator checks, then retries or skips it.
         t.finish(
             SagaStatus.FAILED,
             error=ErrorInfo(

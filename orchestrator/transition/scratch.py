@@ -17,6 +17,7 @@ from orchestrator.messages import Command, OutcomeEvent, Reply, ReplyError
 from orchestrator.saga import Saga
 from orchestrator.search_fields import SearchValue
 from orchestrator.state import (
+    TIMEOUT_ERROR,
     SagaState,
     SagaStatus,
     StepState,
@@ -140,6 +141,13 @@ class Transition:
     def is_map(self, step: StepState) -> bool:
         """The map step itself (it sends nothing; its items do)."""
         return step.item is None and self.spec(step).map
+
+    def unanswered_pivot(self, step: StepState, error_type: str | None) -> bool:
+        """`step` is the pivot and its last attempt ended in `error_type` "timeout": it may
+        have taken effect, and it is never undone, so the saga parks there instead of undoing
+        what came before."""
+        pivot = self.definition.pivot_index
+        return pivot is not None and self.position(step) == pivot and error_type == TIMEOUT_ERROR
 
     def pivot_dispatched(self) -> bool:
         pivot = self.definition.pivot_index
